@@ -1,0 +1,25 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test bench bench-peers clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Serves config.toml on http://127.0.0.1:8080 with generated demo images.
+run: install
+	$(PY) -m imgproxy serve --config config.toml
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf cache images/demo .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""imgproxy: a caching image proxy (starlette, Pillow, diskcache)."""

@@ -1,0 +1,167 @@
+"""The ASGI application: routes, response headers and error answers."""
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import os
+from typing import BinaryIO, Iterator
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .cache import ResultCache
+from .config import Config, load_config
+from .errors import BadRequest, ImageProxyError
+from .options import parse_options
+from .pipeline import Renderer, Result
+
+log = logging.getLogger("imgproxy")
+MAX_QUERY_LENGTH = 2048
+MAX_QUERY_FIELDS = 24
+CHUNK = 256 * 1024
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"default-src 'none'")]
+
+
+def error_response(exc: ImageProxyError, request: Request, config: Config) -> Response:
+    headers = dict(exc.headers)
+    if exc.status == 404 and config.cache.not_found_max_age > 0:
+        headers["Cache-Control"] = f"public, max-age={config.cache.not_found_max_age}"
+    else:
+        headers["Cache-Control"] = "no-store"
+    if "application/json" in request.headers.get("accept", ""):
+        body = {"error": exc.message, "detail": exc.detail}
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+    return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=headers)
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match uses weak comparison: W/"x" matches "x"."""
+    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def _close(body: bytes | BinaryIO) -> None:
+    if not isinstance(body, bytes):
+        body.close()
+
+
+def _chunks(file: BinaryIO) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(CHUNK):
+            yield chunk
+
+
+class PictureEndpoint:
+    def __init__(self, config: Config, renderer: Renderer):
+        self.config = config
+        self.renderer = renderer
+        cache = config.cache
+        self.cache_control = f"public, max-age={cache.max_age}" + (", immutable" if cache.immutable else "")
+
+    def options_from(self, request: Request):
+        raw_query = request.scope["query_string"].decode("latin-1")
+        if len(raw_query) > MAX_QUERY_LENGTH:
+            raise BadRequest(f"query string longer than {MAX_QUERY_LENGTH} characters")
+        try:
+            pairs = parse_qsl(raw_query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            raise BadRequest(f"more than {MAX_QUERY_FIELDS} query parameters") from None
+        limits = self.config.limits
+        return parse_options(pairs, self.config.presets, limits.max_output_width, limits.max_output_height)
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            options = self.options_from(request)
+            result = await self.renderer.picture(request.path_params["source"], options, request.headers.get("accept", ""))
+        except ImageProxyError as exc:
+            return error_response(exc, request, self.config)
+        return self.respond(request, result)
+
+    def respond(self, request: Request, result: Result) -> Response:
+        meta = result.meta
+        headers = {"ETag": meta.etag, "Cache-Control": self.cache_control, "X-Cache": result.cache_status}
+        if result.vary_accept:
+            headers["Vary"] = "Accept"
+        if meta.last_modified is not None:
+            headers["Last-Modified"] = email.utils.formatdate(meta.last_modified, usegmt=True)
+        timing = f'cache;desc="{result.cache_status}"'
+        if result.cache_status == "MISS":
+            timing += f", render;dur={result.render_ms:.1f}"
+        headers["Server-Timing"] = timing
+        body = result.body
+        if etag_matches(request.headers.get("if-none-match", ""), meta.etag):
+            _close(body)
+            return Response(status_code=304, headers=headers)
+        if request.method == "HEAD":
+            _close(body)
+            headers["Content-Length"] = str(meta.size)
+            return Response(headers=headers, media_type=meta.content_type)
+        if not isinstance(body, bytes):
+            if meta.size > self.config.cache.memory_body_limit:
+                headers["Content-Length"] = str(meta.size)
+                return StreamingResponse(_chunks(body), headers=headers, media_type=meta.content_type)
+            with body:
+                body = body.read()
+        return Response(body, headers=headers, media_type=meta.content_type)
+
+
+class SecurityHeaders:
+    """nosniff and a deny-all CSP on every response that did not set its own policy."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(config: Config) -> Starlette:
+    cache_dir = config.path(config.cache.dir)
+    cache = ResultCache(cache_dir, config.cache.size_limit, config.cache.eviction_policy, config.cache.enabled)
+    renderer = Renderer(config, cache)
+    picture = PictureEndpoint(config, renderer)
+
+    async def health(request: Request) -> Response:
+        stats = cache.stats()
+        ready = not config.cache.enabled or stats.get("usable", False)
+        body = {"status": "ok" if ready else "degraded", "cache": stats, "renders": renderer.renders,
+                "pending": renderer.pending}
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        renderer.close()
+
+    routes = [
+        Route("/picture/{source:path}", picture.handle, methods=["GET", "HEAD"]),
+        Route("/health", health, methods=["GET", "HEAD"]),
+    ]
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s", request.url.path)  # a bug: logged with its cause, once
+        return PlainTextResponse("internal error\n", status_code=500, headers={"Cache-Control": "no-store"})
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error})
+    app.state.config = config
+    app.state.renderer = renderer
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn factory for `--workers N`: each worker process loads the config named by IMGPROXY_CONFIG."""
+    return create_app(load_config(os.environ.get("IMGPROXY_CONFIG") or None))

@@ -1,0 +1,122 @@
+"""Result cache: rendered bytes in a diskcache.Cache shared by every worker process.
+
+The body is the value (diskcache keeps large ones as files and commits the SQLite row only after
+the file is written, so a crash mid-write never leaves an entry that is served); the response
+metadata rides in the entry's `tag`. Any storage failure degrades to serving uncached, logged
+once, and the cache is reopened (rebuilt) when its directory went away.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import diskcache
+
+log = logging.getLogger("imgproxy.cache")
+STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout, ValueError, TypeError)
+RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ResultMeta:
+    content_type: str
+    etag: str
+    size: int
+    width: int
+    height: int
+    last_modified: float | None = None
+    render_ms: float = 0.0
+
+    def to_tag(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_tag(cls, tag: str) -> "ResultMeta":
+        return cls(**json.loads(tag))
+
+
+class ResultCache:
+    def __init__(self, directory: Path, size_limit: int, eviction_policy: str, enabled: bool = True):
+        self.directory = directory
+        self.settings = {"size_limit": size_limit, "eviction_policy": eviction_policy}
+        self.enabled = enabled
+        self._cache: diskcache.Cache | None = None
+        self._failed_at = 0.0
+        self._warned = False
+        if enabled:
+            self._open()
+
+    def _open(self) -> diskcache.Cache | None:
+        try:
+            self._cache = diskcache.Cache(str(self.directory), **self.settings)
+            self._warned = False
+        except STORAGE_ERRORS as exc:
+            self._fail(exc)
+        return self._cache
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._warned:
+            log.warning("result cache at %s unusable, serving uncached: %s", self.directory, exc)
+            self._warned = True
+        self._failed_at = time.monotonic()
+        if self._cache is not None:
+            try:
+                self._cache.close()
+            except STORAGE_ERRORS:
+                pass
+        self._cache = None
+
+    def _usable(self) -> diskcache.Cache | None:
+        if not self.enabled:
+            return None
+        if self._cache is None and time.monotonic() - self._failed_at > RETRY_SECONDS:
+            self._open()
+        return self._cache
+
+    def get(self, key: str) -> tuple[ResultMeta, bytes | BinaryIO] | None:
+        """(meta, body) where body is bytes (small entries) or an open file (caller closes it)."""
+        cache = self._usable()
+        if cache is None:
+            return None
+        try:
+            body, tag = cache.get(key, default=None, read=True, tag=True)
+        except STORAGE_ERRORS as exc:
+            self._fail(exc)
+            return None
+        if body is None or tag is None:
+            return None
+        return ResultMeta.from_tag(tag), body
+
+    def put(self, key: str, body: bytes, meta: ResultMeta) -> bool:
+        cache = self._usable()
+        if cache is None:
+            return False
+        if not (self.directory / "cache.db").exists():  # directory deleted under us: rebuild it
+            self._fail(FileNotFoundError(f"{self.directory} disappeared"))
+            cache = self._open()
+            if cache is None:
+                return False
+        try:
+            return bool(cache.set(key, body, tag=meta.to_tag()))
+        except STORAGE_ERRORS as exc:
+            self._fail(exc)
+            return False
+
+    def stats(self) -> dict:
+        cache = self._usable()
+        if cache is None:
+            return {"enabled": self.enabled, "usable": False}
+        try:
+            return {"enabled": True, "usable": True, "entries": len(cache), "bytes": cache.volume()}
+        except STORAGE_ERRORS as exc:
+            self._fail(exc)
+            return {"enabled": True, "usable": False}
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()

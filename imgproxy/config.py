@@ -1,0 +1,332 @@
+"""Configuration: built-in defaults, then `config.toml`, then `IMGPROXY_<SECTION>__<KEY>` variables.
+
+Every section is a frozen dataclass; the loader checks each key's type and range and names the
+key in the one-line error it raises, so a bad config stops start-up clearly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif")
+
+
+class ConfigError(Exception):
+    """One line naming the key and what is wrong with it."""
+
+
+class Size(int):
+    """Marker type: bytes, given as an integer or a string with a unit ("20MB")."""
+
+
+def parse_size(value: object, key: str = "size") -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size like 20MB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key}: size must not be negative")
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        number = text.rstrip("KMGTB")
+        unit = text[len(number):] or "B"
+        if unit in SIZE_UNITS and number.replace(".", "", 1).isdigit():
+            return int(float(number) * SIZE_UNITS[unit])
+    raise ConfigError(f"{key}: expected a size like 20MB or a byte count, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class LocalSourceConfig:
+    root: str = "images"
+    generate_demo: bool = True
+
+
+@dataclass(frozen=True)
+class RemoteSourceConfig:
+    allowed_hosts: tuple[str, ...] = ()
+    allow_private_addresses: bool = False
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    timeout: float = 20.0
+    max_redirects: int = 3
+    max_bytes: Size = Size(20 * 1024**2)
+    cache_dir: str = "cache/originals"
+    cache_size_limit: Size = Size(1024**3)
+    freshness: float = 300.0
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    local: LocalSourceConfig = field(default_factory=LocalSourceConfig)
+    remote: RemoteSourceConfig = field(default_factory=RemoteSourceConfig)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = True
+    dir: str = "cache/results"
+    size_limit: Size = Size(1024**3)
+    max_age: int = 31536000
+    immutable: bool = True
+    not_found_max_age: int = 60
+    eviction_policy: str = "least-recently-used"
+    memory_body_limit: Size = Size(256 * 1024)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    default_format: str = "source"
+    workers: int = 0
+    queue_limit: int = 64
+    timeout: float = 30.0
+    keep_icc: bool = True
+    convert_to_srgb: bool = False
+    strip_metadata: bool = True
+    jpeg_quality: int = 80
+    jpeg_progressive: bool = True
+    jpeg_subsampling: str = "4:2:0"
+    webp_quality: int = 80
+    webp_method: int = 4
+    avif_quality: int = 60
+    avif_speed: int = 8
+    png_compress_level: int = 6
+    gif_optimize: bool = False
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_source_bytes: Size = Size(50 * 1024**2)
+    max_source_pixels: int = 50_000_000
+    max_animation_pixels: int = 100_000_000
+    max_frames: int = 1024
+    max_output_width: int = 4096
+    max_output_height: int = 4096
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    key: str = ""
+    keys: tuple[str, ...] = ()
+    allowed_widths: tuple[int, ...] = (160, 320, 480, 640, 768, 960, 1080, 1280, 1600, 1920, 2560)
+    allowed_source_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP")
+
+    @property
+    def signing_keys(self) -> tuple[str, ...]:
+        """First key signs, every key verifies (rotation)."""
+        return tuple(k for k in ((self.key,) if self.key else ()) + self.keys if k)
+
+
+@dataclass(frozen=True)
+class UploadsConfig:
+    enabled: bool = True
+    token: str = ""
+    max_bytes: Size = Size(20 * 1024**2)
+    dir: str = "uploads"
+    allowed_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP")
+    pregenerate_formats: tuple[str, ...] = ("webp", "source")
+    job_workers: int = 1
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "info"
+    access_log: bool = True
+
+
+DEFAULT_PRESETS: dict[str, dict[str, object]] = {
+    "thumbnail": {"width": 150, "height": 150, "mode": "crop"},
+    "small": {"width": 540},
+    "medium": {"width": 768},
+    "large": {"width": 1080},
+    "xl": {"width": 1200},
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    uploads: UploadsConfig = field(default_factory=UploadsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    presets: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_PRESETS))
+    base_dir: str = "."  # directory relative paths are resolved against (the config file's)
+
+    def path(self, relative: str) -> Path:
+        return (Path(self.base_dir) / relative).resolve()
+
+
+# Checks beyond the type: (section.key) -> (predicate, what is allowed)
+_RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
+    "server.port": (lambda v: 0 <= v <= 65535, "0..65535"),
+    "server.workers": (lambda v: 1 <= v <= 64, "1..64"),
+    "render.workers": (lambda v: 0 <= v <= 64, "0..64 (0 = number of cores)"),
+    "render.queue_limit": (lambda v: 1 <= v <= 100000, "1..100000"),
+    "render.default_format": (lambda v: v in WRITABLE_FORMATS + ("source", "auto"), "jpeg, png, webp, avif, gif, source or auto"),
+    "render.jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
+    "render.webp_quality": (lambda v: 1 <= v <= 100, "1..100"),
+    "render.avif_quality": (lambda v: 1 <= v <= 100, "1..100"),
+    "render.webp_method": (lambda v: 0 <= v <= 6, "0..6"),
+    "render.avif_speed": (lambda v: 0 <= v <= 10, "0..10"),
+    "render.png_compress_level": (lambda v: 0 <= v <= 9, "0..9"),
+    "render.jpeg_subsampling": (lambda v: v in ("4:4:4", "4:2:2", "4:2:0"), "4:4:4, 4:2:2 or 4:2:0"),
+    "render.timeout": (lambda v: v > 0, "> 0"),
+    "cache.eviction_policy": (
+        lambda v: v in ("least-recently-used", "least-recently-stored", "least-frequently-used"),
+        "least-recently-used, least-recently-stored or least-frequently-used",
+    ),
+    "limits.max_source_pixels": (lambda v: v > 0, "> 0"),
+    "limits.max_output_width": (lambda v: v > 0, "> 0"),
+    "limits.max_output_height": (lambda v: v > 0, "> 0"),
+    "log.format": (lambda v: v in ("text", "json"), "text or json"),
+    "log.level": (lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
+    "sources.remote.max_redirects": (lambda v: 0 <= v <= 20, "0..20"),
+    "security.allowed_widths": (lambda v: all(w > 0 for w in v), "positive integers"),
+    "uploads.pregenerate_formats": (
+        lambda v: all(f in WRITABLE_FORMATS + ("source",) for f in v),
+        "jpeg, png, webp, avif, gif or source",
+    ),
+}
+
+
+def _convert(value: object, hint: object, key: str) -> object:
+    if hint is Size:
+        return Size(parse_size(value, key))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(v, item, key) for v in value)
+    raise ConfigError(f"{key}: unsupported value {value!r}")  # pragma: no cover - schema bug
+
+
+_NOT_FROM_FILE = {"presets", "base_dir"}
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _build(cls: type, data: dict, prefix: str) -> object:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.name not in _NOT_FROM_FILE]
+    unknown = sorted(set(data) - {f.name for f in fields})
+    if unknown:
+        raise ConfigError(f"{_join(prefix, unknown[0])}: unknown key")
+    values = {}
+    for f in fields:
+        if f.name not in data:
+            continue
+        key = _join(prefix, f.name)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, data[f.name], key)
+            continue
+        value = _convert(data[f.name], hint, key)
+        check = _RANGES.get(key)
+        if check and not check[0](value):
+            raise ConfigError(f"{key}: {value!r} is out of range (allowed: {check[1]})")
+        values[f.name] = value
+    return cls(**values)
+
+
+def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
+    """IMGPROXY_CACHE__SIZE_LIMIT=2GB -> {"cache": {"size_limit": "2GB"}}.
+
+    Nested sections use more separators: IMGPROXY_SOURCES__LOCAL__ROOT. Values are read as TOML
+    values when they parse (numbers, booleans, lists), else taken as strings.
+    """
+    tree: dict = {}
+    for name, raw in environ.items():
+        if not name.startswith("IMGPROXY_") or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len("IMGPROXY_"):].split("__")]
+        if not all(parts):
+            raise ConfigError(f"{name}: malformed variable name")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another variable")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _check_presets(presets: object) -> dict[str, dict[str, object]]:
+    if not isinstance(presets, dict) or not all(isinstance(p, dict) for p in presets.values()):
+        raise ConfigError("presets: expected [presets.NAME] tables")
+    from .options import parse_preset  # late import: options imports config's constants
+
+    for name, params in presets.items():
+        parse_preset(name, params)
+    return presets
+
+
+def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
+    """`path` None: ./config.toml when present, else the built-in defaults. Env applies on top."""
+    environ = os.environ if environ is None else environ
+    data: dict = {}
+    base_dir = Path.cwd()
+    if path is None and Path("config.toml").is_file():
+        path = "config.toml"
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read ({exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+        base_dir = path.resolve().parent
+    data = _merge(data, _env_overrides(environ))
+    presets = data.pop("presets", None)
+    config = _build(Config, data, "")
+    preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets)
+    return dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir))

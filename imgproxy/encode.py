@@ -1,0 +1,53 @@
+"""Encode a rendered image to bytes (pure Pillow work, no I/O). Settings come from `[render]`."""
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from .config import RenderConfig
+from .render import Rendered
+
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif", "gif": "image/gif"}
+# Pillow format name of a source -> our output format, for sources we can write back as they are
+SOURCE_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "GIF": "gif"}
+
+
+def default_quality(fmt: str, settings: RenderConfig) -> int | None:
+    return {"jpeg": settings.jpeg_quality, "webp": settings.webp_quality, "avif": settings.avif_quality}.get(fmt)
+
+
+def _mode_for(fmt: str, image: Image.Image) -> Image.Image:
+    alpha = image.mode in ("RGBA", "LA")
+    if fmt == "jpeg":
+        return image if image.mode in ("RGB", "L") else image.convert("RGB")
+    if fmt in ("webp", "avif"):
+        wanted = "RGBA" if alpha else "RGB"
+        return image if image.mode == wanted else image.convert(wanted)
+    return image  # png and gif take L, LA, RGB and RGBA as they are
+
+
+def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderConfig) -> bytes:
+    frames = [_mode_for(fmt, f) for f in rendered.frames]
+    quality = quality or default_quality(fmt, settings)
+    params: dict = {}
+    if rendered.icc_profile and fmt != "gif":
+        params["icc_profile"] = rendered.icc_profile
+    if fmt == "jpeg":
+        params.update(quality=quality, progressive=settings.jpeg_progressive, optimize=False,
+                      subsampling=settings.jpeg_subsampling)
+    elif fmt == "webp":
+        params.update(quality=quality, method=settings.webp_method)
+    elif fmt == "avif":
+        params.update(quality=quality, speed=settings.avif_speed)
+    elif fmt == "png":
+        params.update(compress_level=settings.png_compress_level)
+    elif fmt == "gif":
+        params.update(optimize=settings.gif_optimize)
+    if len(frames) > 1:
+        params.update(save_all=True, append_images=frames[1:], duration=rendered.durations, loop=rendered.loop or 0)
+        if fmt == "gif":
+            params["disposal"] = 2
+    out = io.BytesIO()
+    frames[0].save(out, format=fmt.upper(), **params)
+    return out.getvalue()

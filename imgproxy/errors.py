@@ -1,0 +1,54 @@
+"""Errors a client can cause. Each carries its HTTP status and a short message.
+
+Anything else that escapes a handler is a bug and becomes a 500 without details.
+"""
+from __future__ import annotations
+
+
+class ImageProxyError(Exception):
+    status = 500
+
+    def __init__(self, message: str, detail: object = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class BadRequest(ImageProxyError):
+    status = 400
+
+
+class Unauthorized(ImageProxyError):
+    status = 401
+
+
+class Forbidden(ImageProxyError):
+    status = 403
+
+
+class NotFound(ImageProxyError):
+    status = 404
+
+
+class PayloadTooLarge(ImageProxyError):
+    status = 413
+
+
+class UnsupportedMedia(ImageProxyError):
+    status = 415
+
+
+class BadGateway(ImageProxyError):
+    status = 502
+
+
+class Overloaded(ImageProxyError):
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class GatewayTimeout(ImageProxyError):
+    status = 504

@@ -1,0 +1,91 @@
+"""Open an original with Pillow and enforce the input limits before any pixel is decoded.
+
+Only formats on the allow-list are tried (Pillow never guesses SVG/EPS/PDF, which would need an
+external program); the header's declared size and frame count are checked against the limits.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile
+
+from .config import LimitsConfig
+from .errors import PayloadTooLarge, UnsupportedMedia
+from .sources import Original
+
+# Truncated files are errors (415), never silently grey-filled.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Our own limit is checked right after open; Pillow's check stays as a second line of defence for
+# plugins that allocate while opening. Its warning is noise next to our explicit check.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")
+
+
+@dataclass
+class Opened:
+    image: Image.Image
+    format: str  # Pillow's format name: JPEG, MPO, PNG, ...
+    width: int  # as stored (before EXIF orientation)
+    height: int
+    frames: int
+    animated: bool
+
+
+def open_original(original: Original, limits: LimitsConfig, formats: tuple[str, ...]) -> Opened:
+    """Read the header only. Raises 413 for pixel floods, 415 for anything not an allowed image."""
+    Image.MAX_IMAGE_PIXELS = limits.max_source_pixels
+    fp = open(original.path, "rb") if original.path is not None else io.BytesIO(original.data or b"")
+    try:
+        image = Image.open(fp, formats=_pillow_openers(formats))
+    except Image.DecompressionBombError:
+        fp.close()
+        raise PayloadTooLarge(f"source has more than {limits.max_source_pixels} pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, ZeroDivisionError, MemoryError):
+        # Pillow plugins raise a zoo of types for bad headers; all mean "not an image we accept"
+        fp.close()
+        allowed = ", ".join(formats)
+        raise UnsupportedMedia(f"source is not a supported image (allowed: {allowed})") from None
+    try:
+        return _check(image, limits, formats)
+    except Exception:
+        image.close()
+        raise
+
+
+def _pillow_openers(formats: tuple[str, ...]) -> list[str]:
+    """Pillow opens MPO through its JPEG opener; the format it reports is checked afterwards."""
+    Image.init()
+    wanted = {"JPEG" if f == "MPO" else f for f in formats}
+    return sorted(f for f in wanted if f in Image.OPEN)
+
+
+def _check(image: Image.Image, limits: LimitsConfig, formats: tuple[str, ...]) -> Opened:
+    if image.format not in formats:
+        raise UnsupportedMedia(f"source format {image.format} is not allowed (allowed: {', '.join(formats)})")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise UnsupportedMedia("source declares an empty image")
+    pixels = width * height
+    if pixels > limits.max_source_pixels:
+        raise PayloadTooLarge(
+            f"source is {width}x{height} = {pixels} pixels; the limit is {limits.max_source_pixels}"
+        )
+    fmt = image.format or ""
+    animated = fmt in ANIMATED_FORMATS and bool(getattr(image, "is_animated", False))
+    frames = 1
+    if animated:
+        try:
+            frames = image.n_frames
+        except (OSError, ValueError, EOFError, SyntaxError):
+            raise UnsupportedMedia("source animation is corrupt") from None
+        if frames > limits.max_frames:
+            raise PayloadTooLarge(f"source has {frames} frames; the limit is {limits.max_frames}")
+        if frames * pixels > limits.max_animation_pixels:
+            raise PayloadTooLarge(
+                f"source animation has {frames} frames of {width}x{height}; the limit is "
+                f"{limits.max_animation_pixels} pixels over all frames"
+            )
+    return Opened(image, fmt, width, height, frames, animated)

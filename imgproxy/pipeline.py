@@ -1,0 +1,164 @@
+"""From a source and RenderOptions to response bytes: resolve -> cache -> render pool -> cache.
+
+Shared by `/picture`, the CLI and upload pre-rendering, so every path produces the same cache key.
+Identical concurrent misses render once (coalescing); renders run in a bounded thread pool (Pillow
+releases the GIL while decoding, resizing and encoding) with a bounded queue, past which callers
+get 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .cache import ResultCache, ResultMeta
+from .config import Config
+from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode
+from .errors import Forbidden, GatewayTimeout, Overloaded
+from .loader import open_original
+from .options import RenderOptions, with_encoding
+from .render import Deadline, render
+from .sources import LocalSource, Original, is_remote
+
+
+@dataclass
+class Result:
+    meta: ResultMeta
+    body: bytes | BinaryIO
+    cache_status: str  # HIT or MISS
+    vary_accept: bool
+    render_ms: float = 0.0
+
+
+def negotiate(accept: str) -> str | None:
+    """AVIF, then WebP, when the client's Accept lists it with q > 0."""
+    offered = set()
+    for item in accept.lower().split(",")[:32]:
+        media, *params = item.split(";")
+        quality = 1.0
+        for param in params:
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            offered.add(media.strip())
+    for fmt in ("avif", "webp"):
+        if f"image/{fmt}" in offered:
+            return fmt
+    return None
+
+
+def output_format(requested: str, source_format: str, has_alpha: bool) -> str:
+    """`source` means: the source's own format when we can write it, else JPEG (PNG with alpha)."""
+    if requested != "source":
+        return requested
+    return SOURCE_FORMATS.get(source_format) or ("png" if has_alpha else "jpeg")
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def render_original(original: Original, options: RenderOptions, requested_format: str, config: Config) -> tuple[bytes, ResultMeta]:
+    """Open, render and encode (blocking; runs in the pool)."""
+    started = time.perf_counter()
+    opened = open_original(original, config.limits, config.security.allowed_source_formats)
+    with opened.image:
+        has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
+        fmt = output_format(requested_format, opened.format, has_alpha)
+        rendered = render(opened, options, fmt, config.render, Deadline(config.render.timeout))
+        body = encode(rendered, fmt, options.quality, config.render)
+    width, height = rendered.size
+    ms = (time.perf_counter() - started) * 1000
+    meta = ResultMeta(CONTENT_TYPES[fmt], etag_of(body), len(body), width, height, original.last_modified, round(ms, 1))
+    return body, meta
+
+
+class Renderer:
+    def __init__(self, config: Config, cache: ResultCache, remote=None):
+        self.config = config
+        self.cache = cache
+        self.local = LocalSource(config.path(config.sources.local.root), config.limits.max_source_bytes)
+        self.remote = remote
+        self.workers = config.render.workers or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="render")
+        self.capacity = self.workers + config.render.queue_limit
+        self.pending = 0  # renders running or waiting for a pool thread
+        self.inflight: dict[str, asyncio.Future] = {}
+        self.renders = 0  # completed renders, for tests and metrics
+
+    def requested_format(self, options: RenderOptions, accept: str) -> tuple[str, bool]:
+        """(format or "source", whether it was chosen from Accept)."""
+        default = self.config.render.default_format
+        fmt = options.encoding or default
+        if fmt != "auto":
+            return fmt, False
+        return negotiate(accept) or (default if default != "auto" else "source"), True
+
+    async def load(self, source: str) -> Original:
+        if is_remote(source):
+            if self.remote is None:
+                raise Forbidden("remote sources are off (no [sources.remote] allowed_hosts)")
+            return await self.remote.load(source)
+        return self.local.load(source)
+
+    @staticmethod
+    def cache_key(original: Original, options: RenderOptions, fmt: str) -> str:
+        return f"{original.id}|{original.version}|{with_encoding(options, fmt).cache_key()}"
+
+    async def picture(self, source: str, options: RenderOptions, accept: str = "") -> Result:
+        fmt, vary = self.requested_format(options, accept)
+        original = await self.load(source)
+        key = self.cache_key(original, options, fmt)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return Result(hit[0], hit[1], "HIT", vary)
+        body, meta = await self._coalesced(key, original, options, fmt)
+        return Result(meta, body, "MISS", vary, meta.render_ms)
+
+    async def _coalesced(self, key: str, original: Original, options: RenderOptions, fmt: str) -> tuple[bytes, ResultMeta]:
+        waiting = self.inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        if self.pending >= self.capacity:
+            raise Overloaded(f"render queue full ({self.capacity} renders pending)", retry_after=2)
+        future = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        self.pending += 1
+        try:
+            body, meta = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(self.pool, self._render_and_store, key, original, options, fmt),
+                timeout=self.config.render.timeout + 5,
+            )
+            future.set_result((body, meta))
+            return body, meta
+        except asyncio.TimeoutError:
+            error = GatewayTimeout if is_remote(original.id) else Overloaded
+            exc = error(f"render took longer than {self.config.render.timeout:g} s")
+            future.set_exception(exc)
+            raise exc from None
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            self.pending -= 1
+            del self.inflight[key]
+            if not future.cancelled() and future.exception() is not None:
+                future.exception()  # mark retrieved: waiters got it, nobody else needs the warning
+
+    def _render_and_store(self, key: str, original: Original, options: RenderOptions, fmt: str) -> tuple[bytes, ResultMeta]:
+        body, meta = render_original(original, options, fmt, self.config)
+        self.cache.put(key, body, meta)
+        self.renders += 1
+        return body, meta
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.cache.close()

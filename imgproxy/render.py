@@ -1,0 +1,235 @@
+"""Render an opened original (pure Pillow work, no I/O): an ordered list of steps.
+
+decode (shrink-on-load for JPEG) -> orient -> normalise mode -> choose focal point -> crop and
+resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pad -> flatten alpha.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import math
+import time
+import zlib
+from dataclasses import dataclass
+
+from PIL import Image, ImageCms, ImageFilter, ImageSequence
+
+from .config import RenderConfig
+from .errors import Overloaded, UnsupportedMedia
+from .geometry import Plan, plan
+from .loader import Opened
+from .options import RenderOptions
+
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError, zlib.error)
+ALPHA_FORMATS = ("png", "webp", "avif", "gif")
+ANIMATION_FORMATS = ("gif", "webp")
+# orientation tag -> transpose to apply (EXIF 2..8); 5..8 swap width and height
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+REDUCING_GAP = 2.0  # draft/reduce stop at >= 2x the target so LANCZOS still has pixels to work with
+
+
+@dataclass
+class Rendered:
+    frames: list[Image.Image]
+    durations: list[int] | None = None
+    loop: int | None = None
+    icc_profile: bytes | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames[0].size
+
+
+class Deadline:
+    """Cooperative per-render time budget, checked between steps and frames."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise Overloaded(f"render took longer than the {self.seconds:g} s budget", retry_after=5)
+
+
+def orientation_of(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except DECODE_ERRORS:  # broken EXIF must not break rendering
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    return (height, width) if orientation >= 5 else (width, height)
+
+
+def source_region(options: RenderOptions, width: int, height: int) -> tuple[int, int, int, int]:
+    """The user's `crop` in oriented pixels (x, y, w, h), or the whole image."""
+    return options.crop.to_pixels(width, height) if options.crop else (0, 0, width, height)
+
+
+def make_plan(options: RenderOptions, region: tuple[int, int, int, int], focal: tuple[float, float]) -> Plan:
+    return plan(region[2], region[3], options.width, options.height, options.mode, options.dpr, options.enlarge, focal)
+
+
+def _shrink_on_load(opened: Opened, target: Plan) -> None:
+    """JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 while keeping >= REDUCING_GAP x the output."""
+    if opened.format not in ("JPEG", "MPO"):
+        return
+    ww = target.window[2] - target.window[0]
+    wh = target.window[3] - target.window[1]
+    ratio = max(target.size[0] * REDUCING_GAP / ww, target.size[1] * REDUCING_GAP / wh)
+    if ratio >= 1:
+        return
+    need = (max(1, math.ceil(opened.width * ratio)), max(1, math.ceil(opened.height * ratio)))
+    opened.image.draft(opened.image.mode, need)
+
+
+def _normalise_mode(image: Image.Image) -> Image.Image:
+    """Bring every mode to L, LA, RGB, RGBA or CMYK, which resize well and encode everywhere."""
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        return image
+    if mode in ("P", "PA"):
+        return image.convert("RGBA" if image.has_transparency_data else "RGB")
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I") or mode == "F":
+        # 16/32-bit greyscale: scale into 8 bits rather than clip
+        return image.convert("I").point(lambda v: v * (1 / 256)).convert("L") if mode.startswith("I;16") else image.convert("L")
+    return image.convert("RGBA" if "A" in mode else "RGB")
+
+
+def smart_focal(image: Image.Image, box: tuple[float, float, float, float], aspect: float) -> tuple[float, float]:
+    """Entropy-based focal point: slide the crop window over a small copy, keep the busiest spot."""
+    small = image.resize((max(1, round((box[2] - box[0]) * 64 / max(box[2] - box[0], box[3] - box[1]))),
+                          max(1, round((box[3] - box[1]) * 64 / max(box[2] - box[0], box[3] - box[1])))),
+                         Image.Resampling.BILINEAR, box=box).convert("L")
+    sw, sh = small.size
+    ww, wh = (sh * aspect, sh) if sw / sh > aspect else (sw, sw / aspect)
+    best, best_xy = -1.0, (0.5, 0.5)
+    steps = 12
+    for i in range(steps + 1):
+        left = (sw - ww) * i / steps
+        top = (sh - wh) * i / steps
+        crop = small.crop((round(left), round(top), round(left + ww), round(top + wh)))
+        score = crop.entropy()
+        if score > best:
+            best, best_xy = score, ((left + ww / 2) / sw, (top + wh / 2) / sh)
+    return best_xy
+
+
+@functools.lru_cache(maxsize=32)
+def _to_srgb(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform:
+    source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    out_mode = "RGBA" if mode == "RGBA" else "RGB"
+    return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, out_mode)
+
+
+def _colour(image: Image.Image, icc: bytes | None, settings: RenderConfig) -> tuple[Image.Image, bytes | None]:
+    """CMYK always becomes RGB through its profile; others are converted only when configured."""
+    must_convert = image.mode == "CMYK" or (settings.convert_to_srgb and image.mode in ("RGB", "RGBA"))
+    if not must_convert:
+        return image, icc if settings.keep_icc else None
+    if icc:
+        try:
+            return ImageCms.applyTransform(image, _to_srgb(icc, image.mode)), None
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # unusable profile: fall back to Pillow's plain conversion
+    return (image.convert("RGB") if image.mode == "CMYK" else image), None
+
+
+def _flatten(image: Image.Image, background: tuple[int, int, int, int]) -> Image.Image:
+    if image.mode not in ("RGBA", "LA"):
+        return image
+    base = Image.new("RGBA", image.size, background[:3] + (255,))
+    base.alpha_composite(image.convert("RGBA"))
+    return base.convert("RGB" if image.mode == "RGBA" else "L")
+
+
+def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str) -> Image.Image:
+    """Steps after the resize that apply to every frame."""
+    if options.sharpen:
+        radius, percent, threshold = options.sharpen
+        image = image.filter(ImageFilter.UnsharpMask(radius, percent, threshold))
+    if options.blur:
+        image = image.filter(ImageFilter.GaussianBlur(options.blur))
+    if p.canvas != p.size:
+        keep_alpha = fmt in ALPHA_FORMATS and options.background[3] < 255
+        mode = "RGBA" if keep_alpha or image.mode in ("RGBA", "LA") else "RGB"
+        canvas = Image.new(mode, p.canvas, options.background if mode == "RGBA" else options.background[:3])
+        src = image.convert(mode) if image.mode != mode else image
+        canvas.paste(src, p.offset, src if mode == "RGBA" else None)
+        image = canvas
+    if fmt not in ALPHA_FORMATS:
+        image = _flatten(image, options.background)
+    return image
+
+
+def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int]) -> Image.Image:
+    """Crop (user region + plan window) and resize in one pass; `scale` maps oriented to decoded px."""
+    x0, y0 = region[0], region[1]
+    box = tuple(v * scale for v in (x0 + p.window[0], y0 + p.window[1], x0 + p.window[2], y0 + p.window[3]))
+    box = (max(0.0, box[0]), max(0.0, box[1]), min(float(image.width), box[2]), min(float(image.height), box[3]))
+    if p.size == image.size and box == (0.0, 0.0, float(image.width), float(image.height)):
+        return image
+    return image.resize(p.size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+
+
+def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderConfig, deadline: Deadline) -> Rendered:
+    image = opened.image
+    orientation = orientation_of(image)
+    ow, oh = oriented_size(opened.width, opened.height, orientation)
+    region = source_region(options, ow, oh)
+    icc = image.info.get("icc_profile") or None
+    if opened.animated and fmt in ANIMATION_FORMATS:
+        return _render_animation(opened, options, fmt, region, orientation, deadline)
+
+    first = make_plan(options, region, options.focal)
+    _shrink_on_load(opened, first)
+    try:
+        image.load()
+        deadline.check()
+        if orientation in TRANSPOSE:
+            image = image.transpose(TRANSPOSE[orientation])
+        image = _normalise_mode(image)
+    except DECODE_ERRORS:
+        raise UnsupportedMedia("source image data is truncated or corrupt") from None
+    scale = image.width / ow
+    p = first
+    if options.gravity == "smart" and options.mode == "crop":
+        box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
+        p = make_plan(options, region, smart_focal(image, box, first.canvas[0] / first.canvas[1]))
+    deadline.check()
+    image = _resize(image, p, scale, region)
+    image, icc = _colour(image, icc, settings)
+    deadline.check()
+    return Rendered([_finish(image, p, options, fmt)], icc_profile=icc)
+
+
+def _render_animation(
+    opened: Opened, options: RenderOptions, fmt: str, region: tuple[int, int, int, int], orientation: int, deadline: Deadline
+) -> Rendered:
+    p = make_plan(options, region, options.focal)
+    frames, durations = [], []
+    try:
+        for frame in ImageSequence.Iterator(opened.image):
+            deadline.check()
+            durations.append(int(frame.info.get("duration", 100) or 100))
+            image = frame.convert("RGBA")
+            if orientation in TRANSPOSE:
+                image = image.transpose(TRANSPOSE[orientation])
+            frames.append(_finish(_resize(image, p, 1.0, region), p, options, fmt))
+    except DECODE_ERRORS:
+        raise UnsupportedMedia("source animation data is truncated or corrupt") from None
+    loop = opened.image.info.get("loop", 0)
+    return Rendered(frames, durations=durations, loop=loop if isinstance(loop, int) else 0)

@@ -1,0 +1,166 @@
+"""Shared test fixtures: the corpus and a real server (uvicorn in a subprocess on 127.0.0.1)."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("IMGPROXY_CORPUS", PROJECT.parent / "shared" / "corpus")).resolve()
+
+
+def manifest_rows() -> list[dict[str, str]]:
+    with open(CORPUS / "MANIFEST.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def to_toml(data: dict, prefix: str = "") -> str:
+    """Just enough TOML for test configs: nested tables of scalars and lists."""
+    scalars = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    out = ([f"[{prefix}]"] if prefix and scalars else []) + scalars
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.append(to_toml(value, f"{prefix}.{key}" if prefix else key))
+    return "\n".join(out) + "\n"
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class LiveServer:
+    """`python -m imgproxy serve` on a free port with a temp config; stop() sends SIGTERM."""
+
+    def __init__(self, workdir: Path, settings: dict, workers: int = 1, env: dict | None = None):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = {
+            "sources": {"local": {"root": str(CORPUS), "generate_demo": False}},
+            "cache": {"dir": str(workdir / "cache")},
+            "log": {"level": "warning"},
+        }
+        self.settings = deep_merge(base, settings)
+        self.config_path = workdir / "config.toml"
+        self.config_path.write_text(to_toml(self.settings))
+        self.workers = workers
+        self.env = env or {}
+        self.log_path = workdir / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.settings["sources"]["local"]["root"])
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.settings["cache"]["dir"])
+
+    def start(self, timeout: float = 30) -> "LiveServer":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
+        env.update(self.env)
+        cmd = [sys.executable, "-m", "imgproxy", "serve", "--config", str(self.config_path),
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code in (200, 503):
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.log.close()
+        code, self.process = self.process.returncode, None
+        return code
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    """Factory: live_server(settings={...}, workers=1, env={...}) -> started LiveServer."""
+    servers: list[LiveServer] = []
+
+    def start(settings: dict | None = None, workers: int = 1, env: dict | None = None, name: str | None = None) -> LiveServer:
+        server = LiveServer(tmp_path / (name or f"server{len(servers)}"), settings or {}, workers, env)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def corpus_server(tmp_path_factory):
+    """One server over the corpus, shared by a module's read-only tests."""
+    server = LiveServer(tmp_path_factory.mktemp("corpus-server"), {})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def writable_root(tmp_path) -> Path:
+    root = tmp_path / "images"
+    root.mkdir()
+    return root
+
+
+def copy_from_corpus(relative: str, root: Path, name: str | None = None) -> Path:
+    target = root / (name or relative)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(CORPUS / relative, target)
+    return target
