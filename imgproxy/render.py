@@ -33,6 +33,7 @@ TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+SHRINK_ON_LOAD_FORMATS = ("JPEG", "MPO")
 REDUCING_GAP = 2.0  # draft/reduce stop at >= 2x the target so LANCZOS still has pixels to work with
 
 
@@ -83,7 +84,7 @@ def make_plan(options: RenderOptions, region: tuple[int, int, int, int], focal: 
 
 def _shrink_on_load(opened: Opened, target: Plan) -> None:
     """JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 while keeping >= REDUCING_GAP x the output."""
-    if opened.format not in ("JPEG", "MPO"):
+    if opened.format not in SHRINK_ON_LOAD_FORMATS:
         return
     ww = target.window[2] - target.window[0]
     wh = target.window[3] - target.window[1]
@@ -185,8 +186,19 @@ def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, i
     return image.resize(p.size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
 
 
+def _decode(image: Image.Image) -> None:
+    try:
+        image.load()
+    except DECODE_ERRORS:
+        raise UnsupportedMedia("source image data is truncated or corrupt") from None
+
+
 def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderConfig, deadline: Deadline) -> Rendered:
     image = opened.image
+    if opened.format not in SHRINK_ON_LOAD_FORMATS:
+        # getexif() of PNG and others decodes the image; do it here so decode errors are not
+        # mistaken for a missing orientation (and the image then served half-decoded)
+        _decode(image)
     orientation = orientation_of(image)
     ow, oh = oriented_size(opened.width, opened.height, orientation)
     region = source_region(options, ow, oh)
@@ -196,9 +208,9 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
 
     first = make_plan(options, region, options.focal)
     _shrink_on_load(opened, first)
+    _decode(image)
+    deadline.check()
     try:
-        image.load()
-        deadline.check()
         if orientation in TRANSPOSE:
             image = image.transpose(TRANSPOSE[orientation])
         image = _normalise_mode(image)
