@@ -18,6 +18,7 @@ from .config import Config, load_config
 from .errors import BadRequest, ImageProxyError
 from .options import parse_options
 from .pipeline import Renderer, Result
+from .signing import check_request
 
 log = logging.getLogger("imgproxy")
 MAX_QUERY_LENGTH = 2048
@@ -61,11 +62,15 @@ class PictureEndpoint:
         self.renderer = renderer
         cache = config.cache
         self.cache_control = f"public, max-age={cache.max_age}" + (", immutable" if cache.immutable else "")
+        self.signing_keys = config.security.signing_keys
 
     def options_from(self, request: Request):
         raw_query = request.scope["query_string"].decode("latin-1")
         if len(raw_query) > MAX_QUERY_LENGTH:
             raise BadRequest(f"query string longer than {MAX_QUERY_LENGTH} characters")
+        if self.signing_keys:
+            raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+            check_request(raw_path.decode("latin-1"), raw_query, self.signing_keys, self.config.security.allowed_widths)
         try:
             pairs = parse_qsl(raw_query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
         except ValueError:

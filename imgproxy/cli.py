@@ -14,6 +14,7 @@ SECRET_KEYS = {"key", "keys", "token"}
 # CLI flag -> canonical query parameter, for `render` (and `url`)
 RENDER_FLAGS = ("width", "height", "format", "quality", "mode", "gravity", "enlarge", "background", "dpr",
                 "crop", "sharpen", "blur", "preset", "version")
+QUERY_NAMES = {"width": "scalex", "height": "scaley", "format": "encoding"}  # the names of the seed URLs
 
 
 def _config(args) -> Config:
@@ -60,7 +61,7 @@ def query_from_args(args) -> list[tuple[str, str]]:
         value = getattr(args, flag, None)
         if value is None or value is False:
             continue
-        name = "encoding" if flag == "format" else flag
+        name = QUERY_NAMES.get(flag, flag)
         pairs.append((name, "1" if value is True else str(value)))
     return pairs
 
@@ -86,12 +87,52 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_sign(args) -> int:
+    """Sign a URL as given (path and query kept byte for byte, any old sig dropped)."""
+    from urllib.parse import urlsplit
+
+    from .signing import sign, split_query
+
+    keys = _config(args).security.signing_keys
+    if not keys:
+        print("imgproxy: no [security] key configured", file=sys.stderr)
+        return 2
+    parts = urlsplit(args.url)
+    kept, _ = split_query(parts.query)
+    query = "&".join(kept)
+    signature = "sig=" + sign(parts.path, query, keys[0])
+    prefix = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
+    print(f"{prefix}{parts.path}?{query + '&' if query else ''}{signature}")
+    return 0
+
+
+def cmd_url(args) -> int:
+    """Build a /picture URL from a source and render flags (signed when a key is set)."""
+    from urllib.parse import quote
+
+    from .signing import signed_url
+
+    config = _config(args)
+    pairs = query_from_args(args)
+    path = "/picture/" + quote(args.source, safe="/:")
+    print((args.base or "") + signed_url(path, pairs, config.security.signing_keys))
+    return 0
+
+
 def cmd_check_config(args) -> int:
     import json
 
     config = _config(args)
     print(json.dumps(masked(config), indent=2, default=str))
     return 0
+
+
+def add_render_flags(parser: argparse.ArgumentParser) -> None:
+    for flag in RENDER_FLAGS:
+        if flag == "enlarge":
+            parser.add_argument("--enlarge", action="store_true")
+        else:
+            parser.add_argument(f"--{flag}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,11 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     render = command("render", cmd_render, "render one image to a file")
     render.add_argument("source", help="path under [sources.local] root")
     render.add_argument("-o", "--output", required=True)
-    for flag in RENDER_FLAGS:
-        if flag == "enlarge":
-            render.add_argument("--enlarge", action="store_true")
-        else:
-            render.add_argument(f"--{flag}")
+    add_render_flags(render)
+
+    sign = command("sign", cmd_sign, "print URL with its signature")
+    sign.add_argument("url", help="/picture/… path with query, or a full URL")
+
+    url = command("url", cmd_url, "build a /picture URL (signed when a key is set)")
+    url.add_argument("source")
+    url.add_argument("--base", help="prefix such as https://img.example.com")
+    add_render_flags(url)
 
     command("check-config", cmd_check_config, "print the effective config (secrets masked)")
     return parser
