@@ -18,6 +18,7 @@ from .config import Config, load_config
 from .errors import BadRequest, ImageProxyError
 from .options import parse_options
 from .pipeline import Renderer, Result
+from .remote import RemoteSource
 from .signing import check_request
 
 log = logging.getLogger("imgproxy")
@@ -137,7 +138,13 @@ class SecurityHeaders:
 def create_app(config: Config) -> Starlette:
     cache_dir = config.path(config.cache.dir)
     cache = ResultCache(cache_dir, config.cache.size_limit, config.cache.eviction_policy, config.cache.enabled)
-    renderer = Renderer(config, cache)
+    remote_cfg = config.sources.remote
+    remote = None
+    if remote_cfg.allowed_hosts:
+        remote = RemoteSource(remote_cfg, cache_dir=config.path(remote_cfg.cache_dir),
+                              formats=config.security.allowed_source_formats,
+                              trusted_networks=remote_cfg.trusted_networks)
+    renderer = Renderer(config, cache, remote)
     picture = PictureEndpoint(config, renderer)
 
     async def health(request: Request) -> Response:
@@ -150,6 +157,8 @@ def create_app(config: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        if remote is not None:
+            await remote.aclose()
         renderer.close()
 
     routes = [

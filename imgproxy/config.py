@@ -6,6 +6,7 @@ key in the one-line error it raises, so a bad config stops start-up clearly.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -57,6 +58,7 @@ class LocalSourceConfig:
 class RemoteSourceConfig:
     allowed_hosts: tuple[str, ...] = ()
     allow_private_addresses: bool = False
+    trusted_networks: tuple[str, ...] = ()
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
     timeout: float = 20.0
@@ -172,6 +174,15 @@ class Config:
         return (Path(self.base_dir) / relative).resolve()
 
 
+def _networks_valid(values: tuple[str, ...]) -> bool:
+    try:
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 # Checks beyond the type: (section.key) -> (predicate, what is allowed)
 _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "server.port": (lambda v: 0 <= v <= 65535, "0..65535"),
@@ -197,6 +208,7 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "log.format": (lambda v: v in ("text", "json"), "text or json"),
     "log.level": (lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
     "sources.remote.max_redirects": (lambda v: 0 <= v <= 20, "0..20"),
+    "sources.remote.trusted_networks": (_networks_valid, "CIDR networks like 10.1.0.0/16"),
     "security.allowed_widths": (lambda v: all(w > 0 for w in v), "positive integers"),
     "uploads.pregenerate_formats": (
         lambda v: all(f in WRITABLE_FORMATS + ("source",) for f in v),
