@@ -33,6 +33,8 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
     params: dict = {}
     if rendered.icc_profile and fmt != "gif":
         params["icc_profile"] = rendered.icc_profile
+    if rendered.exif and fmt != "gif":
+        params["exif"] = rendered.exif
     if fmt == "jpeg":
         params.update(quality=quality, progressive=settings.jpeg_progressive, optimize=False,
                       subsampling=settings.jpeg_subsampling)

@@ -43,6 +43,7 @@ class Rendered:
     durations: list[int] | None = None
     loop: int | None = None
     icc_profile: bytes | None = None
+    exif: bytes | None = None  # only when [render] strip_metadata = false
 
     @property
     def size(self) -> tuple[int, int]:
@@ -225,7 +226,20 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
     image = _resize(image, p, scale, region)
     image, icc = _colour(image, icc, settings)
     deadline.check()
-    return Rendered([_finish(image, p, options, fmt)], icc_profile=icc)
+    exif = None if settings.strip_metadata else _exif_upright(opened.image)
+    return Rendered([_finish(image, p, options, fmt)], icc_profile=icc, exif=exif)
+
+
+def _exif_upright(image: Image.Image) -> bytes | None:
+    """The source's EXIF with orientation reset, since the pixels are already upright."""
+    try:
+        exif = image.getexif()
+        if not exif:
+            return None
+        exif[0x0112] = 1
+        return exif.tobytes()
+    except DECODE_ERRORS:
+        return None
 
 
 def _render_animation(

@@ -149,6 +149,15 @@ def test_output_is_oriented_and_stripped(corpus_server):
         assert image.info.get("progressive") or image.info.get("progression")
 
 
+def test_metadata_kept_when_configured(live_server):
+    server = live_server({"render": {"strip_metadata": False}})
+    with server.client() as client:
+        image = Image.open(io.BytesIO(client.get("/picture/photos/orientation/Landscape_6.jpg?w=300").content))
+        assert image.size == (300, 200)
+        exif = image.getexif()
+        assert exif and exif.get(0x0112) == 1  # kept, with the orientation already applied
+
+
 def test_animation_is_kept_when_possible(corpus_server):
     source = Image.open(CORPUS / "photos/animated_earth.gif")
     durations = []
