@@ -21,5 +21,13 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
+# Self-only benchmark: server pinned to core 0, wrk on core 1 (BENCH_SECONDS=15 per workload).
+bench: install
+	$(PY) bench/run.py
+
+# imgproxy vs thumbor vs ipx (+ nginx for hits); peers install into /tmp/imgproxy-bench/peers.
+bench-peers: install
+	$(PY) bench/peers.py
+
 clean:
 	rm -rf cache images/demo .pytest_cache .hypothesis

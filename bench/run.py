@@ -1,0 +1,372 @@
+"""Benchmark of the image proxy: cold renders and cache hits, server on one core, wrk on another.
+
+    python bench/run.py [--corpus DIR] [--workers N] [--seconds S]
+
+The server runs under `taskset -c 0`, wrk under `taskset -c 1` with rotate.lua walking a list of
+URL paths. Workloads: cold renders of the large corpus JPEGs to unique widths 300-1999 (quality
+80) as JPEG and WebP at concurrency 2 and 8, then cache hits at concurrency 32. Each row gives
+successful requests/s, p50/p99 latency, the peak RSS of the server's process tree over that
+workload (sampled every 100 ms) and the mean size of that format's output (a fixed sample of
+URLs fetched once with httpx, the same for every server).
+
+A server is a `Server` (command + URL form), so bench/peers.py drives thumbor, ipx and nginx
+through the same code. Env: BENCH_SECONDS (per workload, default 15), BENCH_THREADS (wrk
+threads, default 1), BENCH_DIR (scratch dir, default /tmp/imgproxy-bench).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+ROTATE_LUA = Path(__file__).resolve().parent / "rotate.lua"
+DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "photos"
+BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/imgproxy-bench"))
+SERVER_CPUS = os.environ.get("BENCH_SERVER_CPUS", "0")
+CLIENT_CPUS = os.environ.get("BENCH_CLIENT_CPUS", "1")
+
+IMAGES = ("large_12mp_gallery.jpg", "large_12mp_bus.jpg", "large_9mp_harbour.jpg")
+COLD_WIDTHS = range(300, 2000)
+FORMATS = ("jpeg", "webp")
+# Hits rotate over a dozen rendered URLs: widths outside COLD_WIDTHS so they never overlap.
+HIT_SET = tuple((image, width, fmt) for image in IMAGES for width in (240, 2048) for fmt in FORMATS)
+# Mean output bytes come from the same fixed spread of widths on every server.
+SAMPLE_SIZE = 24
+WARMUP_WIDTH = 200
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Server:
+    """How to start one server and how it spells a resize of IMAGE to WIDTH as FMT at q=80."""
+
+    name: str
+    command: Callable[[int, Path], list[str]]  # (port, scratch dir) -> argv
+    url: Callable[[str, int, str], str]  # (image, width, fmt) -> path with query
+    ready_path: str = "/"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    connections: int
+    fmt: str | None = None  # None: the hit set, which mixes formats
+    part: int = 0  # which disjoint slice of the format's cold URLs this workload uses
+
+    @property
+    def cold(self) -> bool:
+        return self.fmt is not None
+
+
+WORKLOADS = (
+    Workload("miss jpeg c=2", 2, "jpeg", 0),
+    Workload("miss webp c=2", 2, "webp", 0),
+    Workload("miss jpeg c=8", 8, "jpeg", 1),
+    Workload("miss webp c=8", 8, "webp", 1),
+    Workload("hit c=32", 32),
+)
+COLD_PARTS = 2
+
+
+def imgproxy_server(corpus: Path, render_workers: int | None = None) -> Server:
+    """Our server from the repo's .venv with a temp config: fresh cache, no access log."""
+
+    def command(port: int, scratch: Path) -> list[str]:
+        render = f"[render]\nworkers = {render_workers}\n" if render_workers is not None else ""
+        config = scratch / "imgproxy.toml"
+        config.write_text(
+            f'[server]\nhost = "127.0.0.1"\nport = {port}\nworkers = 1\n'
+            f'[sources.local]\nroot = "{corpus}"\ngenerate_demo = false\n'
+            f'[cache]\ndir = "{scratch / "cache"}"\n'
+            f"{render}"
+            f"[log]\naccess_log = false\n"
+        )
+        return [str(REPO / ".venv/bin/python"), "-m", "imgproxy", "serve",
+                "--config", str(config), "--port", str(port)]
+
+    return Server(
+        name="imgproxy",
+        command=command,
+        url=lambda image, width, fmt: f"/picture/{image}?scalex={width}&encoding={fmt}&quality=80",
+        ready_path="/health",
+    )
+
+
+def cold_paths(server: Server, fmt: str, part: int) -> list[str]:
+    """One disjoint slice of every (image, width) pair, shuffled the same way for every server."""
+    pairs = [(image, width) for width in COLD_WIDTHS for image in IMAGES]
+    random.Random(fmt).shuffle(pairs)
+    return [server.url(image, width, fmt) for image, width in pairs[part::COLD_PARTS]]
+
+
+def hit_paths(server: Server) -> list[str]:
+    return [server.url(image, width, fmt) for image, width, fmt in HIT_SET]
+
+
+def sample_paths(server: Server, fmt: str) -> list[str]:
+    step = (len(COLD_WIDTHS) - 1) / (SAMPLE_SIZE - 1)
+    return [server.url(IMAGES[i % len(IMAGES)], COLD_WIDTHS[round(i * step)], fmt)
+            for i in range(SAMPLE_SIZE)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_tree_rss(root: int) -> int:
+    """Sum of RSS over `root` and all its descendants, in bytes (0 once it is gone)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                # the command name may hold spaces and parentheses: split after its last ')'
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+class RssSampler(threading.Thread):
+    """Samples the server tree's RSS every 100 ms; `peak` is the maximum since the last reset()."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.1):
+            self.peak = max(self.peak, process_tree_rss(self.pid))
+
+    def reset(self) -> None:
+        self.peak = process_tree_rss(self.pid)
+
+
+class RunningServer:
+    """A server started pinned to SERVER_CPUS in its own process group, stopped on exit."""
+
+    def __init__(self, server: Server, scratch: Path):
+        self.server = server
+        self.port = free_port()
+        self.scratch = scratch
+        self.log_path = scratch / f"{server.name}.log"
+
+    def __enter__(self) -> RunningServer:
+        command = ["taskset", "-c", SERVER_CPUS, *self.server.command(self.port, self.scratch)]
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.server.env},
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.base, timeout=120)
+        self.wait_ready()
+        self.rss = RssSampler(self.process.pid)
+        self.rss.start()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.server.name} exited with {self.process.returncode}; "
+                                   f"log:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                self.client.get(self.server.ready_path, timeout=2)
+                return  # any HTTP answer means it is listening
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.server.name} did not answer within {timeout:.0f} s")
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:  # the scratch dir goes away: show why while we can
+            print(f"--- {self.server.name} log (tail) ---\n"
+                  f"{self.log_path.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        if hasattr(self, "rss"):
+            self.rss.stopped.set()
+        self.client.close()
+        # the server got its own session, so its pid is its process group: stop just that group
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(grace)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.log.close()
+
+    def fetch(self, paths: list[str]) -> list[bytes]:
+        bodies = []
+        for path in paths:
+            response = self.client.get(path)
+            if response.status_code != 200:
+                raise RuntimeError(f"{self.server.name} {path}: {response.status_code} "
+                                   f"{response.text[:200]}")
+            bodies.append(response.content)
+        return bodies
+
+
+def run_wrk(port: int, paths: list[str], connections: int, seconds: float, scratch: Path) -> dict:
+    threads = min(int(os.environ.get("BENCH_THREADS", "1")), connections)
+    paths_file = scratch / "paths.txt"
+    paths_file.write_text("\n".join(paths) + "\n")
+    command = ["taskset", "-c", CLIENT_CPUS, "wrk", "-t", str(threads), "-c", str(connections),
+               "-d", f"{seconds:g}s", "--timeout", "60s", "-s", str(ROTATE_LUA),
+               f"http://127.0.0.1:{port}", "--", str(paths_file), str(threads)]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    for line in output.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line.removeprefix("BENCH_JSON "))
+    raise RuntimeError(f"wrk gave no result: {output.stdout}\n{output.stderr}")
+
+
+def run_workload(running: RunningServer, workload: Workload, seconds: float) -> dict:
+    server = running.server
+    paths = cold_paths(server, workload.fmt, workload.part) if workload.cold else hit_paths(server)
+    running.rss.reset()
+    stats = run_wrk(running.port, paths, workload.connections, seconds, running.scratch)
+    failed = (stats["non_2xx"] + stats["connect_errors"] + stats["read_errors"]
+              + stats["write_errors"] + stats["timeouts"])
+    return {
+        "workload": workload.name,
+        "server": server.name,
+        "rps": (stats["requests"] - stats["non_2xx"]) / (stats["duration_us"] / 1e6),
+        "p50_ms": stats["p50_us"] / 1000,
+        "p99_ms": stats["p99_us"] / 1000,
+        "peak_rss_mb": running.rss.peak / 2**20,
+        "failed": failed,
+        # a cold list shorter than the requests made means some requests were hits
+        "exhausted": workload.cold and stats["requests"] > len(paths),
+        "requests": stats["requests"],
+    }
+
+
+def bench_server(server: Server, workloads: tuple[Workload, ...], seconds: float,
+                 scratch: Path) -> tuple[list[dict], list[bytes]]:
+    """Runs the workloads against one fresh server; returns the rows and the hit set's bodies."""
+    rows = []
+    hit_bodies: list[bytes] = []
+    with RunningServer(server, scratch) as running:
+        formats = sorted({w.fmt for w in workloads if w.cold})
+        # one render per format first, so start-up work (imports, pools) is not counted
+        running.fetch([server.url(IMAGES[0], WARMUP_WIDTH, fmt) for fmt in formats])
+        for workload in workloads:
+            if not workload.cold:
+                hit_bodies = running.fetch(hit_paths(server))  # renders them, so wrk sees hits
+            print(f"  {server.name}: {workload.name} ...", file=sys.stderr, flush=True)
+            rows.append(run_workload(running, workload, seconds))
+        mean_bytes = {fmt: mean_size(running.fetch(sample_paths(server, fmt))) for fmt in formats}
+    for row, workload in zip(rows, workloads):
+        row["mean_bytes"] = mean_bytes[workload.fmt] if workload.cold else mean_size(hit_bodies)
+    return rows, hit_bodies
+
+
+def mean_size(bodies: list[bytes]) -> float:
+    return sum(map(len, bodies)) / len(bodies) if bodies else 0.0
+
+
+def format_table(headers: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *lines)]
+    render = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                                     for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([render(headers), render(["-" * w for w in widths]), *map(render, lines)])
+
+
+def row_cells(row: dict) -> list[str]:
+    note = " (list exhausted: some hits)" if row["exhausted"] else ""
+    return [f"{row['rps']:,.1f}", f"{row['p50_ms']:,.1f}", f"{row['p99_ms']:,.1f}",
+            f"{row['peak_rss_mb']:.0f}", f"{row['mean_bytes'] / 1000:,.1f} KB",
+            f"{row['failed']}{note}"]
+
+
+ROW_HEADERS = ["req/s", "p50 ms", "p99 ms", "peak RSS MB", "mean bytes", "failed"]
+
+
+def ensure_debian_packages(*packages: tuple[str, str]) -> None:
+    """Installs each (binary, package) whose binary is missing, with apt-get."""
+    missing = [package for binary, package in packages
+               if not (shutil.which(binary) or Path("/usr/sbin", binary).exists())]
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run([*sudo, "apt-get", "update", "-q"], check=True)
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-q", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def scratch_dir(prefix: str) -> Path:
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=BENCH_DIR))
+
+
+def pin_self_to_client_core() -> None:
+    """httpx fetches and RSS sampling run here: keep them off the server's core."""
+    os.sched_setaffinity(0, {int(c) for c in CLIENT_CPUS.split(",")})
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
+                        help="directory holding the large JPEGs (default: ../shared/corpus/photos)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="our [render] workers (default: the config's default)")
+    parser.add_argument("--seconds", type=float,
+                        default=float(os.environ.get("BENCH_SECONDS", "15")),
+                        help="duration of each workload (env BENCH_SECONDS, default 15)")
+    args = parser.parse_args()
+    args.corpus = args.corpus.resolve()
+    missing = [image for image in IMAGES if not (args.corpus / image).is_file()]
+    if missing:
+        parser.error(f"{args.corpus} lacks {', '.join(missing)}")
+    return args
+
+
+def main() -> None:
+    args = parse_args("Self-only benchmark: cold renders and cache hits.")
+    ensure_debian_packages(("wrk", "wrk"))
+    pin_self_to_client_core()
+    scratch = scratch_dir("self-")
+    try:
+        rows, _ = bench_server(imgproxy_server(args.corpus, args.workers), WORKLOADS,
+                               args.seconds, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"imgproxy, server on core {SERVER_CPUS}, wrk on core {CLIENT_CPUS}, "
+          f"{args.seconds:g} s per workload")
+    print(format_table(["workload", *ROW_HEADERS], [[r["workload"], *row_cells(r)] for r in rows]))
+
+
+if __name__ == "__main__":
+    main()
