@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-peers clean
+.PHONY: install run test bench bench-peers bench-cdn clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: install
 # imgproxy vs thumbor vs ipx (+ nginx for hits); peers install into /tmp/imgproxy-bench/peers.
 bench-peers: install
 	$(PY) bench/peers.py
+
+# Hit throughput through the nginx edge of deploy/nginx vs one replica directly.
+bench-cdn: install
+	$(PY) bench/cdn.py
 
 clean:
 	rm -rf cache images/demo .pytest_cache .hypothesis

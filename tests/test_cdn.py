@@ -1,0 +1,385 @@
+"""nginx as the CDN edge in front of three replicas, with deploy/nginx/imgproxy.conf unchanged.
+
+The test wraps that file in a minimal nginx.conf (pid, temp paths and logs in a temp dir, the
+current user, 127.0.0.1) and writes its own listen.conf and upstream.conf beside it: the two
+deployment-specific pieces. Two logs tell what happened to each request: nginx's access log, in
+the config's own `imgproxy_edge` format (did the edge answer, which replicas were tried), and
+each replica's access log (did the request reach it).
+"""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import random
+import re
+import shutil
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from .conftest import LiveServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+EDGE_CONF = DEPLOY / "nginx" / "imgproxy.conf"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+STARTUP_SECONDS = 15
+SOURCE = "/picture/photos/progressive_dalmatian.jpg"  # 960x640 JPEG: quick to render
+
+pytestmark = pytest.mark.timeout(120)
+
+if not Path(NGINX).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("nginx is missing: .ci/run installs Debian's nginx-light")
+    pytest.skip("nginx not installed (apt-get install nginx-light)", allow_module_level=True)
+
+WRAPPER = """\
+daemon off;
+worker_processes 1;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/error.log notice;
+events {{ worker_connections 256; }}
+http {{
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    proxy_cache_path {dir}/cache levels=1:2 keys_zone=imgproxy_edge:1m max_size=64m use_temp_path=off;
+    include {edge_conf};
+    access_log {dir}/access.log imgproxy_edge;
+}}
+"""
+
+LOG_LINE = re.compile(
+    r'"(?P<method>\S+) (?P<uri>\S+) [^"]*" (?P<status>\d+) \d+ rt=\S+ cache=(?P<cache>\S+) '
+    r"upstream=(?P<upstream>.*) upstream_status=.* accept=(?P<accept>\S+)$"
+)
+
+# What browsers send, and the format encoding=auto must answer each with
+ACCEPT_AVIF = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"  # Chrome
+ACCEPT_AVIF_FIREFOX = "image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5"
+ACCEPT_WEBP = "image/webp,*/*"
+ACCEPT_OTHER = "*/*"
+CONTENT_TYPE = {ACCEPT_AVIF: "image/avif", ACCEPT_WEBP: "image/webp", ACCEPT_OTHER: "image/jpeg"}
+
+
+def magic_type(body: bytes) -> str:
+    """The image format from the bytes, so a mislabelled variant shows."""
+    if body[4:12] == b"ftypavif":
+        return "image/avif"
+    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        return "image/webp"
+    if body[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    return "unknown"
+
+
+@dataclass
+class Hop:
+    """What nginx logged for one request."""
+
+    uri: str
+    status: int
+    cache: str  # HIT, MISS, … or "-" when the cache was not used
+    upstreams: list[str]  # replicas tried, in order; empty when nginx answered alone
+    accept: str
+
+    @property
+    def replica(self) -> str | None:
+        return self.upstreams[-1] if self.upstreams else None
+
+
+class Edge:
+    """nginx running deploy/nginx/imgproxy.conf in front of the given replica ports."""
+
+    def __init__(self, workdir: Path, replica_ports: list[int]):
+        self.dir = workdir
+        self.port = free_port()
+        self.access_log = workdir / "access.log"
+        self.logged = 0
+        workdir.mkdir(parents=True)
+        (workdir / "listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
+        (workdir / "upstream.conf").write_text(
+            "".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n" for p in replica_ports)
+        )
+        user = ""
+        if os.geteuid() == 0:  # workers would drop to nobody and lose access to the temp dir
+            user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+        conf = workdir / "nginx.conf"
+        conf.write_text(WRAPPER.format(dir=workdir, user=user, edge_conf=EDGE_CONF))
+        command = [NGINX, "-p", str(workdir), "-c", str(conf)]
+        check = subprocess.run(command + ["-t"], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr
+        output = workdir / "nginx.out"
+        with output.open("wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        self.wait_until_listening(output)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+
+    def wait_until_listening(self, output: Path) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited with {self.process.returncode}:\n{output.read_text()}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"nginx did not listen on {self.port} within {STARTUP_SECONDS}s")
+
+    def request(self, method: str, path: str, accept: str = ACCEPT_OTHER, **headers: str) -> tuple[httpx.Response, Hop]:
+        """One request through the edge, and nginx's log line for it."""
+        response = self.client.request(method, path, headers={"Accept": accept, **headers})
+        hop = self.next_hop()
+        assert (hop.uri, hop.status) == (path, response.status_code), "log out of step with requests"
+        return response, hop
+
+    def get(self, path: str, accept: str = ACCEPT_OTHER, **headers: str) -> tuple[httpx.Response, Hop]:
+        return self.request("GET", path, accept, **headers)
+
+    def next_hop(self) -> Hop:
+        # nginx writes the line once the response is sent, so it may trail the response a little.
+        deadline = time.monotonic() + 5
+        while True:
+            lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
+            if len(lines) > self.logged:
+                break
+            assert time.monotonic() < deadline, "nginx logged no line for the request"
+            time.sleep(0.01)
+        line = lines[self.logged]
+        self.logged += 1
+        match = LOG_LINE.search(line)
+        assert match, f"unexpected access log line: {line}"
+        upstream = match["upstream"]
+        return Hop(
+            uri=match["uri"],
+            status=int(match["status"]),
+            cache=match["cache"],
+            upstreams=[] if upstream == "-" else [u.strip() for u in upstream.split(",")],
+            accept=match["accept"],
+        )
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def address(replica: LiveServer) -> str:
+    return f"127.0.0.1:{replica.port}"
+
+
+def picture_requests(replica: LiveServer) -> int:
+    """Requests for /picture that reached the replica, from its access log. The replica logs a
+    request before its response leaves, so the count is complete once the client has the answer."""
+    return sum("/picture/" in line for line in replica.log_path.read_text(errors="replace").splitlines())
+
+
+@dataclass
+class Cluster:
+    edge: Edge
+    replicas: list[LiveServer]
+
+    def picture_requests(self) -> int:
+        return sum(picture_requests(r) for r in self.replicas)
+
+
+@pytest.fixture
+def cluster(live_server, tmp_path):
+    # each replica in its own directory, so each has its own cache; all read the corpus
+    replicas = [live_server({"log": {"level": "info"}}, name=f"replica{i}") for i in range(3)]
+    cluster = Cluster(Edge(tmp_path / "edge", [r.port for r in replicas]), replicas)
+    yield cluster
+    cluster.edge.stop()
+
+
+def picture(n: int, tag: str, **params: str) -> str:
+    """A distinct URL per n: the width changes, `v` keeps tests apart."""
+    query = "&".join(f"{k}={v}" for k, v in {"w": str(100 + n), "v": tag, **params}.items())
+    return f"{SOURCE}?{query}"
+
+
+def route(edge: Edge, urls: list[str], accept: str) -> dict[str, tuple[httpx.Response, Hop]]:
+    """Request URLs that are new to the edge; every one must succeed."""
+    out = {}
+    for url in urls:
+        response, hop = edge.get(url, accept=accept)
+        assert response.status_code == 200, f"{url}: {response.status_code} {response.text[:200]}"
+        assert hop.cache == "MISS", f"{url} was expected to be new to the edge: {hop}"
+        out[url] = response, hop
+    return out
+
+
+def test_each_variant_reaches_a_replica_once(cluster):
+    """Browsing traffic: popular pictures asked again and again, in three Accept classes."""
+    rng = random.Random(9)
+    urls = [picture(n, "browse", encoding="auto") for n in range(20)]
+    weights = [1 / (n + 1) for n in range(len(urls))]  # Zipf-like popularity
+    accepts = [ACCEPT_AVIF, ACCEPT_WEBP, ACCEPT_OTHER]
+    seen, edge_hits, total = set(), 0, 150
+    for _ in range(total):
+        url, accept = rng.choices(urls, weights)[0], rng.choice(accepts)
+        response, hop = cluster.edge.get(url, accept=accept)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == magic_type(response.content) == CONTENT_TYPE[accept]
+        if (url, accept) in seen:
+            assert (response.headers["X-Edge-Cache"], hop.upstreams) == ("HIT", []), f"{url} {accept}: {hop}"
+            edge_hits += 1
+        else:
+            assert response.headers["X-Edge-Cache"] == "MISS" and len(hop.upstreams) == 1
+            seen.add((url, accept))
+        # the service's headers reach the client unchanged
+        assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert response.headers["Vary"] == "Accept" and response.headers["ETag"]
+    assert cluster.picture_requests() == len(seen), "a variant reached a replica more than once"
+    print(f"\nedge answered {edge_hits}/{total} requests ({edge_hits / total:.0%}); "
+          f"replicas saw {len(seen)}, one per distinct variant")
+
+
+def test_if_none_match_is_answered_304_by_the_edge(cluster):
+    url = picture(0, "etag")
+    first, _ = cluster.edge.get(url)
+    reached = cluster.picture_requests()
+    again, hop = cluster.edge.get(url, **{"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and hop.cache == "HIT" and hop.upstreams == []
+    assert again.headers["ETag"] == first.headers["ETag"] and again.content == b""
+    other, hop = cluster.edge.get(url, **{"If-None-Match": '"another-version"'})
+    assert other.status_code == 200 and other.content == first.content and hop.cache == "HIT"
+    assert cluster.picture_requests() == reached
+
+
+def test_errors_are_kept_only_as_long_as_the_service_says(cluster):
+    for _ in range(2):  # 400 comes with no-store: every request goes to a replica
+        response, hop = cluster.edge.get(f"{SOURCE}?w=abc")
+        assert response.status_code == 400 and response.headers["Cache-Control"] == "no-store"
+        assert hop.cache == "MISS" and len(hop.upstreams) == 1
+    # 404 may be kept briefly, by the service's own Cache-Control
+    missing, hop = cluster.edge.get("/picture/photos/no-such-photo.jpg", accept="application/json")
+    assert missing.status_code == 404 and len(hop.upstreams) == 1
+    assert missing.headers["Cache-Control"] == "public, max-age=60"
+    # The replica saw the normalised Accept (*/*), not the client's: the kept 404 is the same text
+    # for every client of the class.
+    assert missing.headers["Content-Type"].startswith("text/plain")
+    again, hop = cluster.edge.get("/picture/photos/no-such-photo.jpg", accept="application/json")
+    assert (again.status_code, hop.cache, hop.upstreams) == (404, "HIT", [])
+
+
+def test_identical_misses_arriving_together_reach_a_replica_once(cluster):
+    url = "/picture/photos/large_9mp_harbour.jpg?w=640&v=together"  # a render that takes a while
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: cluster.edge.client.get(url), range(8)))
+    hops = [cluster.edge.next_hop() for _ in responses]
+    assert [r.status_code for r in responses] == [200] * 8
+    assert len({r.content for r in responses}) == 1
+    assert cluster.picture_requests() == 1, f"edge sent {cluster.picture_requests()} to replicas"
+    assert sum(bool(h.upstreams) for h in hops) == 1
+
+def test_accept_classes_get_their_own_variant_with_the_right_type(cluster):
+    url = picture(0, "accept", encoding="auto")
+    asks = [  # Accept, its class, the format answered, the edge's first answer
+        (ACCEPT_AVIF, "avif", "image/avif", "MISS"),
+        (ACCEPT_OTHER, "other", "image/jpeg", "MISS"),
+        (ACCEPT_WEBP, "webp", "image/webp", "MISS"),
+        ("text/html,*/*;q=0.8", "other", "image/jpeg", "HIT"),
+        (ACCEPT_AVIF_FIREFOX, "avif", "image/avif", "HIT"),  # another browser, same class
+        ("image/webp,image/png,*/*;q=0.5", "webp", "image/webp", "HIT"),
+    ]
+    for first_round in (True, False):
+        for accept, accept_class, content_type, cache in asks:
+            response, hop = cluster.edge.get(url, accept=accept)
+            assert response.status_code == 200 and hop.accept == accept_class
+            assert response.headers["Content-Type"] == magic_type(response.content) == content_type, accept
+            assert hop.cache == (cache if first_round else "HIT"), f"Accept {accept!r}: {hop}"
+    assert cluster.picture_requests() == 3, "one render per class, no more"
+
+
+def owners(hops: dict[str, tuple[httpx.Response, Hop]]) -> dict[str, str]:
+    return {url: hop.replica for url, (_, hop) in hops.items()}
+
+
+def test_urls_spread_over_replicas_and_each_stays_on_one(cluster):
+    urls = [picture(n, "spread") for n in range(30)]
+    owner = owners(route(cluster.edge, urls, ACCEPT_OTHER))
+    shares = {address(r): list(owner.values()).count(address(r)) for r in cluster.replicas}
+    print(f"\n30 URLs over 3 replicas: {sorted(shares.values(), reverse=True)}")
+    assert all(shares.values()), f"a replica got no URL: {shares}"
+    for replica in cluster.replicas:  # the replicas' own logs agree with nginx's
+        assert picture_requests(replica) == shares[address(replica)]
+    # Another Accept class is another edge entry, but the same replica answers it, from its own
+    # cache: the URL asks for JPEG, which does not depend on Accept.
+    second = route(cluster.edge, urls, ACCEPT_WEBP)
+    assert owners(second) == owner
+    assert {response.headers["X-Cache"] for response, _ in second.values()} == {"HIT"}
+
+
+def test_upload_jobs_are_asked_from_the_replica_that_took_the_upload(cluster):
+    _, upload = cluster.edge.request("POST", "/upload")
+    assert len(upload.upstreams) == 1
+    for job in ("a1", "b2", "c3", "d4"):
+        _, hop = cluster.edge.get(f"/jobs/{job}")
+        assert hop.upstreams == upload.upstreams
+
+
+def test_a_stopped_replica_moves_only_its_share(cluster, tmp_path):
+    urls = [picture(n, "failover") for n in range(30)]
+    owner = owners(route(cluster.edge, urls, ACCEPT_OTHER))
+    stopped = max(cluster.replicas, key=lambda r: list(owner.values()).count(address(r)))
+    stopped.stop()
+    gone = address(stopped)
+    moved = {url for url in urls if owner[url] == gone}
+
+    # Failover: the same URLs in another Accept class are new to the edge and routed as before.
+    after = route(cluster.edge, urls, ACCEPT_WEBP)
+    tried_gone = [url for url, (_, hop) in after.items() if gone in hop.upstreams]
+    for url, (response, hop) in after.items():
+        if url in moved:
+            assert hop.replica != gone
+            assert response.headers["X-Cache"] == "MISS"  # rendered anew by its next replica
+        else:
+            assert hop.upstreams == [owner[url]], f"{url} moved although its replica is up"
+            assert response.headers["X-Cache"] == "HIT"
+    assert len(tried_gone) <= 1, "nginx kept trying the stopped replica"
+    fallback = owners(after)
+
+    # Removing the replica from upstream.conf (a fresh edge): the ring without it sends every URL
+    # where failover did, so nothing is rendered again.
+    cluster.edge.stop()
+    remaining = [r for r in cluster.replicas if r is not stopped]
+    cluster.edge = Edge(tmp_path / "edge-without-one", [r.port for r in remaining])
+    without = route(cluster.edge, urls, ACCEPT_OTHER)
+    assert owners(without) == fallback
+    print(f"\nstopped the replica of {len(moved)}/30 URLs: {len(tried_gone)} request(s) tried it once "
+          f"and were answered by the next replica; {len(moved)} URLs moved, {30 - len(moved)} stayed; "
+          f"every request answered 200; the ring without it routes like failover did")
+
+
+def test_compose_runs_the_tested_config():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    mounts = dict(v.split(":")[:2] for v in services["nginx"]["volumes"])
+    # nginx resolves upstream.conf and listen.conf next to nginx.conf, like the test's wrapper
+    for name in ("nginx.conf", "imgproxy.conf", "upstream.conf", "listen.conf"):
+        assert mounts[f"./nginx/{name}"] == f"/etc/nginx/{name}"
+    main_conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    assert "include imgproxy.conf;" in main_conf and "keys_zone=imgproxy_edge:" in main_conf
+
+    upstreams = re.findall(r"^server (\S+):(\d+)", (DEPLOY / "nginx" / "upstream.conf").read_text(), re.M)
+    assert len(upstreams) == 3
+    caches = set()
+    for name, port in upstreams:
+        replica = services[name]
+        assert replica["build"]["context"] == ".." and port == "8080"
+        volumes = {target: source for source, target in (v.split(":")[:2] for v in replica["volumes"])}
+        assert volumes["/data/images"] == "images", f"{name} does not share the originals"
+        caches.add(volumes["/data/cache"])
+    assert len(caches) == 3, "replicas must not share a cache directory"
