@@ -74,6 +74,26 @@ def oriented_size(width: int, height: int, orientation: int) -> tuple[int, int]:
     return (height, width) if orientation >= 5 else (width, height)
 
 
+def stored_box(box: tuple[float, float, float, float], orientation: int, width: int, height: int) -> tuple[float, float, float, float]:
+    """Map a box on the upright image to the same pixels of the stored one (`width` x `height`).
+
+    Resizing in stored orientation and turning only the small result upright saves a full-size
+    copy of the decoded source.
+    """
+    l, t, r, b = box
+    w, h = width, height
+    return {
+        1: (l, t, r, b),
+        2: (w - r, t, w - l, b),
+        3: (w - r, h - b, w - l, h - t),
+        4: (l, h - b, r, h - t),
+        5: (t, l, b, r),
+        6: (t, h - r, b, h - l),
+        7: (w - b, h - r, w - t, h - l),
+        8: (w - b, l, w - t, r),
+    }[orientation]
+
+
 def source_region(options: RenderOptions, width: int, height: int) -> tuple[int, int, int, int]:
     """The user's `crop` in oriented pixels (x, y, w, h), or the whole image."""
     return options.crop.to_pixels(width, height) if options.crop else (0, 0, width, height)
@@ -111,11 +131,16 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if "A" in mode else "RGB")
 
 
-def smart_focal(image: Image.Image, box: tuple[float, float, float, float], aspect: float) -> tuple[float, float]:
-    """Entropy-based focal point: slide the crop window over a small copy, keep the busiest spot."""
-    small = image.resize((max(1, round((box[2] - box[0]) * 64 / max(box[2] - box[0], box[3] - box[1]))),
-                          max(1, round((box[3] - box[1]) * 64 / max(box[2] - box[0], box[3] - box[1])))),
-                         Image.Resampling.BILINEAR, box=box).convert("L")
+def smart_focal(image: Image.Image, box: tuple[float, float, float, float], orientation: int, aspect: float) -> tuple[float, float]:
+    """Entropy-based focal point: slide the crop window over a small copy, keep the busiest spot.
+
+    `box` is the region on the upright image; `image` is still in stored orientation.
+    """
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    small_w, small_h = max(1, round(bw * 64 / max(bw, bh))), max(1, round(bh * 64 / max(bw, bh)))
+    raw_size = oriented_size(small_w, small_h, orientation)
+    small = _upright(image.resize(raw_size, Image.Resampling.BILINEAR, box=stored_box(box, orientation, *image.size)), orientation)
+    small = small.convert("L")
     sw, sh = small.size
     ww, wh = (sh * aspect, sh) if sw / sh > aspect else (sw, sw / aspect)
     best, best_xy = -1.0, (0.5, 0.5)
@@ -128,6 +153,10 @@ def smart_focal(image: Image.Image, box: tuple[float, float, float, float], aspe
         if score > best:
             best, best_xy = score, ((left + ww / 2) / sw, (top + wh / 2) / sh)
     return best_xy
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    return image.transpose(TRANSPOSE[orientation]) if orientation in TRANSPOSE else image
 
 
 @functools.lru_cache(maxsize=32)
@@ -177,14 +206,21 @@ def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str) -> Im
     return image
 
 
-def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int]) -> Image.Image:
-    """Crop (user region + plan window) and resize in one pass; `scale` maps oriented to decoded px."""
+def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int], orientation: int) -> Image.Image:
+    """Crop (user region + plan window) and resize in one LANCZOS pass, then turn upright.
+
+    `scale` maps upright source pixels to decoded ones (JPEG draft); `image` is in stored
+    orientation, so the resize reads the stored pixels and only the small result is transposed.
+    """
     x0, y0 = region[0], region[1]
-    box = tuple(v * scale for v in (x0 + p.window[0], y0 + p.window[1], x0 + p.window[2], y0 + p.window[3]))
-    box = (max(0.0, box[0]), max(0.0, box[1]), min(float(image.width), box[2]), min(float(image.height), box[3]))
-    if p.size == image.size and box == (0.0, 0.0, float(image.width), float(image.height)):
-        return image
-    return image.resize(p.size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+    upright_w, upright_h = oriented_size(image.width, image.height, orientation)
+    l, t, r, b = (v * scale for v in (x0 + p.window[0], y0 + p.window[1], x0 + p.window[2], y0 + p.window[3]))
+    box = stored_box((max(0.0, l), max(0.0, t), min(float(upright_w), r), min(float(upright_h), b)),
+                     orientation, image.width, image.height)
+    size = oriented_size(*p.size, orientation)
+    if size != image.size or box != (0.0, 0.0, float(image.width), float(image.height)):
+        image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+    return _upright(image, orientation)
 
 
 def _decode(image: Image.Image) -> None:
@@ -212,18 +248,16 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
     _decode(image)
     deadline.check()
     try:
-        if orientation in TRANSPOSE:
-            image = image.transpose(TRANSPOSE[orientation])
         image = _normalise_mode(image)
     except DECODE_ERRORS:
         raise UnsupportedMedia("source image data is truncated or corrupt") from None
-    scale = image.width / ow
+    scale = image.width / opened.width
     p = first
     if options.gravity == "smart" and options.mode == "crop":
         box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
-        p = make_plan(options, region, smart_focal(image, box, first.canvas[0] / first.canvas[1]))
+        p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
     deadline.check()
-    image = _resize(image, p, scale, region)
+    image = _resize(image, p, scale, region, orientation)
     image, icc = _colour(image, icc, settings)
     deadline.check()
     exif = None if settings.strip_metadata else _exif_upright(opened.image)
@@ -251,10 +285,7 @@ def _render_animation(
         for frame in ImageSequence.Iterator(opened.image):
             deadline.check()
             durations.append(int(frame.info.get("duration", 100) or 100))
-            image = frame.convert("RGBA")
-            if orientation in TRANSPOSE:
-                image = image.transpose(TRANSPOSE[orientation])
-            frames.append(_finish(_resize(image, p, 1.0, region), p, options, fmt))
+            frames.append(_finish(_resize(frame.convert("RGBA"), p, 1.0, region, orientation), p, options, fmt))
     except DECODE_ERRORS:
         raise UnsupportedMedia("source animation data is truncated or corrupt") from None
     loop = opened.image.info.get("loop", 0)
