@@ -5,9 +5,11 @@ resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pad -> fla
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -60,6 +62,48 @@ class Deadline:
     def check(self) -> None:
         if time.monotonic() > self.end:
             raise Overloaded(f"render took longer than the {self.seconds:g} s budget", retry_after=5)
+
+
+class MemoryBudget:
+    """Bytes of decoded pixels all render threads may hold at once.
+
+    The thread pool bounds how many renders run; this bounds how much memory they take, so a
+    burst of large cold images queues here instead of multiplying peak RSS. A render larger than
+    the whole budget still runs, alone.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, amount: int, deadline: Deadline):
+        if self.limit <= 0:
+            yield
+            return
+        with self._changed:
+            while self.used and self.used + amount > self.limit:
+                if not self._changed.wait(timeout=max(0.0, deadline.end - time.monotonic())):
+                    deadline.check()
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= amount
+                self._changed.notify_all()
+
+
+UNLIMITED = MemoryBudget(0)
+# Pillow keeps 3-band images in 4 bytes per pixel; the resize's intermediate adds about a third
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4}
+WORKING_SET = 1.35
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Memory a render of `image` needs at its current (possibly drafted) size."""
+    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, 4) * WORKING_SET)
 
 
 def orientation_of(image: Image.Image) -> int:
@@ -230,38 +274,50 @@ def _decode(image: Image.Image) -> None:
         raise UnsupportedMedia("source image data is truncated or corrupt") from None
 
 
-def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderConfig, deadline: Deadline) -> Rendered:
+def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderConfig, deadline: Deadline,
+           budget: MemoryBudget = UNLIMITED) -> Rendered:
     image = opened.image
-    if opened.format not in SHRINK_ON_LOAD_FORMATS:
-        # getexif() of PNG and others decodes the image; do it here so decode errors are not
+    if opened.animated and fmt in ANIMATION_FORMATS:
+        with budget.hold(decoded_bytes(image), deadline):
+            orientation = orientation_of(image)
+            region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
+            return _render_animation(opened, options, fmt, region, orientation, deadline)
+    orientation = region = first = None
+    if opened.format in SHRINK_ON_LOAD_FORMATS:
+        # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
+        orientation, region, first = _geometry(opened, options)
+        _shrink_on_load(opened, first)
+    with budget.hold(decoded_bytes(image), deadline):
+        # getexif() of PNG and others decodes the image; decode first so errors are not
         # mistaken for a missing orientation (and the image then served half-decoded)
         _decode(image)
-    orientation = orientation_of(image)
-    ow, oh = oriented_size(opened.width, opened.height, orientation)
-    region = source_region(options, ow, oh)
-    icc = image.info.get("icc_profile") or None
-    if opened.animated and fmt in ANIMATION_FORMATS:
-        return _render_animation(opened, options, fmt, region, orientation, deadline)
-
-    first = make_plan(options, region, options.focal)
-    _shrink_on_load(opened, first)
-    _decode(image)
-    deadline.check()
-    try:
-        image = _normalise_mode(image)
-    except DECODE_ERRORS:
-        raise UnsupportedMedia("source image data is truncated or corrupt") from None
-    scale = image.width / opened.width
-    p = first
-    if options.gravity == "smart" and options.mode == "crop":
-        box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
-        p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
-    deadline.check()
-    image = _resize(image, p, scale, region, orientation)
+        if first is None:
+            orientation, region, first = _geometry(opened, options)
+        deadline.check()
+        try:
+            image = _normalise_mode(image)
+        except DECODE_ERRORS:
+            raise UnsupportedMedia("source image data is truncated or corrupt") from None
+        scale = image.width / opened.width
+        p = first
+        if options.gravity == "smart" and options.mode == "crop":
+            box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
+            p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
+        deadline.check()
+        image = _resize(image, p, scale, region, orientation)
+        icc = opened.image.info.get("icc_profile") or None
+        exif = None if settings.strip_metadata else _exif_upright(opened.image)
+        if image is not opened.image:
+            opened.image.close()  # free the decoded source before encoding
     image, icc = _colour(image, icc, settings)
     deadline.check()
-    exif = None if settings.strip_metadata else _exif_upright(opened.image)
     return Rendered([_finish(image, p, options, fmt)], icc_profile=icc, exif=exif)
+
+
+def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, tuple[int, int, int, int], Plan]:
+    orientation = orientation_of(opened.image)
+    region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
+    return orientation, region, make_plan(options, region, options.focal)
 
 
 def _exif_upright(image: Image.Image) -> bytes | None:
