@@ -3,25 +3,29 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import logging
 import os
 from typing import BinaryIO, Iterator
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import malloc
 from .cache import ResultCache
 from .config import Config, load_config
 from .errors import BadRequest, ImageProxyError
+from .logs import AccessLog
+from .metrics import MetricsEndpoint
 from .options import parse_options
+from .pages import page_routes
 from .pipeline import Renderer, Result
 from .remote import RemoteSource
 from .signing import check_request
+from .uploads import Uploads
 
-log = logging.getLogger("imgproxy")
 MAX_QUERY_LENGTH = 2048
 MAX_QUERY_FIELDS = 24
 CHUNK = 256 * 1024
@@ -29,6 +33,7 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security
 
 
 def error_response(exc: ImageProxyError, request: Request, config: Config) -> Response:
+    request.state.error = exc.message  # for the access log line
     headers = dict(exc.headers)
     if exc.status == 404 and config.cache.not_found_max_age > 0:
         headers["Cache-Control"] = f"public, max-age={config.cache.not_found_max_age}"
@@ -146,17 +151,27 @@ def create_app(config: Config) -> Starlette:
                               trusted_networks=remote_cfg.trusted_networks)
     renderer = Renderer(config, cache, remote)
     picture = PictureEndpoint(config, renderer)
+    uploads = Uploads(config, renderer)
 
     async def health(request: Request) -> Response:
-        stats = cache.stats()
-        ready = not config.cache.enabled or stats.get("usable", False)
-        body = {"status": "ok" if ready else "degraded", "cache": stats, "renders": renderer.renders,
-                "pending": renderer.pending}
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+        """Liveness is answering at all; ready (200) while the render queue has room.
+
+        An unwritable cache is reported as "degraded" but stays ready: the service still serves,
+        uncached, and restarting it would not free a full disk.
+        """
+        writable, stats = await run_in_threadpool(lambda: (cache.probe(), cache.stats()))
+        checks = {"cache_writable": writable or not config.cache.enabled, "render_pool": renderer.accepting}
+        ready = checks["render_pool"]
+        status = ("ok" if checks["cache_writable"] else "degraded") if ready else "unavailable"
+        body = {"status": status, "checks": checks, "cache": stats,
+                "renders": renderer.renders, "pending": renderer.pending, "capacity": renderer.capacity}
+        return JSONResponse(body, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"})
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        await uploads.start()
         yield
+        await uploads.stop()
         if remote is not None:
             await remote.aclose()
         renderer.close()
@@ -164,18 +179,24 @@ def create_app(config: Config) -> Starlette:
     routes = [
         Route("/picture/{source:path}", picture.handle, methods=["GET", "HEAD"]),
         Route("/health", health, methods=["GET", "HEAD"]),
+        Route("/metrics", MetricsEndpoint(cache).handle, methods=["GET"]),
+        *uploads.routes(),
+        *page_routes(config),
     ]
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s", request.url.path)  # a bug: logged with its cause, once
-        return PlainTextResponse("internal error\n", status_code=500, headers={"Cache-Control": "no-store"})
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error})
+    async def client_error(request: Request, exc: ImageProxyError) -> Response:
+        return error_response(exc, request, config)
+
+    handlers = {ImageProxyError: client_error}  # anything else is a bug: AccessLog answers 500 and logs it
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.config = config
     app.state.renderer = renderer
+    app.add_middleware(AccessLog, enabled=config.log.access_log)
     app.add_middleware(SecurityHeaders)
     return app
 
 
 def create_app_from_env() -> Starlette:
     """uvicorn factory for `--workers N`: each worker process loads the config named by IMGPROXY_CONFIG."""
+    malloc.tune()
     return create_app(load_config(os.environ.get("IMGPROXY_CONFIG") or None))

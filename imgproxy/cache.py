@@ -17,9 +17,12 @@ from typing import BinaryIO
 
 import diskcache
 
+from . import metrics
+
 log = logging.getLogger("imgproxy.cache")
 STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout, ValueError, TypeError)
 RETRY_SECONDS = 5.0
+PROBE_SECONDS = 2.0  # /health's write probe is reused this long
 
 
 @dataclass(frozen=True)
@@ -40,14 +43,21 @@ class ResultMeta:
         return cls(**json.loads(tag))
 
 
+PROBE_KEY = "imgproxy:health-probe"  # never a result key: those start with the source id
+PROBE_META = ResultMeta("application/octet-stream", '""', 0, 0, 0)
+
+
 class ResultCache:
     def __init__(self, directory: Path, size_limit: int, eviction_policy: str, enabled: bool = True):
         self.directory = directory
-        self.settings = {"size_limit": size_limit, "eviction_policy": eviction_policy}
+        # statistics: diskcache counts hits and misses in the shared database (one more UPDATE in
+        # the transaction a least-recently-used lookup opens anyway), for `imgproxy cache stats`
+        self.settings = {"size_limit": size_limit, "eviction_policy": eviction_policy, "statistics": True}
         self.enabled = enabled
         self._cache: diskcache.Cache | None = None
         self._failed_at = 0.0
         self._warned = False
+        self._probed: tuple[float, bool] = (0.0, False)
         if enabled:
             self._open()
 
@@ -102,17 +112,34 @@ class ResultCache:
             if cache is None:
                 return False
         try:
-            return bool(cache.set(key, body, tag=meta.to_tag()))
+            # diskcache does not count evictions; inside one transaction no other worker writes,
+            # so the entry count before and after set() tells how many entries it culled
+            with cache.transact():
+                expected = len(cache) + (key not in cache)
+                stored = cache.set(key, body, tag=meta.to_tag())
+                evicted = expected - len(cache)
         except STORAGE_ERRORS as exc:
             self._fail(exc)
             return False
+        if evicted > 0:
+            metrics.CACHE_EVICTIONS.inc(evicted)
+        return bool(stored)
+
+    def probe(self) -> bool:
+        """Whether a tiny entry can be committed (remembered for PROBE_SECONDS)."""
+        checked_at, writable = self._probed
+        if time.monotonic() - checked_at < PROBE_SECONDS:
+            return writable
+        writable = self.put(PROBE_KEY, b"", PROBE_META)
+        self._probed = (time.monotonic(), writable)
+        return writable
 
     def stats(self) -> dict:
         cache = self._usable()
         if cache is None:
             return {"enabled": self.enabled, "usable": False}
         try:
-            return {"enabled": True, "usable": True, "entries": len(cache), "bytes": cache.volume()}
+            return {"enabled": True, "usable": True, "entries": len(cache) - (PROBE_KEY in cache), "bytes": cache.volume()}
         except STORAGE_ERRORS as exc:
             self._fail(exc)
             return {"enabled": True, "usable": False}

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
@@ -31,6 +34,25 @@ def masked(value, key: str = ""):
     return list(value) if isinstance(value, tuple) else value
 
 
+@contextlib.contextmanager
+def metrics_directory():
+    """PROMETHEUS_MULTIPROC_DIR for this run's workers: the operator's (emptied of the last run's
+    files) or a fresh temporary directory removed at exit."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="imgproxy-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -41,17 +63,25 @@ def cmd_serve(args) -> int:
         ensure_demo_images(config.path(config.sources.local.root))
     if args.config:
         os.environ["IMGPROXY_CONFIG"] = str(Path(args.config).resolve())
-    uvicorn.run(
-        "imgproxy.app:create_app_from_env",
-        factory=True,
-        host=args.host or config.server.host,
-        port=args.port if args.port is not None else config.server.port,
-        workers=args.workers or config.server.workers,
-        log_level=config.log.level,
-        access_log=config.log.access_log,
-        server_header=False,
-        timeout_graceful_shutdown=int(config.render.timeout),
-    )
+    # uvicorn ends a SIGTERM'd single-worker run by re-raising the signal; its default action would
+    # skip the clean-up below
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    with metrics_directory():
+        from . import cachetool, logs  # only now: prometheus-client reads the variable at import
+
+        cachetool.reset_statistics(config)
+        uvicorn.run(
+            "imgproxy.app:create_app_from_env",
+            factory=True,
+            host=args.host or config.server.host,
+            port=args.port if args.port is not None else config.server.port,
+            workers=args.workers or config.server.workers,
+            log_level=config.log.level,
+            log_config=logs.logging_config(config.log),
+            access_log=False,  # imgproxy.logs.AccessLog writes the access lines
+            server_header=False,
+            timeout_graceful_shutdown=int(config.render.timeout),  # in-flight renders may finish
+        )
     return 0
 
 
@@ -119,12 +149,122 @@ def cmd_url(args) -> int:
     return 0
 
 
+def progress_bar(total: int, stream=sys.stderr):
+    """A `[####----] 3/8 name` line redrawn in place on a terminal; silent otherwise."""
+    done = 0
+
+    def advance(label: str) -> None:
+        nonlocal done
+        done += 1
+        if stream.isatty():
+            filled = 30 * done // max(total, 1)
+            end = "\n" if done == total else ""
+            stream.write(f"\r[{'#' * filled}{'-' * (30 - filled)}] {done}/{total} {label[-40:]:<40}{end}")
+            stream.flush()
+
+    return advance
+
+
+def cmd_warm(args) -> int:
+    """Render presets × formats of local sources into the cache, as an upload's job does."""
+    import asyncio
+
+    from .cache import ResultCache
+    from .jobs import plan, warm
+    from .pipeline import Renderer
+
+    config = _config(args)
+    cache = ResultCache(config.path(config.cache.dir), config.cache.size_limit, config.cache.eviction_policy, config.cache.enabled)
+    renderer = Renderer(config, cache)
+    try:
+        tasks = plan(renderer, args.preset or list(config.presets), args.format or config.uploads.pregenerate_formats)
+        total = len(args.sources) * len(tasks)
+        errors = asyncio.run(warm(renderer, args.sources, tasks, renderer.workers, progress_bar(total)))
+    finally:
+        renderer.close()
+    for line in errors:
+        print(f"imgproxy: {line}", file=sys.stderr)
+    print(f"warmed {total - len(errors)} of {total} results ({len(args.sources)} sources x {len(tasks)} variants)")
+    return 1 if errors else 0
+
+
+def _not_writable(path: Path) -> str | None:
+    """Why files cannot be created in `path` (or in the directory it would be created in)."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        return f"{path} is not writable ({exc.strerror})"
+    return None
+
+
+def config_problems(config: Config) -> list[str]:
+    """Everything in this config that would stop or degrade serving, each naming its key."""
+    from .netguard import compile_host_pattern
+
+    problems = []
+    root = config.path(config.sources.local.root)
+    if not root.exists() and not config.sources.local.generate_demo:
+        problems.append(f"sources.local.root: {root} does not exist")
+    elif root.exists() and not root.is_dir():
+        problems.append(f"sources.local.root: {root} is not a directory")
+    elif root.exists() and not os.access(root, os.R_OK | os.X_OK):
+        problems.append(f"sources.local.root: {root} is not readable")
+    writable = {"sources.local.root": root} if config.sources.local.generate_demo else {}
+    if config.cache.enabled:
+        writable["cache.dir"] = config.path(config.cache.dir)
+    if config.sources.remote.allowed_hosts:
+        writable["sources.remote.cache_dir"] = config.path(config.sources.remote.cache_dir)
+    if config.uploads.enabled:
+        writable["uploads.dir"] = root / config.uploads.dir
+    for key, path in writable.items():
+        if (why := _not_writable(path)) is not None:
+            problems.append(f"{key}: {why}")
+    for pattern in config.sources.remote.allowed_hosts:
+        try:
+            compile_host_pattern(pattern)
+        except ValueError as exc:
+            problems.append(f"sources.remote.allowed_hosts: {exc}")
+    return problems
+
+
 def cmd_check_config(args) -> int:
     import json
 
     config = _config(args)
     print(json.dumps(masked(config), indent=2, default=str))
+    problems = config_problems(config)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def cmd_cache_stats(args) -> int:
+    from . import cachetool
+
+    print(cachetool.describe(cachetool.stats(_config(args))))
     return 0
+
+
+def cmd_cache_clear(args) -> int:
+    from . import cachetool
+
+    removed = cachetool.clear(_config(args), args.older_than, args.source or [])
+    print(f"removed {removed} cached results")
+    return 0
+
+
+def duration(text: str) -> float:
+    from .cachetool import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_render_flags(parser: argparse.ArgumentParser) -> None:
@@ -139,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgproxy", description="Caching image proxy")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, handler, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+    def command(name: str, handler, help: str, group=sub) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help)
         p.add_argument("--config", help="config file (default: ./config.toml when present)")
         p.set_defaults(handler=handler)
         return p
@@ -163,7 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
     url.add_argument("--base", help="prefix such as https://img.example.com")
     add_render_flags(url)
 
-    command("check-config", cmd_check_config, "print the effective config (secrets masked)")
+    warm_parser = command("warm", cmd_warm, "render presets of local sources into the cache")
+    warm_parser.add_argument("sources", nargs="+", help="paths under [sources.local] root")
+    warm_parser.add_argument("--preset", action="append", help="preset name, repeatable (default: all)")
+    warm_parser.add_argument("--format", action="append", choices=("jpeg", "png", "webp", "avif", "gif", "source"),
+                             help="output format, repeatable (default: [uploads] pregenerate_formats)")
+
+    command("check-config", cmd_check_config, "print the effective config (secrets masked) and every problem")
+
+    cache = sub.add_parser("cache", help="result cache: stats, clear").add_subparsers(dest="action", required=True)
+    command("stats", cmd_cache_stats, "entries, bytes, hit ratio, oldest entry", cache)
+    clear = command("clear", cmd_cache_clear, "remove results: all, or by age and/or source", cache)
+    clear.add_argument("--older-than", type=duration, metavar="AGE", help="stored longer ago than AGE (7d, 12h, 30m)")
+    clear.add_argument("--source", action="append", help="a local path or remote URL whose results go (repeatable)")
     return parser
 
 

@@ -92,6 +92,7 @@ class RenderConfig:
     default_format: str = "source"
     workers: int = 0
     queue_limit: int = 64
+    memory_budget: Size = Size(96 * 1024**2)
     timeout: float = 30.0
     keep_icc: bool = True
     convert_to_srgb: bool = False
@@ -210,6 +211,11 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "sources.remote.max_redirects": (lambda v: 0 <= v <= 20, "0..20"),
     "sources.remote.trusted_networks": (_networks_valid, "CIDR networks like 10.1.0.0/16"),
     "security.allowed_widths": (lambda v: all(w > 0 for w in v), "positive integers"),
+    "uploads.job_workers": (lambda v: 1 <= v <= 64, "1..64"),
+    "uploads.dir": (
+        lambda v: bool(v) and not v.startswith("/") and ".." not in v.split("/") and "\\" not in v,
+        "a relative path inside [sources.local] root",
+    ),
     "uploads.pregenerate_formats": (
         lambda v: all(f in WRITABLE_FORMATS + ("source",) for f in v),
         "jpeg, png, webp, avif, gif or source",
@@ -271,7 +277,7 @@ def _build(cls: type, data: dict, prefix: str) -> object:
         value = _convert(data[f.name], hint, key)
         check = _RANGES.get(key)
         if check and not check[0](value):
-            raise ConfigError(f"{key}: {value!r} is out of range (allowed: {check[1]})")
+            raise ConfigError(f"{key}: {value!r} is not allowed (allowed: {check[1]})")
         values[f.name] = value
     return cls(**values)
 

@@ -15,13 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from . import metrics
 from .cache import ResultCache, ResultMeta
 from .config import Config
 from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode
 from .errors import Forbidden, GatewayTimeout, Overloaded
 from .loader import open_original
 from .options import RenderOptions, with_encoding
-from .render import Deadline, render
+from .render import UNLIMITED, Deadline, MemoryBudget, render
 from .sources import LocalSource, Original, is_remote
 
 
@@ -66,14 +67,15 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-def render_original(original: Original, options: RenderOptions, requested_format: str, config: Config) -> tuple[bytes, ResultMeta]:
+def render_original(original: Original, options: RenderOptions, requested_format: str, config: Config,
+                    budget: MemoryBudget = UNLIMITED) -> tuple[bytes, ResultMeta]:
     """Open, render and encode (blocking; runs in the pool)."""
     started = time.perf_counter()
     opened = open_original(original, config.limits, config.security.allowed_source_formats)
     with opened.image:
         has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
         fmt = output_format(requested_format, opened.format, has_alpha)
-        rendered = render(opened, options, fmt, config.render, Deadline(config.render.timeout))
+        rendered = render(opened, options, fmt, config.render, Deadline(config.render.timeout), budget)
         body = encode(rendered, fmt, options.quality, config.render)
     width, height = rendered.size
     ms = (time.perf_counter() - started) * 1000
@@ -89,10 +91,16 @@ class Renderer:
         self.remote = remote
         self.workers = config.render.workers or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="render")
+        self.memory = MemoryBudget(config.render.memory_budget)
         self.capacity = self.workers + config.render.queue_limit
         self.pending = 0  # renders running or waiting for a pool thread
         self.inflight: dict[str, asyncio.Future] = {}
         self.renders = 0  # completed renders, for tests and metrics
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a new render would be queued rather than refused with 503."""
+        return self.pending < self.capacity
 
     def requested_format(self, options: RenderOptions, accept: str) -> tuple[str, bool]:
         """(format or "source", whether it was chosen from Accept)."""
@@ -119,7 +127,9 @@ class Renderer:
         key = self.cache_key(original, options, fmt)
         hit = self.cache.get(key)
         if hit is not None:
+            metrics.CACHE_HITS.inc()
             return Result(hit[0], hit[1], "HIT", vary)
+        metrics.CACHE_MISSES.inc()
         body, meta = await self._coalesced(key, original, options, fmt)
         return Result(meta, body, "MISS", vary, meta.render_ms)
 
@@ -127,11 +137,13 @@ class Renderer:
         waiting = self.inflight.get(key)
         if waiting is not None:
             return await asyncio.shield(waiting)
-        if self.pending >= self.capacity:
+        if not self.accepting:
+            metrics.SHED.inc()
             raise Overloaded(f"render queue full ({self.capacity} renders pending)", retry_after=2)
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         self.pending += 1
+        metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
         try:
             body, meta = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(self.pool, self._render_and_store, key, original, options, fmt),
@@ -149,12 +161,15 @@ class Renderer:
             raise
         finally:
             self.pending -= 1
+            metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
             del self.inflight[key]
             if not future.cancelled() and future.exception() is not None:
                 future.exception()  # mark retrieved: waiters got it, nobody else needs the warning
 
     def _render_and_store(self, key: str, original: Original, options: RenderOptions, fmt: str) -> tuple[bytes, ResultMeta]:
-        body, meta = render_original(original, options, fmt, self.config)
+        with metrics.RENDERS_IN_FLIGHT.track_inprogress():
+            body, meta = render_original(original, options, fmt, self.config, self.memory)
+        metrics.observe_render(meta.content_type, meta.render_ms, original.data is not None, original.size)
         self.cache.put(key, body, meta)
         self.renders += 1
         return body, meta

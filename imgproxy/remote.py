@@ -29,6 +29,7 @@ import httpx
 from PIL import Image
 
 from .config import RemoteSourceConfig, SecurityConfig
+from . import metrics
 from .errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, NotFound, PayloadTooLarge, UnsupportedMedia
 from .netguard import AddressPolicy, GuardedBackend, GuardedTransport, Resolver, compile_host_pattern, host_allowed
 from .sources import Original
@@ -171,8 +172,9 @@ class RemoteSource:
         entry = await asyncio.to_thread(self.cache.get, key)
         if entry is None or time.time() >= entry["fetched_at"] + entry["max_age"]:
             try:
-                async with asyncio.timeout(self.cfg.timeout):
-                    entry = await self._fetch(url, entry)
+                with metrics.upstream_fetch():
+                    async with asyncio.timeout(self.cfg.timeout):
+                        entry = await self._fetch(url, entry)
             except TimeoutError:
                 raise GatewayTimeout(
                     f"upstream {host_of(url)} did not answer within {self.cfg.timeout:g} s"

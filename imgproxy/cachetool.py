@@ -1,0 +1,152 @@
+"""`imgproxy cache stats` and `imgproxy cache clear`: the result cache seen from outside the server.
+
+Safe while servers run: diskcache is shared between processes. Entries are picked by reading
+diskcache's SQLite index (its `Cache` table: `key`, `store_time`) read-only, and removed through
+diskcache's own `delete`, so files and the size accounting stay right. Result keys start with the
+source's id (`local:<path>|…`, or the remote URL followed by `|`), so a source's variants share
+a prefix.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskcache
+
+from .cache import PROBE_KEY, STORAGE_ERRORS
+from .config import Config
+from .sources import LocalSource, is_remote
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `12h`, `7d` or `2w`."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", text.strip().lower())
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f"expected a duration like 7d, 12h, 30m or 90s, got {text!r}")
+    return float(match[1]) * DURATION_UNITS[match[2] or "s"]
+
+
+def source_id(source: str, config: Config) -> str:
+    """The id a source's cache keys start with, as the server computes it."""
+    if is_remote(source):
+        from .remote import parse_remote_url
+
+        return str(parse_remote_url(source))
+    local = LocalSource(config.path(config.sources.local.root), config.limits.max_source_bytes)
+    return "local:" + local.resolve(source).relative_to(local.root).as_posix()
+
+
+@dataclass
+class CacheStats:
+    directory: Path
+    entries: int
+    bytes: int
+    size_limit: int
+    hits: int  # since the last `imgproxy serve` start (diskcache's statistics, reset then)
+    misses: int
+    oldest: float | None  # store time (epoch seconds) of the oldest entry
+
+    @property
+    def hit_ratio(self) -> float | None:
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else None
+
+
+def _index(directory: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{directory / 'cache.db'}?mode=ro", uri=True)
+
+
+def _exists(directory: Path) -> bool:
+    return (directory / "cache.db").is_file()
+
+
+def stats(config: Config) -> CacheStats:
+    directory = config.path(config.cache.dir)
+    if not _exists(directory):  # nothing cached yet; opening it would create it
+        return CacheStats(directory, 0, 0, config.cache.size_limit, 0, 0, None)
+    with diskcache.Cache(str(directory)) as cache:
+        hits, misses = cache.stats()
+        entries, volume = len(cache) - (PROBE_KEY in cache), cache.volume()
+    with _index(directory) as index:
+        (oldest,) = index.execute("SELECT MIN(store_time) FROM Cache WHERE key != ?", (PROBE_KEY,)).fetchone()
+    return CacheStats(directory, entries, volume, config.cache.size_limit, hits, misses, oldest)
+
+
+def reset_statistics(config: Config) -> None:
+    """Start the hit and miss counts afresh (called when the server starts)."""
+    directory = config.path(config.cache.dir)
+    if not (config.cache.enabled and _exists(directory)):
+        return
+    try:
+        with diskcache.Cache(str(directory)) as cache:
+            cache.stats(enable=True, reset=True)
+    except STORAGE_ERRORS:
+        pass  # an unusable cache is the server's to report (it serves uncached)
+
+
+def clear(config: Config, older_than: float | None = None, sources: list[str] = ()) -> int:
+    """Remove results (all of them, or those stored longer ago than `older_than` seconds and/or of
+    `sources`); returns how many. A remote source's fetched original goes too, so it is fetched again."""
+    directory = config.path(config.cache.dir)
+    prefixes = [source_id(s, config) + "|" for s in sources]
+    if not _exists(directory):
+        return 0
+    if older_than is None and not prefixes:
+        with diskcache.Cache(str(directory)) as cache:
+            return cache.clear()
+    conditions, params = [], []
+    if older_than is not None:
+        conditions.append("store_time < ?")
+        params.append(time.time() - older_than)
+    if prefixes:
+        conditions.append("(" + " OR ".join("substr(key, 1, ?) = ?" for _ in prefixes) + ")")
+        for prefix in prefixes:
+            params += [len(prefix), prefix]
+    with _index(directory) as index:
+        keys = [key for (key,) in index.execute(f"SELECT key FROM Cache WHERE {' AND '.join(conditions)}", params)]
+    with diskcache.Cache(str(directory)) as cache:
+        removed = sum(cache.delete(key) for key in keys)
+    remote_dir = config.path(config.sources.remote.cache_dir)
+    remote_ids = [p.removesuffix("|") for p in prefixes if not p.startswith("local:")]
+    if remote_ids and _exists(remote_dir):
+        with diskcache.Cache(str(remote_dir)) as originals:
+            for url in remote_ids:
+                originals.delete(url)
+    return removed
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _age(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def describe(s: CacheStats) -> str:
+    ratio = "unknown (no lookups since the server started)" if s.hit_ratio is None else f"{s.hit_ratio:.1%}"
+    oldest = "-"
+    if s.oldest is not None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.oldest))
+        oldest = f"{stamp} ({_age(time.time() - s.oldest)} ago)"
+    return "\n".join([
+        f"directory:  {s.directory}",
+        f"entries:    {s.entries}",
+        f"bytes:      {s.bytes} ({_size(s.bytes)} of {_size(s.size_limit)})",
+        f"hits:       {s.hits}",
+        f"misses:     {s.misses}",
+        f"hit ratio:  {ratio}",
+        f"oldest:     {oldest}",
+    ])

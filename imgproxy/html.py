@@ -1,0 +1,241 @@
+"""Helpers that write `/picture` URLs and responsive `<img>`/`<picture>` markup (SPEC §8).
+
+Parameters use the canonical names of presets (`width`, `height`, `encoding`, …; aliases work
+too) and are checked by the same parser as the server, so a typo fails when the page is built.
+URLs are signed when the config has keys, except the allowed-width ones the server accepts
+unsigned. `width`/`height` attributes are the size the server will answer, computed from the
+source's header (EXIF orientation included) without rendering, so pages reserve the space.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from markupsafe import Markup, escape
+
+from .config import Config, LimitsConfig
+from .errors import ImageProxyError
+from .geometry import output_size
+from .loader import open_original
+from .options import ALIASES, RenderOptions, parse_options
+from .render import orientation_of, oriented_size
+from .signing import is_allowed_width_request, signed_url
+from .sources import LocalSource, Original, is_remote
+
+PREFIX = "/picture/"
+# canonical name -> the query parameter written into URLs (SPEC §2's primary names)
+QUERY_NAMES = {"width": "scalex", "height": "scaley", "version": "v"}
+MIME_TYPES = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+PATH_SAFE = "/:"
+DEFAULT_CONFIG = Config()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    url: str
+    width: int  # the srcset descriptor: the real output width when the source's size is known
+    options: RenderOptions
+
+
+def query_pairs(params: Mapping[str, object]) -> list[tuple[str, str]]:
+    pairs = []
+    for name, value in params.items():
+        if value is None:
+            continue
+        canonical = ALIASES.get(name)
+        if canonical is None:
+            raise ValueError(f"unknown picture parameter {name!r}")
+        pairs.append((QUERY_NAMES.get(canonical, canonical), format_value(value)))
+    return pairs
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_value(v) for v in value)
+    return str(value)
+
+
+def build(source: str, config: Config, params: Mapping[str, object]) -> tuple[str, RenderOptions]:
+    """The URL for `source` with `params`, and the options the server will parse from it."""
+    pairs = query_pairs(params)
+    options = parse_options(pairs, config.presets, config.limits.max_output_width, config.limits.max_output_height)
+    keys = config.security.signing_keys
+    if keys and is_allowed_width_request(pairs, config.security.allowed_widths):
+        keys = ()  # the server takes these unsigned; the plain URL is the one the lazyloader shares
+    return signed_url(PREFIX + quote(source, safe=PATH_SAFE), pairs, keys), options
+
+
+def picture_url(source: str, config: Config | None = None, **params: object) -> str:
+    return build(source, config or DEFAULT_CONFIG, params)[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def header_size(original: Original, limits: LimitsConfig, formats: tuple[str, ...]) -> tuple[int, int]:
+    """Oriented size from the header only; cached per file version (Original carries it)."""
+    opened = open_original(original, limits, formats)
+    with opened.image as image:
+        return oriented_size(opened.width, opened.height, orientation_of(image))
+
+
+def source_size(source: str, config: Config) -> tuple[int, int] | None:
+    """The local source's size, or None when unknown (remote, missing or unreadable)."""
+    if is_remote(source):
+        return None
+    local = LocalSource(config.path(config.sources.local.root), config.limits.max_source_bytes)
+    try:
+        return header_size(local.load(source), config.limits, config.security.allowed_source_formats)
+    except ImageProxyError:
+        return None
+
+
+def result_size(size: tuple[int, int] | None, options: RenderOptions) -> tuple[int, int] | None:
+    return output_size(*size, options) if size else None
+
+
+def candidates(source: str, config: Config, variants: Iterable[Mapping[str, object]]) -> list[Candidate]:
+    """One srcset entry per variant, described by its real output width; duplicates (widths
+    beyond what the source can give) collapse into the first, smallest request."""
+    size = source_size(source, config)
+    found: dict[int, Candidate] = {}
+    for params in variants:
+        url, options = build(source, config, params)
+        out = result_size(size, options)
+        if out:
+            width = out[0]
+        elif options.width:
+            width = round(options.width * options.dpr)
+        else:
+            raise ValueError(f"{source}: a srcset entry needs a width ({dict(params)})")
+        found.setdefault(width, Candidate(url, width, options))
+    return sorted(found.values(), key=lambda c: c.width)
+
+
+def join_srcset(found: list[Candidate]) -> str:
+    return ", ".join(f"{c.url} {c.width}w" for c in found)
+
+
+def width_variants(widths: Iterable[int], params: Mapping[str, object]) -> list[dict[str, object]]:
+    return [{**params, "width": w} for w in sorted(set(widths))]
+
+
+def srcset(source: str, widths: Iterable[int], config: Config | None = None, **params: object) -> str:
+    """`url 320w, url 640w`: the descriptors are the widths the server really answers."""
+    return join_srcset(candidates(source, config or DEFAULT_CONFIG, width_variants(widths, params)))
+
+
+def default_widths(width: int, config: Config) -> list[int]:
+    """The configured width steps from half to twice the display width, plus that width."""
+    return [w for w in config.security.allowed_widths if width / 2 <= w <= width * 2] + [width]
+
+
+def default_sizes(width: int | None) -> str:
+    return f"(max-width: {width}px) 100vw, {width}px" if width else "100vw"
+
+
+def img_attrs(
+    source: str,
+    width: int | None = None,
+    sizes: str | None = None,
+    widths: Iterable[int] | None = None,
+    config: Config | None = None,
+    **params: object,
+) -> dict[str, object]:
+    """`src`, `srcset`, `sizes`, `width`, `height` for an `<img>` shown `width` CSS pixels wide."""
+    config = config or DEFAULT_CONFIG
+    if widths is None and width:
+        widths = default_widths(width, config)
+    found = candidates(source, config, width_variants(widths or (), params))
+    src, options = build(source, config, {**params, "width": width})
+    return size_attrs(source, config, src, options, found, sizes or default_sizes(width))
+
+
+def size_attrs(
+    source: str, config: Config, src: str, options: RenderOptions, found: list[Candidate], sizes: str
+) -> dict[str, object]:
+    """An `<img>`'s src, srcset, sizes and the real width and height of `src`."""
+    attrs: dict[str, object] = {"src": src}
+    if found:
+        attrs["srcset"] = join_srcset(found)
+        attrs["sizes"] = sizes
+    size = result_size(source_size(source, config), options)
+    if size:
+        attrs["width"], attrs["height"] = size
+    return attrs
+
+
+def tag(name: str, attrs: Mapping[str, object]) -> Markup:
+    """`<name a="v" …>` with every value escaped; None drops an attribute, True writes it bare."""
+    parts = [name]
+    for key, value in attrs.items():
+        if value is None or value is False:
+            continue
+        parts.append(str(escape(key)) if value is True else f'{escape(key)}="{escape(value)}"')
+    return Markup(f"<{' '.join(parts)}>")
+
+
+def html_attrs(attrs: dict[str, object], alt: str, extra: Mapping[str, object] | None) -> dict[str, object]:
+    # alt is always written: alt="" marks a decorative image, a missing alt is an accessibility bug
+    return {**attrs, "alt": alt, "loading": "lazy", "decoding": "async", **(extra or {})}
+
+
+def img_tag(
+    source: str,
+    width: int | None = None,
+    alt: str = "",
+    sizes: str | None = None,
+    widths: Iterable[int] | None = None,
+    attrs: Mapping[str, object] | None = None,
+    config: Config | None = None,
+    **params: object,
+) -> Markup:
+    """`<img>` with srcset/sizes and the real width/height; `attrs` adds or overrides HTML attributes."""
+    found = img_attrs(source, width=width, sizes=sizes, widths=widths, config=config, **params)
+    return tag("img", html_attrs(found, alt, attrs))
+
+
+def picture_tag(
+    source: str,
+    presets: Iterable[str] | None = None,
+    widths: Iterable[int] | None = None,
+    formats: Iterable[str] = ("avif", "webp"),
+    sizes: str | None = None,
+    width: int | None = None,
+    alt: str = "",
+    attrs: Mapping[str, object] | None = None,
+    config: Config | None = None,
+    **params: object,
+) -> Markup:
+    """`<picture>`: a `<source type srcset sizes>` per format, then an `<img>` fallback.
+
+    The candidates are `presets` by name, else `widths`, else the width steps around `width`
+    (all configured steps without it). The fallback's `src` is the `width` request when given,
+    else the largest candidate.
+    """
+    config = config or DEFAULT_CONFIG
+    if presets is not None:
+        variants = [{**params, "preset": name} for name in presets]
+    else:
+        variants = width_variants(widths or (default_widths(width, config) if width else config.security.allowed_widths), params)
+    sizes = sizes or default_sizes(width)
+    lines = []
+    for fmt in formats:
+        if fmt not in MIME_TYPES:
+            raise ValueError(f"unknown format {fmt!r} (allowed: {', '.join(MIME_TYPES)})")
+        found = candidates(source, config, [{**v, "encoding": fmt} for v in variants])
+        lines.append(tag("source", {"type": MIME_TYPES[fmt], "srcset": join_srcset(found), "sizes": sizes}))
+    found = candidates(source, config, variants)
+    src, options = build(source, config, {**params, "width": width}) if width else (found[-1].url, found[-1].options)
+    lines.append(tag("img", html_attrs(size_attrs(source, config, src, options, found, sizes), alt, attrs)))
+    return Markup("<picture>") + Markup("").join(lines) + Markup("</picture>")
+
+
+def install_jinja(env, config: Config) -> None:
+    """Jinja2 globals of the same names, bound to `config`: `{{ picture_tag('a.jpg', widths=[320, 640]) }}`."""
+    for helper in (picture_url, srcset, img_attrs, img_tag, picture_tag):
+        env.globals[helper.__name__] = functools.partial(helper, config=config)

@@ -1,0 +1,146 @@
+/*
+ * lazyload.js — viewport-sized images from imgproxy, loaded when they come near the viewport.
+ * A dependency-free ES module; no build step.
+ *
+ *   <script type="module" src="/static/lazyload.js" data-widths="160 320 640 1280 1920"></script>
+ *   <img data-src="/picture/photos/a.jpg" alt="A harbour" width="1200" height="800">
+ *   <noscript><img src="/picture/photos/a.jpg?scalex=640" alt="A harbour"></noscript>
+ *
+ * - The image gets src = data-src + scalex=W (+ encoding=auto unless an encoding is given), where
+ *   W = rendered CSS width × devicePixelRatio rounded UP to the width steps. The steps come from
+ *   the script tag's data-widths or <meta name="imgproxy-widths" content="…">; use the server's
+ *   [security] allowed_widths so the requests need no signature and share cache entries.
+ * - Other query parameters of data-src are kept exactly as written, except `sig`: a signature
+ *   cannot cover the added width, so with a signing key data-src should carry no other parameters
+ *   (the server accepts width + encoding=auto + dpr unsigned only).
+ * - Loads when within data-root-margin (default 200px) of the viewport; when the element grows
+ *   (ResizeObserver) or the pixel ratio rises, it upgrades to a larger step — never downgrades.
+ * - width/height attributes on the <img> reserve its space before it loads (no layout shift).
+ * - data-lqip on an <img>: a tiny blurred preview is shown until the real image arrives
+ *   (data-lqip="" builds ?scalex=32&blur=…; a URL value is used as is, e.g. a signed one).
+ *   The preview carries the class "lqip" so the page's CSS can style it.
+ * - No JavaScript: the <noscript> sibling above shows a fixed-size image instead.
+ * - Images added to the page later are picked up automatically; observe(element) does it by hand.
+ */
+
+const WIDTH_NAMES = ["scalex", "width", "w"];
+const REPLACED_NAMES = [...WIDTH_NAMES, "sig"]; // a signature no longer fits once the width changes
+const ENCODING_NAMES = ["encoding", "format", "fm"];
+const LQIP_WIDTH = 32;
+const LQIP_BLUR = 2;
+
+const script = [...document.querySelectorAll("script[src]")].find((s) => s.src === import.meta.url)
+  || document.querySelector("script[data-widths]");
+const meta = document.querySelector('meta[name="imgproxy-widths"]');
+const steps = (script?.dataset.widths || meta?.content || "")
+  .split(/[\s,]+/).map(Number).filter((n) => Number.isInteger(n) && n > 0).sort((a, b) => a - b);
+const rootMargin = script?.dataset.rootMargin || "200px";
+
+// per image: requested = largest width asked for; near = has come near the viewport;
+// exhausted = the server answered narrower than asked (the source is that small): stop upgrading;
+// lqip = the preview's URL until it has loaded (or failed)
+const state = new WeakMap();
+
+function paramName(pair) {
+  try {
+    return decodeURIComponent(pair.split("=")[0].replace(/\+/g, " "));
+  } catch {
+    return pair;
+  }
+}
+
+/** data-src with its width replaced by `width` and its `sig` dropped; the rest kept as written. */
+export function sizedUrl(src, width, extra = []) {
+  const [base, query = ""] = src.split("#")[0].split(/\?(.*)/s);
+  const pairs = query.split("&").filter((p) => p && !REPLACED_NAMES.includes(paramName(p)));
+  pairs.push(`scalex=${width}`, ...extra);
+  if (!pairs.some((p) => ENCODING_NAMES.includes(paramName(p)))) pairs.push("encoding=auto");
+  return `${base}?${pairs.join("&")}`;
+}
+
+/** The tiny blurred preview shown until the real image arrives (data-lqip=""). */
+export function placeholderUrl(src) {
+  return sizedUrl(src, LQIP_WIDTH, [`blur=${LQIP_BLUR}`]);
+}
+
+/** The smallest step that covers `pixels`; the largest step beyond them; exact without steps. */
+export function stepFor(pixels) {
+  const wanted = Math.max(1, Math.ceil(pixels));
+  if (!steps.length) return wanted;
+  return steps.find((w) => w >= wanted) ?? steps[steps.length - 1];
+}
+
+function update(img) {
+  const s = state.get(img);
+  // the preview first: once it is displayed, the real image loads behind it and replaces it
+  if (!s || !s.near || s.exhausted || s.lqip) return;
+  const cssWidth = img.getBoundingClientRect().width;
+  if (!cssWidth) return; // not laid out (display: none): wait for the ResizeObserver
+  const width = stepFor(cssWidth * window.devicePixelRatio);
+  if (width <= s.requested) return;
+  s.requested = width;
+  img.src = sizedUrl(img.dataset.src, width);
+}
+
+function settled(event) {
+  const img = event.currentTarget;
+  const s = state.get(img);
+  if (s.lqip) {
+    if (img.currentSrc !== s.lqip) return;
+    s.lqip = null; // preview shown (or failed): go for the real image
+  } else if (event.type === "load") {
+    img.classList.remove("lqip");
+    s.exhausted = img.naturalWidth < s.requested;
+  }
+  update(img);
+}
+
+const nearby = "IntersectionObserver" in window
+  ? new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      nearby.unobserve(entry.target);
+      state.get(entry.target).near = true;
+      update(entry.target);
+    }
+  }, { rootMargin })
+  : null;
+const resized = "ResizeObserver" in window
+  ? new ResizeObserver((entries) => entries.forEach((entry) => update(entry.target)))
+  : null;
+
+function register(img) {
+  if (state.has(img) || !img.dataset.src) return;
+  const s = { requested: 0, near: !nearby, exhausted: false, lqip: null };
+  state.set(img, s);
+  img.addEventListener("load", settled);
+  img.addEventListener("error", settled);
+  if (img.hasAttribute("data-lqip")) {
+    s.lqip = new URL(img.dataset.lqip || placeholderUrl(img.dataset.src), document.baseURI).href;
+    img.classList.add("lqip");
+    img.src = s.lqip;
+  }
+  nearby?.observe(img);
+  resized?.observe(img);
+  update(img);
+}
+
+/** Start handling every img[data-src] inside `root` (the page does this for itself). */
+export function observe(root = document) {
+  if (root instanceof HTMLImageElement) register(root);
+  root.querySelectorAll?.("img[data-src]").forEach(register);
+}
+
+function watchPixelRatio() {
+  // zooming or moving to another screen changes the ratio: bigger needs may follow
+  matchMedia(`(resolution: ${window.devicePixelRatio}dppx)`).addEventListener("change", () => {
+    document.querySelectorAll("img[data-src]").forEach(update);
+    watchPixelRatio();
+  }, { once: true });
+}
+
+observe();
+watchPixelRatio();
+new MutationObserver((records) => {
+  for (const record of records) record.addedNodes.forEach(observe);
+}).observe(document.documentElement, { childList: true, subtree: true });
