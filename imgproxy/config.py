@@ -94,6 +94,7 @@ class RenderConfig:
     queue_limit: int = 64
     memory_budget: Size = Size(96 * 1024**2)
     timeout: float = 30.0
+    reducing_gap: float = 2.0
     keep_icc: bool = True
     convert_to_srgb: bool = False
     strip_metadata: bool = True
@@ -199,6 +200,7 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "render.png_compress_level": (lambda v: 0 <= v <= 9, "0..9"),
     "render.jpeg_subsampling": (lambda v: v in ("4:4:4", "4:2:2", "4:2:0"), "4:4:4, 4:2:2 or 4:2:0"),
     "render.timeout": (lambda v: v > 0, "> 0"),
+    "render.reducing_gap": (lambda v: 1.0 <= v <= 4.0, "1.0..4.0"),
     "cache.eviction_policy": (
         lambda v: v in ("least-recently-used", "least-recently-stored", "least-frequently-used"),
         "least-recently-used, least-recently-stored or least-frequently-used",

@@ -36,7 +36,6 @@ TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 SHRINK_ON_LOAD_FORMATS = ("JPEG", "MPO")
-REDUCING_GAP = 2.0  # draft/reduce stop at >= 2x the target so LANCZOS still has pixels to work with
 
 
 @dataclass
@@ -147,13 +146,14 @@ def make_plan(options: RenderOptions, region: tuple[int, int, int, int], focal: 
     return plan(region[2], region[3], options.width, options.height, options.mode, options.dpr, options.enlarge, focal)
 
 
-def _shrink_on_load(opened: Opened, target: Plan) -> None:
-    """JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 while keeping >= REDUCING_GAP x the output."""
+def _shrink_on_load(opened: Opened, target: Plan, gap: float) -> None:
+    """JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 while keeping >= `gap` x the output, so the
+    final LANCZOS pass still has pixels to work with (draft straight to the target size blurs)."""
     if opened.format not in SHRINK_ON_LOAD_FORMATS:
         return
     ww = target.window[2] - target.window[0]
     wh = target.window[3] - target.window[1]
-    ratio = max(target.size[0] * REDUCING_GAP / ww, target.size[1] * REDUCING_GAP / wh)
+    ratio = max(target.size[0] * gap / ww, target.size[1] * gap / wh)
     if ratio >= 1:
         return
     need = (max(1, math.ceil(opened.width * ratio)), max(1, math.ceil(opened.height * ratio)))
@@ -250,7 +250,8 @@ def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str) -> Im
     return image
 
 
-def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int], orientation: int) -> Image.Image:
+def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int], orientation: int,
+            gap: float) -> Image.Image:
     """Crop (user region + plan window) and resize in one LANCZOS pass, then turn upright.
 
     `scale` maps upright source pixels to decoded ones (JPEG draft); `image` is in stored
@@ -263,7 +264,7 @@ def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, i
                      orientation, image.width, image.height)
     size = oriented_size(*p.size, orientation)
     if size != image.size or box != (0.0, 0.0, float(image.width), float(image.height)):
-        image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+        image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=gap)
     return _upright(image, orientation)
 
 
@@ -281,12 +282,12 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
         with budget.hold(decoded_bytes(image), deadline):
             orientation = orientation_of(image)
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
-            return _render_animation(opened, options, fmt, region, orientation, deadline)
+            return _render_animation(opened, options, fmt, region, orientation, settings.reducing_gap, deadline)
     orientation = region = first = None
     if opened.format in SHRINK_ON_LOAD_FORMATS:
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
         orientation, region, first = _geometry(opened, options)
-        _shrink_on_load(opened, first)
+        _shrink_on_load(opened, first, settings.reducing_gap)
     with budget.hold(decoded_bytes(image), deadline):
         # getexif() of PNG and others decodes the image; decode first so errors are not
         # mistaken for a missing orientation (and the image then served half-decoded)
@@ -304,7 +305,7 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
             box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
             p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
         deadline.check()
-        image = _resize(image, p, scale, region, orientation)
+        image = _resize(image, p, scale, region, orientation, settings.reducing_gap)
         icc = opened.image.info.get("icc_profile") or None
         exif = None if settings.strip_metadata else _exif_upright(opened.image)
         if image is not opened.image:
@@ -332,16 +333,15 @@ def _exif_upright(image: Image.Image) -> bytes | None:
         return None
 
 
-def _render_animation(
-    opened: Opened, options: RenderOptions, fmt: str, region: tuple[int, int, int, int], orientation: int, deadline: Deadline
-) -> Rendered:
+def _render_animation(opened: Opened, options: RenderOptions, fmt: str, region: tuple[int, int, int, int],
+                      orientation: int, gap: float, deadline: Deadline) -> Rendered:
     p = make_plan(options, region, options.focal)
     frames, durations = [], []
     try:
         for frame in ImageSequence.Iterator(opened.image):
             deadline.check()
             durations.append(int(frame.info.get("duration", 100) or 100))
-            frames.append(_finish(_resize(frame.convert("RGBA"), p, 1.0, region, orientation), p, options, fmt))
+            frames.append(_finish(_resize(frame.convert("RGBA"), p, 1.0, region, orientation, gap), p, options, fmt))
     except DECODE_ERRORS:
         raise UnsupportedMedia("source animation data is truncated or corrupt") from None
     loop = opened.image.info.get("loop", 0)
