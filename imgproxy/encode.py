@@ -29,6 +29,10 @@ def _mode_for(fmt: str, image: Image.Image) -> Image.Image:
 
 def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderConfig) -> bytes:
     frames = [_mode_for(fmt, f) for f in rendered.frames]
+    for frame in frames:
+        # Pillow's PNG and AVIF writers fall back to image.info for the ICC profile, and resize
+        # copies info from the source: only what is passed below may reach the output
+        frame.info = {}
     quality = quality or default_quality(fmt, settings)
     params: dict = {}
     if rendered.icc_profile and fmt != "gif":

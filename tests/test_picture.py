@@ -335,3 +335,41 @@ def test_cli_render_writes_the_same_size(tmp_path):
     assert proc.returncode == 0, proc.stderr
     image = Image.open(out)
     assert image.format == "WEBP" and image.size == (128, 97)
+
+
+def test_convert_to_srgb_drops_the_profile_and_converts(live_server, corpus_server):
+    path = "/picture/photos/adobergb_locket.jpg?w=200&encoding=png"
+    with corpus_server.client() as client:
+        kept = Image.open(io.BytesIO(client.get(path).content))
+    server = live_server({"render": {"convert_to_srgb": True}})
+    with server.client() as client:
+        converted = Image.open(io.BytesIO(client.get(path).content))
+    assert kept.info.get("icc_profile") and not converted.info.get("icc_profile")
+    # Adobe RGB pixels reinterpreted as sRGB look duller; the conversion changes the values
+    assert kept.convert("RGB").tobytes() != converted.convert("RGB").tobytes()
+
+
+def test_metadata_follows_settings_in_every_format(live_server, corpus_server):
+    server = live_server({"render": {"keep_icc": False}})
+    for fmt in ("jpeg", "png", "webp", "avif"):
+        path = f"/picture/photos/adobergb_locket.jpg?w=120&encoding={fmt}"
+        with corpus_server.client() as client:
+            kept = client.get(path).content
+        with server.client() as client:
+            dropped = client.get(path).content
+        assert Image.open(io.BytesIO(kept)).info.get("icc_profile"), fmt
+        assert not Image.open(io.BytesIO(dropped)).info.get("icc_profile"), fmt
+        for data in (kept, dropped):  # the source has EXIF and XMP; neither is copied
+            image = Image.open(io.BytesIO(data))
+            assert not image.getexif() and b"xpacket" not in data and b"http://ns.adobe.com/xap" not in data, fmt
+
+
+def test_default_format_auto_varies_on_accept(live_server):
+    server = live_server({"render": {"default_format": "auto"}})
+    with server.client() as client:
+        webp = client.get("/picture/photos/grayscale_portrait.jpg?w=100", headers={"Accept": "image/webp,*/*"})
+        plain = client.get("/picture/photos/grayscale_portrait.jpg?w=100", headers={"Accept": "*/*"})
+        assert webp.headers["content-type"] == "image/webp" and webp.headers["vary"] == "Accept"
+        assert plain.headers["content-type"] == "image/jpeg" and plain.headers["vary"] == "Accept"
+        explicit = client.get("/picture/photos/grayscale_portrait.jpg?w=100&encoding=png")
+        assert explicit.headers["content-type"] == "image/png" and "vary" not in explicit.headers
