@@ -3,12 +3,14 @@
 The body is the value (diskcache keeps large ones as files and commits the SQLite row only after
 the file is written, so a crash mid-write never leaves an entry that is served); the response
 metadata rides in the entry's `tag`. Any storage failure degrades to serving uncached, logged
-once, and the cache is reopened (rebuilt) when its directory went away.
+once, and the cache is reopened (rebuilt) when its directory went away or its database is
+corrupt (the corrupt directory is set aside, never deleted: the path may be misconfigured).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +49,11 @@ PROBE_KEY = "imgproxy:health-probe"  # never a result key: those start with the 
 PROBE_META = ResultMeta("application/octet-stream", '""', 0, 0, 0)
 
 
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Not a database or a malformed one (OperationalError, e.g. "locked", is a passing state)."""
+    return not isinstance(exc, sqlite3.OperationalError)
+
+
 class ResultCache:
     def __init__(self, directory: Path, size_limit: int, eviction_policy: str, enabled: bool = True):
         self.directory = directory
@@ -62,12 +69,30 @@ class ResultCache:
             self._open()
 
     def _open(self) -> diskcache.Cache | None:
-        try:
-            self._cache = diskcache.Cache(str(self.directory), **self.settings)
-            self._warned = False
-        except STORAGE_ERRORS as exc:
-            self._fail(exc)
+        for attempt in range(2):
+            try:
+                self._cache = diskcache.Cache(str(self.directory), **self.settings)
+                self._warned = False
+                break
+            except sqlite3.DatabaseError as exc:
+                if attempt or not _is_corrupt(exc) or not self._set_aside(exc):
+                    self._fail(exc)
+                    break
+            except STORAGE_ERRORS as exc:
+                self._fail(exc)
+                break
         return self._cache
+
+    def _set_aside(self, exc: sqlite3.DatabaseError) -> bool:
+        aside = self.directory.with_name(f"{self.directory.name}.corrupt-{int(time.time())}-{os.getpid()}")
+        try:
+            os.rename(self.directory, aside)
+        except FileNotFoundError:
+            return True  # another worker moved it already
+        except OSError:
+            return False
+        log.warning("result cache at %s is corrupt (%s); moved to %s and starting empty", self.directory, exc, aside)
+        return True
 
     def _fail(self, exc: BaseException) -> None:
         if not self._warned:
