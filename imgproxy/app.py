@@ -21,7 +21,7 @@ from .logs import AccessLog
 from .metrics import MetricsEndpoint
 from .options import parse_options
 from .pages import page_routes
-from .pipeline import Renderer, Result
+from .pipeline import Renderer, Result, close_body
 from .remote import RemoteSource
 from .signing import check_request
 from .uploads import Uploads
@@ -49,11 +49,6 @@ def etag_matches(header: str, etag: str) -> bool:
     """If-None-Match uses weak comparison: W/"x" matches "x"."""
     candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
     return "*" in candidates or etag in candidates
-
-
-def _close(body: bytes | BinaryIO) -> None:
-    if not isinstance(body, bytes):
-        body.close()
 
 
 def _chunks(file: BinaryIO) -> Iterator[bytes]:
@@ -105,10 +100,10 @@ class PictureEndpoint:
         headers["Server-Timing"] = timing
         body = result.body
         if etag_matches(request.headers.get("if-none-match", ""), meta.etag):
-            _close(body)
+            close_body(body)
             return Response(status_code=304, headers=headers)
         if request.method == "HEAD":
-            _close(body)
+            close_body(body)
             headers["Content-Length"] = str(meta.size)
             return Response(headers=headers, media_type=meta.content_type)
         if not isinstance(body, bytes):

@@ -27,7 +27,7 @@ import diskcache
 
 from .errors import ImageProxyError, Overloaded
 from .options import RenderOptions, parse_options, with_encoding
-from .pipeline import Renderer
+from .pipeline import Renderer, close_body
 
 log = logging.getLogger("imgproxy.jobs")
 OPEN = ("pending", "running")
@@ -62,11 +62,6 @@ def plan(renderer: Renderer, presets: Iterable[str], formats: Iterable[str]) -> 
             with_format = with_encoding(options, encoding)
             tasks.setdefault(with_format.cache_key(), Task(name, with_format))
     return list(tasks.values())
-
-
-def close_body(body) -> None:
-    if not isinstance(body, bytes):
-        body.close()
 
 
 async def warm(renderer: Renderer, sources: Iterable[str], tasks: list[Task], concurrency: int,

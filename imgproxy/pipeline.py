@@ -35,6 +35,12 @@ class Result:
     render_ms: float = 0.0
 
 
+def close_body(body: bytes | BinaryIO) -> None:
+    """Result bodies are bytes or, for large cached entries, an open file."""
+    if not isinstance(body, bytes):
+        body.close()
+
+
 def negotiate(accept: str) -> str | None:
     """AVIF, then WebP, when the client's Accept lists it with q > 0."""
     offered = set()
