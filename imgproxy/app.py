@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import os
 from typing import BinaryIO, Iterator
 from urllib.parse import parse_qsl
@@ -19,7 +20,7 @@ from .config import Config, load_config
 from .errors import BadRequest, ImageProxyError
 from .logs import AccessLog
 from .metrics import MetricsEndpoint
-from .options import parse_options
+from .options import RenderOptions, parse_options
 from .pages import page_routes
 from .pipeline import Renderer, Result, close_body
 from .remote import RemoteSource
@@ -64,14 +65,19 @@ class PictureEndpoint:
         cache = config.cache
         self.cache_control = f"public, max-age={cache.max_age}" + (", immutable" if cache.immutable else "")
         self.signing_keys = config.security.signing_keys
+        self.parse_query = functools.lru_cache(maxsize=1024)(self._parse_query)
 
-    def options_from(self, request: Request):
+    def options_from(self, request: Request) -> RenderOptions:
         raw_query = request.scope["query_string"].decode("latin-1")
         if len(raw_query) > MAX_QUERY_LENGTH:
             raise BadRequest(f"query string longer than {MAX_QUERY_LENGTH} characters")
         if self.signing_keys:
             raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
             check_request(raw_path.decode("latin-1"), raw_query, self.signing_keys, self.config.security.allowed_widths)
+        return self.parse_query(raw_query)
+
+    def _parse_query(self, raw_query: str) -> RenderOptions:
+        """Pure in the query string, so remembered per string (errors are not remembered)."""
         try:
             pairs = parse_qsl(raw_query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
         except ValueError:
@@ -106,12 +112,9 @@ class PictureEndpoint:
             close_body(body)
             headers["Content-Length"] = str(meta.size)
             return Response(headers=headers, media_type=meta.content_type)
-        if not isinstance(body, bytes):
-            if meta.size > self.config.cache.memory_body_limit:
-                headers["Content-Length"] = str(meta.size)
-                return StreamingResponse(_chunks(body), headers=headers, media_type=meta.content_type)
-            with body:
-                body = body.read()
+        if not isinstance(body, bytes):  # larger than memory_body_limit: streamed from its file
+            headers["Content-Length"] = str(meta.size)
+            return StreamingResponse(_chunks(body), headers=headers, media_type=meta.content_type)
         return Response(body, headers=headers, media_type=meta.content_type)
 
 
@@ -137,7 +140,7 @@ class SecurityHeaders:
 
 def create_app(config: Config) -> Starlette:
     cache_dir = config.path(config.cache.dir)
-    cache = ResultCache(cache_dir, config.cache.size_limit, config.cache.eviction_policy, config.cache.enabled)
+    cache = ResultCache(cache_dir, config.cache)
     remote_cfg = config.sources.remote
     remote = None
     if remote_cfg.allowed_hosts:

@@ -1,18 +1,27 @@
-"""Result cache: rendered bytes in a diskcache.Cache shared by every worker process.
+"""Result cache: rendered bytes in a diskcache.Cache shared by every worker process, and the most
+used of them in each process's memory.
 
 The body is the value (diskcache keeps large ones as files and commits the SQLite row only after
 the file is written, so a crash mid-write never leaves an entry that is served); the response
 metadata rides in the entry's `tag`. Any storage failure degrades to serving uncached, logged
 once, and the cache is reopened (rebuilt) when its directory went away or its database is
 corrupt (the corrupt directory is set aside, never deleted: the path may be misconfigured).
+
+A hit answered from memory skips SQLite and the file read, the two biggest costs of a hit.
+Memory entries are only ever copies of disk entries under the same key (the key holds the
+source's version), so they are never stale; `imgproxy cache clear` rewrites the directory's
+`generation` file, which makes every process drop its memory entries on its next lookup.
 """
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,11 +29,17 @@ from typing import BinaryIO
 import diskcache
 
 from . import metrics
+from .config import CacheConfig
 
 log = logging.getLogger("imgproxy.cache")
 STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout, ValueError, TypeError)
 RETRY_SECONDS = 5.0
 PROBE_SECONDS = 2.0  # /health's write probe is reused this long
+# A result answered from memory goes to disk again (refreshing its least-recently-used access
+# time) at most this often: memcached bumps an item in its LRU at most once a minute too.
+TOUCH_SECONDS = 60.0
+GENERATION_FILE = "generation"  # rewritten by `imgproxy cache clear`
+LOOKUPS_DIR = "lookups"  # one file of hit and miss counters per server process
 
 
 @dataclass(frozen=True)
@@ -54,24 +69,123 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     return not isinstance(exc, sqlite3.OperationalError)
 
 
+def generation(directory: Path) -> tuple[int, int] | None:
+    """Identity of the directory's generation file: changes when the cache is cleared or replaced."""
+    try:
+        st = os.stat(directory / GENERATION_FILE)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def mark_cleared(directory: Path) -> None:
+    (directory / GENERATION_FILE).write_text(f"{time.time_ns()}\n")
+
+
+class LookupCounters:
+    """This process's hits and misses: two 64-bit counters in a memory-mapped file of the cache
+    directory, so `imgproxy cache stats` adds up every worker's without a database write per hit."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(exist_ok=True)
+        fd = os.open(directory / str(os.getpid()), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < 16:
+                os.ftruncate(fd, 16)
+            self._map = mmap.mmap(fd, 16)
+        finally:
+            os.close(fd)
+        self.values = memoryview(self._map).cast("Q")  # [hits, misses]
+
+    def count(self, hit: bool) -> None:
+        self.values[0 if hit else 1] += 1
+
+
+def read_lookups(directory: Path) -> tuple[int, int]:
+    """(hits, misses) summed over every process's counter file."""
+    hits = misses = 0
+    for path in (directory / LOOKUPS_DIR).glob("[0-9]*"):
+        try:
+            data = path.read_bytes()[:16]
+        except OSError:
+            continue
+        if len(data) == 16:
+            h, m = memoryview(data).cast("Q")
+            hits, misses = hits + h, misses + m
+    return hits, misses
+
+
+def reset_lookups(directory: Path) -> None:
+    for path in (directory / LOOKUPS_DIR).glob("[0-9]*"):
+        path.unlink(missing_ok=True)
+
+
+class HotResults:
+    """The most used results in this process's memory, least recently used dropped first.
+
+    An entry comes in on its second use (a disk hit), not when rendered, so a stream of distinct
+    cold requests does not churn it. After TOUCH_SECONDS an entry is not answered from here once,
+    so the lookup goes to disk and refreshes the access time there.
+    """
+
+    def __init__(self, max_bytes: int, max_entry: int):
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry
+        self.bytes = 0
+        self._entries: OrderedDict[str, tuple[ResultMeta, bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, now: float) -> tuple[ResultMeta, bytes] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or now - entry[2] > TOUCH_SECONDS:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0], entry[1]
+
+    def put(self, key: str, meta: ResultMeta, body: bytes, now: float) -> None:
+        if len(body) > min(self.max_entry, self.max_bytes):
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old[1])
+            self._entries[key] = (meta, body, now)
+            self.bytes += len(body)
+            while self.bytes > self.max_bytes:
+                _, (_, dropped, _) = self._entries.popitem(last=False)
+                self.bytes -= len(dropped)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
+
 class ResultCache:
-    def __init__(self, directory: Path, size_limit: int, eviction_policy: str, enabled: bool = True):
+    def __init__(self, directory: Path, config: CacheConfig):
         self.directory = directory
-        # statistics: diskcache counts hits and misses in the shared database (one more UPDATE in
-        # the transaction a least-recently-used lookup opens anyway), for `imgproxy cache stats`
-        self.settings = {"size_limit": size_limit, "eviction_policy": eviction_policy, "statistics": True}
-        self.enabled = enabled
+        self.settings = {"size_limit": config.size_limit, "eviction_policy": config.eviction_policy}
+        self.enabled = config.enabled
+        self.memory_body_limit = config.memory_body_limit
+        self.hot = HotResults(config.memory_size, config.memory_body_limit)
+        self._generation: tuple[int, int] | None = None
+        self._counters: LookupCounters | None = None
         self._cache: diskcache.Cache | None = None
         self._failed_at = 0.0
         self._warned = False
         self._probed: tuple[float, bool] = (0.0, False)
-        if enabled:
+        if self.enabled:
             self._open()
 
     def _open(self) -> diskcache.Cache | None:
         for attempt in range(2):
             try:
                 self._cache = diskcache.Cache(str(self.directory), **self.settings)
+                if generation(self.directory) is None:
+                    mark_cleared(self.directory)
+                self._generation = generation(self.directory)
+                self._counters = LookupCounters(self.directory / LOOKUPS_DIR)
                 self._warned = False
                 break
             except sqlite3.DatabaseError as exc:
@@ -114,18 +228,37 @@ class ResultCache:
         return self._cache
 
     def get(self, key: str) -> tuple[ResultMeta, bytes | BinaryIO] | None:
-        """(meta, body) where body is bytes (small entries) or an open file (caller closes it)."""
+        """(meta, body): body is bytes up to memory_body_limit, else an open file (caller closes it)."""
         cache = self._usable()
         if cache is None:
             return None
+        current = generation(self.directory)
+        if current != self._generation:  # cleared or replaced by another process
+            self.hot.clear()
+            self._generation = current
+        now = time.monotonic()
+        found = self.hot.get(key, now)
+        if found is None:
+            found = self._get_from_disk(cache, key, now)
+        if self._counters is not None:
+            self._counters.count(found is not None)
+        return found
+
+    def _get_from_disk(self, cache: diskcache.Cache, key: str, now: float) -> tuple[ResultMeta, bytes | BinaryIO] | None:
         try:
             body, tag = cache.get(key, default=None, read=True, tag=True)
+            if body is None or tag is None:
+                return None
+            meta = ResultMeta.from_tag(tag)
+            if not isinstance(body, bytes) and meta.size <= self.memory_body_limit:
+                with body:
+                    body = body.read()
         except STORAGE_ERRORS as exc:
             self._fail(exc)
             return None
-        if body is None or tag is None:
-            return None
-        return ResultMeta.from_tag(tag), body
+        if isinstance(body, bytes):
+            self.hot.put(key, meta, body, now)
+        return meta, body
 
     def put(self, key: str, body: bytes, meta: ResultMeta) -> bool:
         cache = self._usable()
@@ -170,5 +303,6 @@ class ResultCache:
             return {"enabled": True, "usable": False}
 
     def close(self) -> None:
+        self.hot.clear()
         if self._cache is not None:
             self._cache.close()

@@ -4,7 +4,8 @@ Safe while servers run: diskcache is shared between processes. Entries are picke
 diskcache's SQLite index (its `Cache` table: `key`, `store_time`) read-only, and removed through
 diskcache's own `delete`, so files and the size accounting stay right. Result keys start with the
 source's id (`local:<path>|…`, or the remote URL followed by `|`), so a source's variants share
-a prefix.
+a prefix. Hits and misses are the servers' own counters (one small file per process under
+`lookups/`); a clear rewrites the `generation` file so servers drop the results they keep in memory.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import diskcache
 
-from .cache import PROBE_KEY, STORAGE_ERRORS
+from .cache import PROBE_KEY, mark_cleared, read_lookups, reset_lookups
 from .config import Config
 from .sources import LocalSource, is_remote
 
@@ -47,7 +48,7 @@ class CacheStats:
     entries: int
     bytes: int
     size_limit: int
-    hits: int  # since the last `imgproxy serve` start (diskcache's statistics, reset then)
+    hits: int  # since the last `imgproxy serve` start (its processes' counters, reset then)
     misses: int
     oldest: float | None  # store time (epoch seconds) of the oldest entry
 
@@ -70,8 +71,8 @@ def stats(config: Config) -> CacheStats:
     if not _exists(directory):  # nothing cached yet; opening it would create it
         return CacheStats(directory, 0, 0, config.cache.size_limit, 0, 0, None)
     with diskcache.Cache(str(directory)) as cache:
-        hits, misses = cache.stats()
         entries, volume = len(cache) - (PROBE_KEY in cache), cache.volume()
+    hits, misses = read_lookups(directory)
     with _index(directory) as index:
         (oldest,) = index.execute("SELECT MIN(store_time) FROM Cache WHERE key != ?", (PROBE_KEY,)).fetchone()
     return CacheStats(directory, entries, volume, config.cache.size_limit, hits, misses, oldest)
@@ -80,13 +81,11 @@ def stats(config: Config) -> CacheStats:
 def reset_statistics(config: Config) -> None:
     """Start the hit and miss counts afresh (called when the server starts)."""
     directory = config.path(config.cache.dir)
-    if not (config.cache.enabled and _exists(directory)):
-        return
-    try:
-        with diskcache.Cache(str(directory)) as cache:
-            cache.stats(enable=True, reset=True)
-    except STORAGE_ERRORS:
-        pass  # an unusable cache is the server's to report (it serves uncached)
+    if config.cache.enabled:
+        try:
+            reset_lookups(directory)
+        except OSError:
+            pass  # an unusable cache is the server's to report (it serves uncached)
 
 
 def clear(config: Config, older_than: float | None = None, sources: list[str] = ()) -> int:
@@ -96,6 +95,13 @@ def clear(config: Config, older_than: float | None = None, sources: list[str] = 
     prefixes = [source_id(s, config) + "|" for s in sources]
     if not _exists(directory):
         return 0
+    try:
+        return _clear(directory, older_than, prefixes, config)
+    finally:
+        mark_cleared(directory)
+
+
+def _clear(directory: Path, older_than: float | None, prefixes: list[str], config: Config) -> int:
     if older_than is None and not prefixes:
         with diskcache.Cache(str(directory)) as cache:
             return cache.clear()

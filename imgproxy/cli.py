@@ -174,7 +174,7 @@ def cmd_warm(args) -> int:
     from .pipeline import Renderer
 
     config = _config(args)
-    cache = ResultCache(config.path(config.cache.dir), config.cache.size_limit, config.cache.eviction_policy, config.cache.enabled)
+    cache = ResultCache(config.path(config.cache.dir), config.cache)
     renderer = Renderer(config, cache)
     try:
         tasks = plan(renderer, args.preset or list(config.presets), args.format or config.uploads.pregenerate_formats)

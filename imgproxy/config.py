@@ -84,7 +84,8 @@ class CacheConfig:
     immutable: bool = True
     not_found_max_age: int = 60
     eviction_policy: str = "least-recently-used"
-    memory_body_limit: Size = Size(256 * 1024)
+    memory_body_limit: Size = Size(1024**2)
+    memory_size: Size = Size(32 * 1024**2)
 
 
 @dataclass(frozen=True)
