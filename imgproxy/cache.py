@@ -14,6 +14,8 @@ source's version), so they are never stale; `imgproxy cache clear` rewrites the 
 """
 from __future__ import annotations
 
+import email.utils
+import functools
 import json
 import logging
 import mmap
@@ -52,6 +54,16 @@ class ResultMeta:
     last_modified: float | None = None
     render_ms: float = 0.0
 
+    @functools.cached_property
+    def header_lines(self) -> tuple[tuple[bytes, bytes], ...]:
+        """Content-Type, Content-Length, ETag and Last-Modified as ASGI header lines (computed
+        once per entry kept in memory)."""
+        lines = [(b"content-type", self.content_type.encode()), (b"content-length", b"%d" % self.size),
+                 (b"etag", self.etag.encode())]
+        if self.last_modified is not None:
+            lines.append((b"last-modified", email.utils.formatdate(self.last_modified, usegmt=True).encode()))
+        return tuple(lines)
+
     def to_tag(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
@@ -69,10 +81,10 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     return not isinstance(exc, sqlite3.OperationalError)
 
 
-def generation(directory: Path) -> tuple[int, int] | None:
-    """Identity of the directory's generation file: changes when the cache is cleared or replaced."""
+def generation(path: str) -> tuple[int, int] | None:
+    """Identity of a cache's generation file: changes when the cache is cleared or replaced."""
     try:
-        st = os.stat(directory / GENERATION_FILE)
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns
@@ -165,6 +177,7 @@ class HotResults:
 class ResultCache:
     def __init__(self, directory: Path, config: CacheConfig):
         self.directory = directory
+        self.generation_file = str(directory / GENERATION_FILE)
         self.settings = {"size_limit": config.size_limit, "eviction_policy": config.eviction_policy}
         self.enabled = config.enabled
         self.memory_body_limit = config.memory_body_limit
@@ -182,9 +195,9 @@ class ResultCache:
         for attempt in range(2):
             try:
                 self._cache = diskcache.Cache(str(self.directory), **self.settings)
-                if generation(self.directory) is None:
+                if generation(self.generation_file) is None:
                     mark_cleared(self.directory)
-                self._generation = generation(self.directory)
+                self._generation = generation(self.generation_file)
                 self._counters = LookupCounters(self.directory / LOOKUPS_DIR)
                 self._warned = False
                 break
@@ -232,7 +245,7 @@ class ResultCache:
         cache = self._usable()
         if cache is None:
             return None
-        current = generation(self.directory)
+        current = generation(self.generation_file)
         if current != self._generation:  # cleared or replaced by another process
             self.hot.clear()
             self._generation = current

@@ -11,6 +11,7 @@ entry count are read from the shared diskcache at scrape time, so every worker r
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
@@ -65,9 +66,16 @@ FETCH_ERROR_KINDS = (
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _request_metrics(route: str, status_class: str) -> tuple[Counter, Histogram]:
+    """The labelled children for a route and status class (labels() takes a lock and builds keys)."""
+    return REQUESTS.labels(route, status_class), REQUEST_SECONDS.labels(route)
+
+
 def observe_request(route: str, status: int, seconds: float, size: int) -> None:
-    REQUESTS.labels(route, f"{status // 100}xx").inc()
-    REQUEST_SECONDS.labels(route).observe(seconds)
+    requests, request_seconds = _request_metrics(route, f"{status // 100}xx")
+    requests.inc()
+    request_seconds.observe(seconds)
     RESPONSE_BYTES.inc(size)
 
 

@@ -8,6 +8,7 @@ get 503.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import time
@@ -73,6 +74,12 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
+@functools.lru_cache(maxsize=4096)
+def options_key(options: RenderOptions, fmt: str) -> str:
+    """The options' part of a result key (options are immutable; a hit should not rebuild it)."""
+    return with_encoding(options, fmt).cache_key()
+
+
 def render_original(original: Original, options: RenderOptions, requested_format: str, config: Config,
                     budget: MemoryBudget = UNLIMITED) -> tuple[bytes, ResultMeta]:
     """Open, render and encode (blocking; runs in the pool)."""
@@ -125,7 +132,7 @@ class Renderer:
 
     @staticmethod
     def cache_key(original: Original, options: RenderOptions, fmt: str) -> str:
-        return f"{original.id}|{original.version}|{with_encoding(options, fmt).cache_key()}"
+        return f"{original.id}|{original.version}|{options_key(options, fmt)}"
 
     async def picture(self, source: str, options: RenderOptions, accept: str = "") -> Result:
         fmt, vary = self.requested_format(options, accept)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from imgproxy.signing import sign
 
-from .conftest import CORPUS, copy_from_corpus
+from .conftest import copy_from_corpus
 
 KEY, OLD_KEY = "current-key", "previous-key"
 
