@@ -74,6 +74,14 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a cpuset or taskset may allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @functools.lru_cache(maxsize=4096)
 def options_key(options: RenderOptions, fmt: str) -> str:
     """The options' part of a result key (options are immutable; a hit should not rebuild it)."""
@@ -102,7 +110,7 @@ class Renderer:
         self.cache = cache
         self.local = LocalSource(config.path(config.sources.local.root), config.limits.max_source_bytes)
         self.remote = remote
-        self.workers = config.render.workers or os.cpu_count() or 1
+        self.workers = config.render.workers or usable_cores()
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="render")
         self.memory = MemoryBudget(config.render.memory_budget)
         self.capacity = self.workers + config.render.queue_limit
