@@ -106,11 +106,11 @@ class PictureEndpoint:
 
     async def __call__(self, scope, receive, send) -> None:
         accept = if_none_match = ""
-        for name, value in scope["headers"]:
+        for name, value in scope["headers"]:  # both are lists: repeated lines join with commas
             if name == b"accept":
-                accept = value.decode("latin-1")
+                accept += ("," if accept else "") + value.decode("latin-1")
             elif name == b"if-none-match":
-                if_none_match = value.decode("latin-1")
+                if_none_match += ("," if if_none_match else "") + value.decode("latin-1")
         try:
             options = self.options_from(scope)
             result = await self.renderer.picture(scope["path_params"]["source"], options, accept)

@@ -258,6 +258,7 @@ class ResultCache:
         return found
 
     def _get_from_disk(self, cache: diskcache.Cache, key: str, now: float) -> tuple[ResultMeta, bytes | BinaryIO] | None:
+        body = None
         try:
             body, tag = cache.get(key, default=None, read=True, tag=True)
             if body is None or tag is None:
@@ -267,6 +268,8 @@ class ResultCache:
                 with body:
                     body = body.read()
         except STORAGE_ERRORS as exc:
+            if body is not None and not isinstance(body, bytes):
+                body.close()
             self._fail(exc)
             return None
         if isinstance(body, bytes):
