@@ -116,3 +116,13 @@ def test_a_replaced_file_gets_a_new_version(tmp_path):
     os.replace(tmp_path / "a.jpg.new", tmp_path / "a.jpg")
     after = source.load("a.jpg")
     assert after.version != before.version and after.size == 4
+
+
+def test_remembered_resolutions_stay_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(LocalSource, "MAX_REMEMBERED", 8)
+    for i in range(20):
+        (tmp_path / f"{i}.jpg").write_bytes(b"x")
+    source = LocalSource(tmp_path, max_bytes=1024)
+    for i in range(20):
+        assert source.load(f"{i}.jpg").id == f"local:{i}.jpg"
+        assert len(source._resolved) <= 8
