@@ -94,8 +94,9 @@ class RenderConfig:
     workers: int = 0
     queue_limit: int = 64
     memory_budget: Size = Size(96 * 1024**2)
+    kept_decodes: Size = Size(48 * 1024**2)
     timeout: float = 30.0
-    reducing_gap: float = 2.0
+    reducing_gap: float = 1.0
     keep_icc: bool = True
     convert_to_srgb: bool = False
     strip_metadata: bool = True

@@ -44,6 +44,8 @@ RENDERS_IN_FLIGHT = Gauge("imgproxy_renders_in_flight", "Renders running on a re
                           multiprocess_mode="livesum", registry=REGISTRY)
 RENDER_QUEUE = Gauge("imgproxy_render_queue_length", "Renders waiting for a render thread",
                      multiprocess_mode="livesum", registry=REGISTRY)
+SOURCE_DECODES = Counter("imgproxy_source_decodes", "Renders by where their source pixels came from: decoded, "
+                         "or kept in memory by an earlier render of the same source", ["origin"], registry=REGISTRY)
 SHED = Counter("imgproxy_shed", "Requests answered 503 because the render queue was full", registry=REGISTRY)
 CACHE_HITS = Counter("imgproxy_cache_hits", "Results answered from the result cache", registry=REGISTRY)
 CACHE_MISSES = Counter("imgproxy_cache_misses", "Results not in the result cache (rendered or joined a render)",

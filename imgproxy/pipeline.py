@@ -96,11 +96,13 @@ def render_original(original: Original, options: RenderOptions, requested_format
     with opened.image:
         has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
         fmt = output_format(requested_format, opened.format, has_alpha)
-        rendered = render(opened, options, fmt, config.render, Deadline(config.render.timeout), budget)
+        rendered = render(opened, options, fmt, config.render, Deadline(config.render.timeout), budget,
+                          source_key=f"{original.id}|{original.version}")
         body = encode(rendered, fmt, options.quality, config.render)
     width, height = rendered.size
     ms = (time.perf_counter() - started) * 1000
     meta = ResultMeta(CONTENT_TYPES[fmt], etag_of(body), len(body), width, height, original.last_modified, round(ms, 1))
+    metrics.SOURCE_DECODES.labels("kept" if rendered.reused_decode else "decoded").inc()
     return body, meta
 
 
@@ -112,7 +114,7 @@ class Renderer:
         self.remote = remote
         self.workers = config.render.workers or usable_cores()
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="render")
-        self.memory = MemoryBudget(config.render.memory_budget)
+        self.memory = MemoryBudget(config.render.memory_budget, config.render.kept_decodes)
         self.capacity = self.workers + config.render.queue_limit
         self.pending = 0  # renders running or waiting for a pool thread
         self.inflight: dict[str, asyncio.Future] = {}

@@ -12,6 +12,7 @@ import math
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFilter, ImageSequence
@@ -36,6 +37,9 @@ TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 SHRINK_ON_LOAD_FORMATS = ("JPEG", "MPO")
+# Pillow's reduce() before the LANCZOS pass stops at this many times the output: it then looks
+# like plain LANCZOS (bench/quality.py) at a fraction of the time for large ratios.
+RESIZE_GAP = 2.0
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Rendered:
     loop: int | None = None
     icc_profile: bytes | None = None
     exif: bytes | None = None  # only when [render] strip_metadata = false
+    reused_decode: bool = False  # pixels came from a decode kept by an earlier render
 
     @property
     def size(self) -> tuple[int, int]:
@@ -63,17 +68,36 @@ class Deadline:
             raise Overloaded(f"render took longer than the {self.seconds:g} s budget", retry_after=5)
 
 
+@dataclass
+class KeptDecode:
+    """A decoded, mode-normalised source (stored orientation) kept for its next request."""
+
+    key: str  # source id and version
+    image: Image.Image
+    orientation: int
+    nbytes: int
+    users: int = 0  # renders reading it now; an entry in use is never evicted
+
+
 class MemoryBudget:
-    """Bytes of decoded pixels all render threads may hold at once.
+    """Bytes of decoded pixels the render threads may hold at once, kept decodes included.
 
     The thread pool bounds how many renders run; this bounds how much memory they take, so a
     burst of large cold images queues here instead of multiplying peak RSS. A render larger than
     the whole budget still runs, alone.
+
+    Within the budget, up to `keep_limit` bytes of decoded sources stay for the next request of the
+    same source at another size (srcset widths, lazyloader steps, upload presets), which then skips
+    the decode, the largest part of a cold render. Kept decodes give way to renders: one that needs
+    room evicts the least recently used before it waits.
     """
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, keep_limit: int = 0):
         self.limit = limit
+        self.keep_limit = min(keep_limit, limit) if limit > 0 else 0
         self.used = 0
+        self.kept: OrderedDict[int, KeptDecode] = OrderedDict()  # by id(), least recently used first
+        self.kept_bytes = 0
         self._changed = threading.Condition()
 
     @contextlib.contextmanager
@@ -82,7 +106,10 @@ class MemoryBudget:
             yield
             return
         with self._changed:
-            while self.used and self.used + amount > self.limit:
+            while True:
+                self._evict(self.limit - self.used - amount)
+                if not self.used or self.used + self.kept_bytes + amount <= self.limit:
+                    break
                 if not self._changed.wait(timeout=max(0.0, deadline.end - time.monotonic())):
                     deadline.check()
             self.used += amount
@@ -93,6 +120,52 @@ class MemoryBudget:
                 self.used -= amount
                 self._changed.notify_all()
 
+    def _evict(self, room: int) -> None:
+        """Drop unused kept decodes, oldest first, until they take at most `room` bytes."""
+        for entry in list(self.kept.values()):
+            if self.kept_bytes <= room:
+                return
+            if not entry.users:
+                del self.kept[id(entry)]
+                self.kept_bytes -= entry.nbytes
+
+    def keepable(self, nbytes: int) -> bool:
+        """One decode may take half of the keep limit, so two sources can be kept side by side."""
+        return 0 < nbytes <= self.keep_limit // 2
+
+    def keep(self, key: str, image: Image.Image, orientation: int) -> KeptDecode | None:
+        """Keep `image` (which nothing else may change or close) and pin it for the caller."""
+        nbytes = decoded_bytes(image, working_set=1.0)
+        if not self.keepable(nbytes):
+            return None
+        with self._changed:
+            self._evict(self.keep_limit - nbytes)
+            if self.kept_bytes + nbytes > self.keep_limit:
+                return None
+            entry = KeptDecode(key, image, orientation, nbytes, users=1)
+            self.kept[id(entry)] = entry
+            self.kept_bytes += nbytes
+            return entry
+
+    def find(self, key: str, need: tuple[int, int]) -> KeptDecode | None:
+        """The smallest kept decode of source `key` at least `need` large, pinned for the caller."""
+        with self._changed:
+            best = None
+            for entry in self.kept.values():
+                if (entry.key == key and entry.image.width >= need[0] and entry.image.height >= need[1]
+                        and (best is None or entry.nbytes < best.nbytes)):
+                    best = entry
+            if best is not None:
+                best.users += 1
+                self.kept.move_to_end(id(best))
+            return best
+
+    def release(self, entry: KeptDecode | None) -> None:
+        if entry is not None:
+            with self._changed:
+                entry.users -= 1
+                self._changed.notify_all()  # an unpinned entry may now be evicted for a waiter
+
 
 UNLIMITED = MemoryBudget(0)
 # Pillow keeps 3-band images in 4 bytes per pixel; the resize's intermediate adds about a third
@@ -100,9 +173,9 @@ BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "L
 WORKING_SET = 1.35
 
 
-def decoded_bytes(image: Image.Image) -> int:
+def decoded_bytes(image: Image.Image, working_set: float = WORKING_SET) -> int:
     """Memory a render of `image` needs at its current (possibly drafted) size."""
-    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, 4) * WORKING_SET)
+    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, 4) * working_set)
 
 
 def orientation_of(image: Image.Image) -> int:
@@ -146,18 +219,19 @@ def make_plan(options: RenderOptions, region: tuple[int, int, int, int], focal: 
     return plan(region[2], region[3], options.width, options.height, options.mode, options.dpr, options.enlarge, focal)
 
 
-def _shrink_on_load(opened: Opened, target: Plan, gap: float) -> None:
-    """JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 while keeping >= `gap` x the output, so the
-    final LANCZOS pass still has pixels to work with (draft straight to the target size blurs)."""
+def _decode_size(opened: Opened, target: Plan, gap: float) -> tuple[int, int]:
+    """The smallest decode (stored orientation) that keeps >= `gap` x the output, so the final
+    LANCZOS pass still has pixels to work with. JPEG can decode at 1/2, 1/4 or 1/8 scale
+    (shrink-on-load); other formats decode in full."""
+    full = (opened.width, opened.height)
     if opened.format not in SHRINK_ON_LOAD_FORMATS:
-        return
+        return full
     ww = target.window[2] - target.window[0]
     wh = target.window[3] - target.window[1]
     ratio = max(target.size[0] * gap / ww, target.size[1] * gap / wh)
     if ratio >= 1:
-        return
-    need = (max(1, math.ceil(opened.width * ratio)), max(1, math.ceil(opened.height * ratio)))
-    opened.image.draft(opened.image.mode, need)
+        return full
+    return max(1, math.ceil(opened.width * ratio)), max(1, math.ceil(opened.height * ratio))
 
 
 def _normalise_mode(image: Image.Image) -> Image.Image:
@@ -250,8 +324,7 @@ def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str) -> Im
     return image
 
 
-def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int], orientation: int,
-            gap: float) -> Image.Image:
+def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int], orientation: int) -> Image.Image:
     """Crop (user region + plan window) and resize in one LANCZOS pass, then turn upright.
 
     `scale` maps upright source pixels to decoded ones (JPEG draft); `image` is in stored
@@ -264,7 +337,7 @@ def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, i
                      orientation, image.width, image.height)
     size = oriented_size(*p.size, orientation)
     if size != image.size or box != (0.0, 0.0, float(image.width), float(image.height)):
-        image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=gap)
+        image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=RESIZE_GAP)
     return _upright(image, orientation)
 
 
@@ -276,43 +349,83 @@ def _decode(image: Image.Image) -> None:
 
 
 def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderConfig, deadline: Deadline,
-           budget: MemoryBudget = UNLIMITED) -> Rendered:
+           budget: MemoryBudget = UNLIMITED, source_key: str | None = None) -> Rendered:
+    """`source_key` (the source's id and version) lets the decode be kept in `budget` for the next
+    request of the same source, and reuses one kept by an earlier request."""
     image = opened.image
     if opened.animated and fmt in ANIMATION_FORMATS:
         with budget.hold(decoded_bytes(image), deadline):
             orientation = orientation_of(image)
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
-            return _render_animation(opened, options, fmt, region, orientation, settings.reducing_gap, deadline)
+            return _render_animation(opened, options, fmt, region, orientation, deadline)
     orientation = region = first = None
     if opened.format in SHRINK_ON_LOAD_FORMATS:
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
         orientation, region, first = _geometry(opened, options)
-        _shrink_on_load(opened, first, settings.reducing_gap)
-    with budget.hold(decoded_bytes(image), deadline):
-        # getexif() of PNG and others decodes the image; decode first so errors are not
-        # mistaken for a missing orientation (and the image then served half-decoded)
-        _decode(image)
-        if first is None:
-            orientation, region, first = _geometry(opened, options)
-        deadline.check()
-        try:
-            image = _normalise_mode(image)
-        except DECODE_ERRORS:
-            raise UnsupportedMedia("source image data is truncated or corrupt") from None
-        scale = image.width / opened.width
-        p = first
-        if options.gravity == "smart" and options.mode == "crop":
-            box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
-            p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
-        deadline.check()
-        image = _resize(image, p, scale, region, orientation, settings.reducing_gap)
-        icc = opened.image.info.get("icc_profile") or None
-        exif = None if settings.strip_metadata else _exif_upright(opened.image)
-        if image is not opened.image:
-            opened.image.close()  # free the decoded source before encoding
-    image, icc = _colour(image, icc, settings)
+    need = _decode_size(opened, first, settings.reducing_gap) if first else (opened.width, opened.height)
+    kept = budget.find(source_key, need) if source_key and not opened.animated else None
+    reused = kept is not None
+    try:
+        if reused:
+            image, orientation = kept.image, kept.orientation
+            if first is None:
+                region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
+                first = make_plan(options, region, options.focal)
+            # the resize's output, and the integer reduction before it
+            amount = int(first.canvas[0] * first.canvas[1] * 4 * WORKING_SET * RESIZE_GAP ** 2)
+        else:
+            if need != image.size:
+                image.draft(image.mode, need)
+            amount = decoded_bytes(image)
+        with budget.hold(amount, deadline):
+            if not reused:
+                # getexif() of PNG and others decodes the image; decode first so errors are not
+                # mistaken for a missing orientation (and the image then served half-decoded)
+                _decode(image)
+                orientation, region, first = _geometry(opened, options)
+            icc = opened.image.info.get("icc_profile") or None
+            exif = None if settings.strip_metadata else _exif_upright(opened.image)
+            if not reused:
+                image = _normalised(opened)
+                kept = _keep(opened, image, orientation, budget, source_key)
+                if kept is not None:
+                    image = kept.image
+            deadline.check()
+            scale = image.width / opened.width
+            p = first
+            if options.gravity == "smart" and options.mode == "crop":
+                box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
+                p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
+            deadline.check()
+            resized = _resize(image, p, scale, region, orientation)
+            if kept is not None and resized is kept.image:
+                resized = resized.copy()  # later steps may change it; the kept one stays as it is
+            if resized is not opened.image:
+                opened.image.close()  # free the decoded source before encoding
+    finally:
+        budget.release(kept)
+    image, icc = _colour(resized, icc, settings)
     deadline.check()
-    return Rendered([_finish(image, p, options, fmt)], icc_profile=icc, exif=exif)
+    return Rendered([_finish(image, p, options, fmt)], icc_profile=icc, exif=exif, reused_decode=reused)
+
+
+def _normalised(opened: Opened) -> Image.Image:
+    try:
+        return _normalise_mode(opened.image)
+    except DECODE_ERRORS:
+        raise UnsupportedMedia("source image data is truncated or corrupt") from None
+
+
+def _keep(opened: Opened, image: Image.Image, orientation: int, budget: MemoryBudget,
+          source_key: str | None) -> KeptDecode | None:
+    """Keep the decode for later requests when it fits; the opened image itself is closed after
+    this render, so a copy of it is kept (and the original freed at once)."""
+    if not source_key or not budget.keepable(decoded_bytes(image, working_set=1.0)):
+        return None
+    kept = budget.keep(source_key, image.copy() if image is opened.image else image, orientation)
+    if kept is not None and image is opened.image:
+        opened.image.close()
+    return kept
 
 
 def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, tuple[int, int, int, int], Plan]:
@@ -334,14 +447,14 @@ def _exif_upright(image: Image.Image) -> bytes | None:
 
 
 def _render_animation(opened: Opened, options: RenderOptions, fmt: str, region: tuple[int, int, int, int],
-                      orientation: int, gap: float, deadline: Deadline) -> Rendered:
+                      orientation: int, deadline: Deadline) -> Rendered:
     p = make_plan(options, region, options.focal)
     frames, durations = [], []
     try:
         for frame in ImageSequence.Iterator(opened.image):
             deadline.check()
             durations.append(int(frame.info.get("duration", 100) or 100))
-            frames.append(_finish(_resize(frame.convert("RGBA"), p, 1.0, region, orientation, gap), p, options, fmt))
+            frames.append(_finish(_resize(frame.convert("RGBA"), p, 1.0, region, orientation), p, options, fmt))
     except DECODE_ERRORS:
         raise UnsupportedMedia("source animation data is truncated or corrupt") from None
     loop = opened.image.info.get("loop", 0)

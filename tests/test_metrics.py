@@ -84,6 +84,23 @@ def test_evictions_are_the_entries_set_lost(live_server, writable_root):
     assert value(after, "imgproxy_cache_entries") < 16
 
 
+@pytest.mark.timeout(60)
+def test_renders_count_decodes_kept_for_the_next_width(live_server):
+    server = live_server({})
+    with server.client() as client:
+        before, _ = scrape(client)
+        # 1200 px needs the 1/2-scale decode; the narrower widths are served from it
+        widths = (1200, 800, 640, 320)
+        for width in widths:
+            r = client.get(f"/picture/photos/large_12mp_bus.jpg?w={width}")
+            assert r.status_code == 200 and r.headers["x-cache"] == "MISS"
+        # another source and a changed query of the first: decoded once more, kept again
+        assert client.get("/picture/photos/large_9mp_harbour.jpg?w=500").status_code == 200
+        after, _ = scrape(client)
+    assert delta(before, after, "imgproxy_source_decodes_total", origin="decoded") == 2
+    assert delta(before, after, "imgproxy_source_decodes_total", origin="kept") == len(widths) - 1
+
+
 @pytest.mark.timeout(120)
 def test_shed_requests_are_counted(live_server):
     server = live_server({"render": {"workers": 1, "queue_limit": 1}})
