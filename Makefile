@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install run test bench bench-peers bench-cdn clean
+.PHONY: install run test bench bench-peers bench-cdn bench-quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 # Serves config.toml on http://127.0.0.1:8080 with generated demo images.
 run: install
 	$(PY) -m imgproxy serve --config config.toml
@@ -22,16 +27,20 @@ test: install
 	$(PY) -m pytest -q
 
 # Self-only benchmark: server pinned to core 0, wrk on core 1 (BENCH_SECONDS=15 per workload).
-bench: install
+bench: $(BENCH_STAMP)
 	$(PY) bench/run.py
 
 # imgproxy vs thumbor vs ipx (+ nginx for hits); peers install into /tmp/imgproxy-bench/peers.
-bench-peers: install
+bench-peers: $(BENCH_STAMP)
 	$(PY) bench/peers.py
 
 # Hit throughput through the nginx edge of deploy/nginx vs one replica directly.
-bench-cdn: install
+bench-cdn: $(BENCH_STAMP)
 	$(PY) bench/cdn.py
+
+# SSIM and time of resize pipelines (ours at each reducing_gap vs thumbor's), and encoder settings.
+bench-quality: $(BENCH_STAMP)
+	$(PY) bench/quality.py
 
 clean:
 	rm -rf cache images/demo .pytest_cache .hypothesis

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from run import (BENCH_DIR, CLIENT_CPUS, HIT_SET, ROW_HEADERS, SERVER_CPUS, WORKLOADS, Server,
                  bench_server, ensure_debian_packages, format_table, imgproxy_server,
-                 parse_args, pin_self_to_client_core, row_cells, scratch_dir)
+                 parse_args, pin_self_to_client_core, prepare_corpus, row_cells, scratch_dir)
 
 PEERS_DIR = BENCH_DIR / "peers"
 # thumbor 7.8.0 installs and runs on Python 3.11 with Pillow 12 (it allows Pillow < 13)
@@ -147,12 +147,12 @@ def main() -> None:
     scratch = scratch_dir("peers-")
     hit_workloads = tuple(w for w in WORKLOADS if not w.cold)
     try:
-        ours, hit_bodies = bench_server(imgproxy_server(args.corpus, args.workers), WORKLOADS,
-                                        args.seconds, scratch)
+        corpus = prepare_corpus(args.corpus, scratch)
+        ours, hit_bodies = bench_server(imgproxy_server(corpus, args.workers), WORKLOADS,
+                                        args.seconds, scratch, corpus)
         rows = list(ours)
-        for server in (thumbor_server(args.corpus, thumbor_venv),
-                       ipx_server(args.corpus, ipx_dir)):
-            rows += bench_server(server, WORKLOADS, args.seconds, scratch)[0]
+        for server in (thumbor_server(corpus, thumbor_venv), ipx_server(corpus, ipx_dir)):
+            rows += bench_server(server, WORKLOADS, args.seconds, scratch, corpus)[0]
         static_root = scratch / "static"
         write_static_copies(static_root, hit_bodies)
         rows += bench_server(nginx_server(static_root), hit_workloads, args.seconds, scratch)[0]

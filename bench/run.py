@@ -16,6 +16,7 @@ threads, default 1), BENCH_DIR (scratch dir, default /tmp/imgproxy-bench).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -32,6 +33,9 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
+from PIL import Image
+
+from quality import References, ssim
 
 REPO = Path(__file__).resolve().parent.parent
 ROTATE_LUA = Path(__file__).resolve().parent / "rotate.lua"
@@ -68,6 +72,7 @@ class Workload:
     connections: int
     fmt: str | None = None  # None: the hit set, which mixes formats
     part: int = 0  # which disjoint slice of the format's cold URLs this workload uses
+    new_sources: bool = False  # every request a source no server has seen (a copy of a photo)
 
     @property
     def cold(self) -> bool:
@@ -79,8 +84,12 @@ WORKLOADS = (
     Workload("miss webp c=2", 2, "webp", 0),
     Workload("miss jpeg c=8", 8, "jpeg", 1),
     Workload("miss webp c=8", 8, "webp", 1),
+    Workload("new source jpeg c=2", 2, "jpeg", new_sources=True),
+    Workload("new source webp c=2", 2, "webp", new_sources=True),
     Workload("hit c=32", 32),
 )
+# Copies of each photo per format for the new-source workloads (one request each).
+NEW_SOURCE_COPIES = int(os.environ.get("BENCH_NEW_SOURCE_COPIES", "50"))
 COLD_PARTS = 2
 
 
@@ -108,21 +117,58 @@ def imgproxy_server(corpus: Path, render_workers: int | None = None) -> Server:
     )
 
 
-def cold_paths(server: Server, fmt: str, part: int) -> list[str]:
-    """One disjoint slice of every (image, width) pair, shuffled the same way for every server."""
+def cold_paths(server: Server, workload: Workload) -> list[str]:
+    """One disjoint slice of every (image, width) pair, shuffled the same way for every server;
+    for new sources, each copy of a photo once, at a width drawn the same way for every server."""
+    rng = random.Random(workload.fmt)
+    if workload.new_sources:
+        pairs = [(new_source(image, workload.fmt, i), rng.choice(COLD_WIDTHS))
+                 for i in range(NEW_SOURCE_COPIES) for image in IMAGES]
+        rng.shuffle(pairs)
+        return [server.url(image, width, workload.fmt) for image, width in pairs]
     pairs = [(image, width) for width in COLD_WIDTHS for image in IMAGES]
-    random.Random(fmt).shuffle(pairs)
-    return [server.url(image, width, fmt) for image, width in pairs[part::COLD_PARTS]]
+    rng.shuffle(pairs)
+    return [server.url(image, width, workload.fmt) for image, width in pairs[workload.part::COLD_PARTS]]
+
+
+def new_source(image: str, fmt: str, copy: int) -> str:
+    return f"new/{fmt}/{copy:03d}-{image}"
+
+
+def prepare_corpus(corpus: Path, scratch: Path) -> Path:
+    """The servers' image root: the photos, plus the copies the new-source workloads ask for."""
+    root = scratch / "corpus"
+    for image in IMAGES:
+        (root / image).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(corpus / image, root / image)
+        for fmt in FORMATS:
+            for i in range(NEW_SOURCE_COPIES):
+                copy = root / new_source(image, fmt, i)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(corpus / image, copy)
+    return root
 
 
 def hit_paths(server: Server) -> list[str]:
     return [server.url(image, width, fmt) for image, width, fmt in HIT_SET]
 
 
-def sample_paths(server: Server, fmt: str) -> list[str]:
+def sample_pairs() -> list[tuple[str, int]]:
     step = (len(COLD_WIDTHS) - 1) / (SAMPLE_SIZE - 1)
-    return [server.url(IMAGES[i % len(IMAGES)], COLD_WIDTHS[round(i * step)], fmt)
-            for i in range(SAMPLE_SIZE)]
+    return [(IMAGES[i % len(IMAGES)], COLD_WIDTHS[round(i * step)]) for i in range(SAMPLE_SIZE)]
+
+
+REFERENCES = References()  # full decodes, shared by every server's sample
+
+
+def mean_ssim(corpus: Path, bodies: list[bytes]) -> float:
+    """Mean SSIM of the sample's outputs against one LANCZOS pass over their full decode."""
+    scores = []
+    for (image, _), body in zip(sample_pairs(), bodies, strict=True):
+        with Image.open(io.BytesIO(body)) as output:
+            output = output.convert("RGB")
+        scores.append(ssim(output, REFERENCES.get(corpus / image, output.size)))
+    return sum(scores) / len(scores)
 
 
 def free_port() -> int:
@@ -255,7 +301,7 @@ def run_wrk(port: int, paths: list[str], connections: int, seconds: float, scrat
 
 def run_workload(running: RunningServer, workload: Workload, seconds: float) -> dict:
     server = running.server
-    paths = cold_paths(server, workload.fmt, workload.part) if workload.cold else hit_paths(server)
+    paths = cold_paths(server, workload) if workload.cold else hit_paths(server)
     running.rss.reset()
     stats = run_wrk(running.port, paths, workload.connections, seconds, running.scratch)
     failed = (stats["non_2xx"] + stats["connect_errors"] + stats["read_errors"]
@@ -275,8 +321,9 @@ def run_workload(running: RunningServer, workload: Workload, seconds: float) -> 
 
 
 def bench_server(server: Server, workloads: tuple[Workload, ...], seconds: float,
-                 scratch: Path) -> tuple[list[dict], list[bytes]]:
-    """Runs the workloads against one fresh server; returns the rows and the hit set's bodies."""
+                 scratch: Path, corpus: Path | None = None) -> tuple[list[dict], list[bytes]]:
+    """Runs the workloads against one fresh server; returns the rows and the hit set's bodies.
+    With `corpus` (the server's image root), rows carry the SSIM of the cold sample."""
     rows = []
     hit_bodies: list[bytes] = []
     with RunningServer(server, scratch) as running:
@@ -288,9 +335,12 @@ def bench_server(server: Server, workloads: tuple[Workload, ...], seconds: float
                 hit_bodies = running.fetch(hit_paths(server))  # renders them, so wrk sees hits
             print(f"  {server.name}: {workload.name} ...", file=sys.stderr, flush=True)
             rows.append(run_workload(running, workload, seconds))
-        mean_bytes = {fmt: mean_size(running.fetch(sample_paths(server, fmt))) for fmt in formats}
+        samples = {fmt: running.fetch([server.url(image, width, fmt) for image, width in sample_pairs()])
+                   for fmt in formats}
+    quality = {fmt: mean_ssim(corpus, bodies) for fmt, bodies in samples.items()} if corpus else {}
     for row, workload in zip(rows, workloads):
-        row["mean_bytes"] = mean_bytes[workload.fmt] if workload.cold else mean_size(hit_bodies)
+        row["mean_bytes"] = mean_size(samples[workload.fmt]) if workload.cold else mean_size(hit_bodies)
+        row["ssim"] = quality.get(workload.fmt)
     return rows, hit_bodies
 
 
@@ -309,10 +359,10 @@ def row_cells(row: dict) -> list[str]:
     note = " (list exhausted: some hits)" if row["exhausted"] else ""
     return [f"{row['rps']:,.1f}", f"{row['p50_ms']:,.1f}", f"{row['p99_ms']:,.1f}",
             f"{row['peak_rss_mb']:.0f}", f"{row['mean_bytes'] / 1000:,.1f} KB",
-            f"{row['failed']}{note}"]
+            "-" if row.get("ssim") is None else f"{row['ssim']:.4f}", f"{row['failed']}{note}"]
 
 
-ROW_HEADERS = ["req/s", "p50 ms", "p99 ms", "peak RSS MB", "mean bytes", "failed"]
+ROW_HEADERS = ["req/s", "p50 ms", "p99 ms", "peak RSS MB", "mean bytes", "SSIM", "failed"]
 
 
 def ensure_debian_packages(*packages: tuple[str, str]) -> None:
@@ -359,8 +409,9 @@ def main() -> None:
     pin_self_to_client_core()
     scratch = scratch_dir("self-")
     try:
-        rows, _ = bench_server(imgproxy_server(args.corpus, args.workers), WORKLOADS,
-                               args.seconds, scratch)
+        corpus = prepare_corpus(args.corpus, scratch)
+        rows, _ = bench_server(imgproxy_server(corpus, args.workers), WORKLOADS,
+                               args.seconds, scratch, corpus)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"imgproxy, server on core {SERVER_CPUS}, wrk on core {CLIENT_CPUS}, "

@@ -387,7 +387,7 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
             exif = None if settings.strip_metadata else _exif_upright(opened.image)
             if not reused:
                 image = _normalised(opened)
-                kept = _keep(opened, image, orientation, budget, source_key)
+                kept = _keep(image, orientation, budget, source_key)
                 if kept is not None:
                     image = kept.image
             deadline.check()
@@ -400,8 +400,8 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
             resized = _resize(image, p, scale, region, orientation)
             if kept is not None and resized is kept.image:
                 resized = resized.copy()  # later steps may change it; the kept one stays as it is
-            if resized is not opened.image:
-                opened.image.close()  # free the decoded source before encoding
+            if resized is not opened.image and (kept is None or kept.image is not opened.image):
+                opened.image.close()  # free the decoded source before encoding (unless kept)
     finally:
         budget.release(kept)
     image, icc = _colour(resized, icc, settings)
@@ -416,16 +416,11 @@ def _normalised(opened: Opened) -> Image.Image:
         raise UnsupportedMedia("source image data is truncated or corrupt") from None
 
 
-def _keep(opened: Opened, image: Image.Image, orientation: int, budget: MemoryBudget,
-          source_key: str | None) -> KeptDecode | None:
-    """Keep the decode for later requests when it fits; the opened image itself is closed after
-    this render, so a copy of it is kept (and the original freed at once)."""
+def _keep(image: Image.Image, orientation: int, budget: MemoryBudget, source_key: str | None) -> KeptDecode | None:
+    """Keep the decode for later requests when it fits (no copy: this render then leaves it open)."""
     if not source_key or not budget.keepable(decoded_bytes(image, working_set=1.0)):
         return None
-    kept = budget.keep(source_key, image.copy() if image is opened.image else image, orientation)
-    if kept is not None and image is opened.image:
-        opened.image.close()
-    return kept
+    return budget.keep(source_key, image, orientation)
 
 
 def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, tuple[int, int, int, int], Plan]:
