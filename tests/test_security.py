@@ -157,11 +157,21 @@ def test_http_fuzz_never_500_or_hangs(corpus_server):
 
 
 def test_every_response_has_security_headers(corpus_server):
+    # /picture answers skip starlette's stack (PictureFastPath) and set the headers themselves
+    streamed = "/picture/photos/large_12mp_bus.jpg?w=1600&encoding=png"  # > memory_body_limit
     with corpus_server.client() as client:
-        for path in ("/picture/photos/tree.webp?w=10", "/picture/nope.jpg", "/picture/photos/tree.webp?w=x", "/health"):
-            h = client.get(path).headers
-            assert h["x-content-type-options"] == "nosniff"
-            assert h["content-security-policy"] == "default-src 'none'"
+        etag = client.get("/picture/photos/tree.webp?w=10").headers["etag"]
+        assert client.get(streamed).headers["x-cache"] == "MISS"
+        responses = [client.get(path) for path in ("/picture/photos/tree.webp?w=10", "/picture/nope.jpg",
+                                                   "/picture/photos/tree.webp?w=x", "/health", streamed)]
+        responses += [client.head("/picture/photos/tree.webp?w=10"),
+                      client.get("/picture/photos/tree.webp?w=10", headers={"If-None-Match": etag}),
+                      client.post("/picture/photos/tree.webp?w=10")]
+        assert [r.status_code for r in responses] == [200, 404, 400, 200, 200, 200, 304, 405]
+        assert "transfer-encoding" not in responses[4].headers and len(responses[4].content) > 1024**2
+        for r in responses:
+            assert r.headers["x-content-type-options"] == "nosniff", r.request.url
+            assert r.headers["content-security-policy"] == "default-src 'none'", r.request.url
 
 
 def _peak_rss_kb(pid):
