@@ -9,7 +9,8 @@ large corpus JPEGs to a spread of widths with:
 - ours: imgproxy.render with each `reducing_gap`, cold (decode included) and from a decode kept
   by an earlier request at another width (what the kept-decode cache serves).
 Part 2 encodes one 1280-px render of each 12-MP photo with the JPEG, WebP and AVIF settings
-config.toml offers, and prints time and bytes per setting.
+config.toml offers, and prints time, bytes and SSIM against the unencoded render per setting.
+Part 3 times whole cold renders (decode, resize, encode) of those photos to 1280 px per format.
 
 SSIM is the mean of Wang et al.'s index (11x11 Gaussian window, sigma 1.5) on luma. bench/peers.py
 uses the same function on each server's actual output.
@@ -31,7 +32,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imgproxy.config import LimitsConfig, RenderConfig  # noqa: E402
+from imgproxy.config import Config, LimitsConfig, RenderConfig  # noqa: E402
+from imgproxy.pipeline import render_original  # noqa: E402
 from imgproxy.loader import open_original  # noqa: E402
 from imgproxy.options import RenderOptions  # noqa: E402
 from imgproxy.render import Deadline, MemoryBudget, render  # noqa: E402
@@ -143,7 +145,7 @@ ENCODERS = (
     ("jpeg optimize", "JPEG", dict(quality=80, optimize=True)),
     ("jpeg progressive", "JPEG", dict(quality=80, progressive=True)),
     *((f"webp method {m}", "WEBP", dict(quality=80, method=m)) for m in (0, 2, 4, 6)),
-    *((f"avif q60 speed {s}", "AVIF", dict(quality=60, speed=s)) for s in (6, 8, 10)),
+    *((f"avif q60 speed {s}", "AVIF", dict(quality=60, speed=s)) for s in (6, 8, 9, 10)),
 )
 
 
@@ -151,7 +153,7 @@ def encoders(corpus: Path) -> list[list[str]]:
     images = [thumbor_way(corpus / image, ENCODE_WIDTH) for image in IMAGES if "12mp" in image]
     rows = []
     for name, fmt, params in ENCODERS:
-        times, sizes = [], []
+        times, sizes, scores = [], [], []
         for image in images:
             best = float("inf")
             for _ in range(3):
@@ -161,7 +163,26 @@ def encoders(corpus: Path) -> list[list[str]]:
                 best = min(best, time.perf_counter() - started)
             times.append(best * 1000)
             sizes.append(out.tell())
-        rows.append([name, f"{statistics.fmean(times):.1f}", f"{statistics.fmean(sizes) / 1000:.1f} KB"])
+            out.seek(0)
+            with Image.open(out) as encoded:
+                scores.append(ssim(encoded.convert("RGB"), image))
+        rows.append([name, f"{statistics.fmean(times):.1f}", f"{statistics.fmean(sizes) / 1000:.1f} KB",
+                     f"{statistics.fmean(scores):.4f}"])
+    return rows
+
+
+def whole_renders(corpus: Path) -> list[list[str]]:
+    """A 12-MP source to ENCODE_WIDTH px, decode to bytes, with the default settings, per format."""
+    config = Config()
+    rows = []
+    for fmt in ("jpeg", "webp", "avif"):
+        times = []
+        for image in IMAGES:
+            if "12mp" in image:
+                for _ in range(2):
+                    ms, _ = timed(render_original, original(corpus / image), RenderOptions(width=ENCODE_WIDTH), fmt, config)
+                    times.append(ms)
+        rows.append([fmt, f"{statistics.fmean(times):.1f}"])
     return rows
 
 
@@ -177,7 +198,9 @@ def main() -> None:
     print(f"Resize to widths {', '.join(map(str, WIDTHS))} of {', '.join(IMAGES)} (one core; ms include the decode unless it was kept)")
     print(table(["pipeline", "mean SSIM", "min SSIM", "mean ms"], pipelines(corpus)))
     print(f"\nEncoders, {ENCODE_WIDTH}-px renders of the 12-MP photos (best of 3, one core)")
-    print(table(["setting", "ms", "mean bytes"], encoders(corpus)))
+    print(table(["setting", "ms", "mean bytes", "SSIM vs unencoded"], encoders(corpus)))
+    print(f"\nWhole cold renders, 12-MP photos to {ENCODE_WIDTH} px, default settings (one core)")
+    print(table(["format", "mean ms"], whole_renders(corpus)))
 
 
 if __name__ == "__main__":

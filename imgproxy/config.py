@@ -106,7 +106,7 @@ class RenderConfig:
     webp_quality: int = 80
     webp_method: int = 4
     avif_quality: int = 60
-    avif_speed: int = 8
+    avif_speed: int = 9
     png_compress_level: int = 6
     gif_optimize: bool = False
 

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from imgproxy.cache import PROBE_KEY, ResultMeta
 from imgproxy.pipeline import etag_of
 
-SLOW = "/picture/photos/large_12mp_bus.jpg?w=4000&encoding=avif&q=90"  # about 2 s of AVIF encoding
+SLOW = "/picture/photos/large_12mp_bus.jpg?w=4000&encoding=avif&q=90"  # 2-3 s of AVIF encoding at SLOW_AVIF
+SLOW_AVIF = {"render": {"avif_speed": 8}}
 
 
 def metric(server, name: str) -> float:
@@ -67,7 +68,7 @@ def test_workers_share_the_cache_and_sum_their_figures(live_server):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_lets_the_render_in_flight_finish(live_server, workers):
-    server = live_server({}, workers=workers)
+    server = live_server(SLOW_AVIF, workers=workers)
     outcome = {}
 
     def fetch():
