@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install run test bench bench-peers bench-cdn bench-quality clean
+.PHONY: install run test bench bench-peers bench-cdn bench-quality bench-soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-peers: $(BENCH_STAMP)
 # Hit throughput through the nginx edge of deploy/nginx vs one replica directly.
 bench-cdn: $(BENCH_STAMP)
 	$(PY) bench/cdn.py
+
+# Memory over 5 minutes of distinct cold renders (BENCH_SOAK_SECONDS=300): peak and drift.
+bench-soak: $(BENCH_STAMP)
+	$(PY) bench/soak.py
 
 # SSIM and time of resize pipelines (ours at each reducing_gap vs thumbor's), and encoder settings.
 bench-quality: $(BENCH_STAMP)

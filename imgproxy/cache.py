@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import diskcache
 
@@ -182,6 +182,8 @@ class ResultCache:
         self.enabled = config.enabled
         self.memory_body_limit = config.memory_body_limit
         self.hot = HotResults(config.memory_size, config.memory_body_limit)
+        # called when another process cleared the cache (a source may have changed in place)
+        self.cleared_listeners: list[Callable[[], None]] = []
         self._generation: tuple[int, int] | None = None
         self._counters: LookupCounters | None = None
         self._cache: diskcache.Cache | None = None
@@ -248,6 +250,8 @@ class ResultCache:
         current = generation(self.generation_file)
         if current != self._generation:  # cleared or replaced by another process
             self.hot.clear()
+            for listener in self.cleared_listeners:
+                listener()
             self._generation = current
         now = time.monotonic()
         found = self.hot.get(key, now)

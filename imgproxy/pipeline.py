@@ -115,6 +115,7 @@ class Renderer:
         self.workers = config.render.workers or usable_cores()
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="render")
         self.memory = MemoryBudget(config.render.memory_budget, config.render.kept_decodes)
+        cache.cleared_listeners.append(self.memory.forget_kept)
         self.capacity = self.workers + config.render.queue_limit
         self.pending = 0  # renders running or waiting for a pool thread
         self.inflight: dict[str, asyncio.Future] = {}

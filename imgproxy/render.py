@@ -160,6 +160,13 @@ class MemoryBudget:
                 self.kept.move_to_end(id(best))
             return best
 
+    def forget_kept(self) -> None:
+        """Drop every kept decode (renders reading one keep it until they finish)."""
+        with self._changed:
+            self.kept.clear()
+            self.kept_bytes = 0
+            self._changed.notify_all()
+
     def release(self, entry: KeptDecode | None) -> None:
         if entry is not None:
             with self._changed:
@@ -371,8 +378,10 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
             if first is None:
                 region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
                 first = make_plan(options, region, options.focal)
-            # the resize's output, and the integer reduction before it
-            amount = int(first.canvas[0] * first.canvas[1] * 4 * WORKING_SET * RESIZE_GAP ** 2)
+            # the output, plus the resize's intermediate (the reduced image or the horizontal
+            # pass), which is at most (2 x RESIZE_GAP)^2 times the output and never the source's size
+            output = first.canvas[0] * first.canvas[1] * 4
+            amount = output + min(kept.nbytes, int(output * (2 * RESIZE_GAP) ** 2))
         else:
             if need != image.size:
                 image.draft(image.mode, need)

@@ -83,6 +83,17 @@ def test_keeping_past_the_limit_drops_the_least_recently_used():
     assert budget.kept_bytes == 30 * MB
 
 
+def test_forgetting_drops_every_kept_decode_and_a_reader_keeps_its_own():
+    budget = MemoryBudget(100 * MB, 30 * MB)
+    reading = budget.keep("a|1", _decode_of(2000, 1250), 1)
+    budget.release(budget.keep("b|1", _decode_of(1000, 1250), 1))
+    budget.forget_kept()  # `imgproxy cache clear` from another process
+    assert budget.kept_bytes == 0 and budget.find("a|1", (1, 1)) is None and budget.find("b|1", (1, 1)) is None
+    assert reading.image.size == (2000, 1250)
+    budget.release(reading)
+    assert reading.users == 0
+
+
 def test_a_render_needing_room_evicts_kept_decodes_but_never_one_in_use():
     budget = MemoryBudget(40 * MB, 40 * MB)
     in_use = budget.keep("a|1", _decode_of(2000, 1250), 1)  # pinned: a render reads it
