@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from . import malloc
-from .cache import ResultCache
+from .cache import ResultCache, etag_matches
 from .config import Config, load_config
 from .errors import BadRequest, ImageProxyError
 from .logs import AccessLog, skip_unused_record_fields
@@ -47,12 +47,6 @@ def error_response(exc: ImageProxyError, scope, config: Config, accept: str) -> 
         body = {"error": exc.message, "detail": exc.detail}
         return JSONResponse(body, status_code=exc.status, headers=headers)
     return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=headers)
-
-
-def etag_matches(header: str, etag: str) -> bool:
-    """If-None-Match uses weak comparison: W/"x" matches "x"."""
-    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
-    return "*" in candidates or etag in candidates
 
 
 def _chunks(file: BinaryIO) -> Iterator[bytes]:
@@ -115,7 +109,7 @@ class PictureEndpoint:
                 if_none_match += ("," if if_none_match else "") + value.decode("latin-1")
         try:
             options = self.options_from(scope)
-            result = await self.renderer.picture(scope["path_params"]["source"], options, accept)
+            result = await self.renderer.picture(scope["path_params"]["source"], options, accept, if_none_match)
         except ImageProxyError as exc:
             response = error_response(exc, scope, self.config, accept)
         else:

@@ -81,6 +81,12 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     return not isinstance(exc, sqlite3.OperationalError)
 
 
+def etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match uses weak comparison: W/"x" matches "x"."""
+    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
 def generation(path: str) -> tuple[int, int] | None:
     """Identity of a cache's generation file: changes when the cache is cleared or replaced."""
     try:
@@ -242,8 +248,9 @@ class ResultCache:
             self._open()
         return self._cache
 
-    def get(self, key: str) -> tuple[ResultMeta, bytes | BinaryIO] | None:
-        """(meta, body): body is bytes up to memory_body_limit, else an open file (caller closes it)."""
+    def get(self, key: str, if_none_match: str = "") -> tuple[ResultMeta, bytes | BinaryIO] | None:
+        """(meta, body): body is bytes up to memory_body_limit, else an open file (caller closes it).
+        When the stored ETag matches `if_none_match`, the body is not read: it is b"" (a 304)."""
         cache = self._usable()
         if cache is None:
             return None
@@ -256,18 +263,23 @@ class ResultCache:
         now = time.monotonic()
         found = self.hot.get(key, now)
         if found is None:
-            found = self._get_from_disk(cache, key, now)
+            found = self._get_from_disk(cache, key, now, if_none_match)
         if self._counters is not None:
             self._counters.count(found is not None)
         return found
 
-    def _get_from_disk(self, cache: diskcache.Cache, key: str, now: float) -> tuple[ResultMeta, bytes | BinaryIO] | None:
+    def _get_from_disk(self, cache: diskcache.Cache, key: str, now: float,
+                       if_none_match: str) -> tuple[ResultMeta, bytes | BinaryIO] | None:
         body = None
         try:
             body, tag = cache.get(key, default=None, read=True, tag=True)
             if body is None or tag is None:
                 return None
             meta = ResultMeta.from_tag(tag)
+            if if_none_match and etag_matches(if_none_match, meta.etag):
+                if not isinstance(body, bytes):
+                    body.close()
+                return meta, b""  # the client has these bytes: a 304 never reads them
             if not isinstance(body, bytes) and meta.size <= self.memory_body_limit:
                 with body:
                     body = body.read()

@@ -145,11 +145,12 @@ class Renderer:
     def cache_key(original: Original, options: RenderOptions, fmt: str) -> str:
         return f"{original.id}|{original.version}|{options_key(options, fmt)}"
 
-    async def picture(self, source: str, options: RenderOptions, accept: str = "") -> Result:
+    async def picture(self, source: str, options: RenderOptions, accept: str = "", if_none_match: str = "") -> Result:
+        """A hit whose ETag matches `if_none_match` comes with an empty body (for a 304)."""
         fmt, vary = self.requested_format(options, accept)
         original = await self.load(source)
         key = self.cache_key(original, options, fmt)
-        hit = self.cache.get(key)
+        hit = self.cache.get(key, if_none_match)
         if hit is not None:
             metrics.CACHE_HITS.inc()
             return Result(hit[0], hit[1], "HIT", vary)

@@ -68,6 +68,17 @@ def test_clearing_from_another_process_empties_memory(cache, tmp_path):
     assert cache.get("k") is None and cache.hot.bytes == 0
 
 
+def test_a_matching_if_none_match_is_answered_without_reading_the_body(cache):
+    body = os.urandom(40 * 1024)  # stored as a file by diskcache, read on a plain hit
+    cache.put("k", body, meta(len(body)))
+    etag = meta(len(body)).etag
+    for header in (etag, f'W/{etag}', f'"other", {etag}', "*"):
+        assert cache.get("k", if_none_match=header) == (meta(len(body)), b"")
+    assert cache.hot.bytes == 0  # revalidations are no second use of the bytes
+    assert cache.get("k", if_none_match='"other"') == (meta(len(body)), body)
+    assert cache.get("k") == (meta(len(body)), body) and cache.hot.bytes == len(body)
+
+
 def test_bodies_over_the_memory_limit_are_open_files_and_stay_on_disk(cache):
     body = os.urandom(100 * 1024)
     cache.put("big", body, meta(len(body)))
