@@ -101,10 +101,11 @@ def original(path: Path) -> Original:
 
 
 def ours(path: Path, width: int, settings: RenderConfig, kept: MemoryBudget) -> Image.Image:
-    opened = open_original(original(path), LimitsConfig(), ("JPEG",))
+    source = original(path)
+    opened = open_original(source, LimitsConfig(), ("JPEG",))
     with opened.image:
         rendered = render(opened, RenderOptions(width=width), "jpeg", settings, Deadline(60), kept,
-                          source_key=original(path).id)
+                          source_key=source.key)
     return rendered.frames[0]
 
 

@@ -97,7 +97,7 @@ def render_original(original: Original, options: RenderOptions, requested_format
         has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
         fmt = output_format(requested_format, opened.format, has_alpha)
         rendered = render(opened, options, fmt, config.render, Deadline(config.render.timeout), budget,
-                          source_key=f"{original.id}|{original.version}")
+                          source_key=original.key)
         body = encode(rendered, fmt, options.quality, config.render)
     width, height = rendered.size
     ms = (time.perf_counter() - started) * 1000
@@ -143,7 +143,7 @@ class Renderer:
 
     @staticmethod
     def cache_key(original: Original, options: RenderOptions, fmt: str) -> str:
-        return f"{original.id}|{original.version}|{options_key(options, fmt)}"
+        return f"{original.key}|{options_key(options, fmt)}"
 
     async def picture(self, source: str, options: RenderOptions, accept: str = "", if_none_match: str = "") -> Result:
         """A hit whose ETag matches `if_none_match` comes with an empty body (for a 304)."""

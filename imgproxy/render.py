@@ -129,14 +129,11 @@ class MemoryBudget:
                 del self.kept[id(entry)]
                 self.kept_bytes -= entry.nbytes
 
-    def keepable(self, nbytes: int) -> bool:
-        """One decode may take half of the keep limit, so two sources can be kept side by side."""
-        return 0 < nbytes <= self.keep_limit // 2
-
     def keep(self, key: str, image: Image.Image, orientation: int) -> KeptDecode | None:
-        """Keep `image` (which nothing else may change or close) and pin it for the caller."""
+        """Keep `image` when it fits (no copy: nothing else may change or close it) and pin it for
+        the caller."""
         nbytes = decoded_bytes(image, working_set=1.0)
-        if not self.keepable(nbytes):
+        if not 0 < nbytes <= self.keep_limit // 2:  # half of the limit: two sources fit side by side
             return None
         with self._changed:
             self._evict(self.keep_limit - nbytes)
@@ -370,7 +367,8 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
         orientation, region, first = _geometry(opened, options)
     need = _decode_size(opened, first, settings.reducing_gap) if first else (opened.width, opened.height)
-    kept = budget.find(source_key, need) if source_key and not opened.animated else None
+    keep_key = None if opened.animated else source_key  # a first frame is not the source's decode
+    kept = budget.find(keep_key, need) if keep_key else None
     reused = kept is not None
     try:
         if reused:
@@ -396,7 +394,7 @@ def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderCon
             exif = None if settings.strip_metadata else _exif_upright(opened.image)
             if not reused:
                 image = _normalised(opened)
-                kept = _keep(image, orientation, budget, source_key)
+                kept = budget.keep(keep_key, image, orientation) if keep_key else None
                 if kept is not None:
                     image = kept.image
             deadline.check()
@@ -423,13 +421,6 @@ def _normalised(opened: Opened) -> Image.Image:
         return _normalise_mode(opened.image)
     except DECODE_ERRORS:
         raise UnsupportedMedia("source image data is truncated or corrupt") from None
-
-
-def _keep(image: Image.Image, orientation: int, budget: MemoryBudget, source_key: str | None) -> KeptDecode | None:
-    """Keep the decode for later requests when it fits (no copy: this render then leaves it open)."""
-    if not source_key or not budget.keepable(decoded_bytes(image, working_set=1.0)):
-        return None
-    return budget.keep(source_key, image, orientation)
 
 
 def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, tuple[int, int, int, int], Plan]:

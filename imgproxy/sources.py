@@ -29,6 +29,11 @@ class Original:
     path: str | None = None
     data: bytes | None = None
 
+    @property
+    def key(self) -> str:
+        """This version of this source: the start of its result keys, and its kept decodes' key."""
+        return f"{self.id}|{self.version}"
+
 
 def is_remote(source: str) -> bool:
     head = source[:8].lower()

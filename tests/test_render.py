@@ -127,7 +127,7 @@ def _render(path, budget, version="1", settings=RenderConfig(), **options):
     with opened.image:
         query = [(name, str(value)) for name, value in options.items()]
         return render(opened, parse_options(query, {}), "png", settings, Deadline(30), budget,
-                      source_key=f"{original.id}|{original.version}")
+                      source_key=original.key)
 
 
 def _mean_difference(a: Image.Image, b: Image.Image) -> float:
