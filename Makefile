@@ -3,19 +3,25 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.test-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install run test bench bench-peers bench-cdn bench-quality bench-soak clean
+.PHONY: install lint run test bench bench-peers bench-cdn bench-quality bench-soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
+# `make run` needs only the service; the test tools (browser driver, linters) come with `make test`.
 install: $(STAMP)
 
-$(BENCH_STAMP): $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
+
+$(BENCH_STAMP): $(TEST_STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
@@ -23,7 +29,11 @@ $(BENCH_STAMP): $(STAMP)
 run: install
 	$(PY) -m imgproxy serve --config config.toml
 
-test: install
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
 # Self-only benchmark: server pinned to core 0, wrk on core 1 (BENCH_SECONDS=15 per workload).

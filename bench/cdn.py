@@ -3,6 +3,7 @@
 Starts 3 replicas and nginx in front of them as tests/test_cdn.py does, warms one URL on both,
 then runs wrk (pinned to core 1) for BENCH_SECONDS against each.
 """
+
 import os
 import re
 import subprocess
@@ -21,8 +22,12 @@ PATH = "/picture/photos/progressive_dalmatian.jpg?w=320"
 
 
 def wrk(url: str) -> str:
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{SECONDS}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{SECONDS}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rate = re.search(r"Requests/sec:\s+(\S+)", out)[1]
     p99 = re.search(r"99%\s+(\S+)", out)[1]
     return f"{float(rate):10,.0f} req/s   p99 {p99}"

@@ -14,6 +14,7 @@ Peers as configured here:
   cache, so its "hit" row is re-renders.
 - nginx: one worker serving the exact bytes of our hit set from disk, the ceiling for hits.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from run import (BENCH_DIR, CLIENT_CPUS, HIT_SET, ROW_HEADERS, SERVER_CPUS, WORKLOADS, Server,
-                 bench_server, ensure_debian_packages, format_table, imgproxy_server,
-                 parse_args, pin_self_to_client_core, prepare_corpus, row_cells, scratch_dir)
+from run import (
+    BENCH_DIR,
+    CLIENT_CPUS,
+    HIT_SET,
+    ROW_HEADERS,
+    SERVER_CPUS,
+    WORKLOADS,
+    Server,
+    bench_server,
+    ensure_debian_packages,
+    format_table,
+    imgproxy_server,
+    parse_args,
+    pin_self_to_client_core,
+    prepare_corpus,
+    row_cells,
+    scratch_dir,
+)
 
 PEERS_DIR = BENCH_DIR / "peers"
 # thumbor 7.8.0 installs and runs on Python 3.11 with Pillow 12 (it allows Pillow < 13)
@@ -49,18 +65,26 @@ def install(directory: Path, pin: str, steps: list[list[str]]) -> Path:
 
 def install_thumbor() -> Path:
     venv = PEERS_DIR / "thumbor"
-    return install(venv, THUMBOR_REQUIREMENT, [
-        [sys.executable, "-m", "venv", str(venv)],
-        [str(venv / "bin/pip"), "install", "-q", THUMBOR_REQUIREMENT],
-    ])
+    return install(
+        venv,
+        THUMBOR_REQUIREMENT,
+        [
+            [sys.executable, "-m", "venv", str(venv)],
+            [str(venv / "bin/pip"), "install", "-q", THUMBOR_REQUIREMENT],
+        ],
+    )
 
 
 def install_ipx() -> Path:
     directory = PEERS_DIR / "ipx"
-    install(directory, IPX_PACKAGE, [
-        ["npm", "init", "-y"],
-        ["npm", "install", "--no-audit", "--no-fund", IPX_PACKAGE],
-    ])
+    install(
+        directory,
+        IPX_PACKAGE,
+        [
+            ["npm", "init", "-y"],
+            ["npm", "install", "--no-audit", "--no-fund", IPX_PACKAGE],
+        ],
+    )
     shutil.copy(IPX_SERVER_JS, directory / IPX_SERVER_JS.name)  # ESM resolves imports from here
     return directory
 
@@ -79,8 +103,17 @@ def thumbor_server(corpus: Path, venv: Path) -> Server:
             "QUALITY = 80\n"
             "MAX_AGE = 31536000\n"
         )
-        return [str(venv / "bin/thumbor"), "--ip", "127.0.0.1", "--port", str(port),
-                "--conf", str(config), "--log-level", "warning"]
+        return [
+            str(venv / "bin/thumbor"),
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--conf",
+            str(config),
+            "--log-level",
+            "warning",
+        ]
 
     return Server(
         name="thumbor",
@@ -93,8 +126,7 @@ def thumbor_server(corpus: Path, venv: Path) -> Server:
 def ipx_server(corpus: Path, directory: Path) -> Server:
     return Server(
         name="ipx",
-        command=lambda port, scratch: ["node", str(directory / IPX_SERVER_JS.name),
-                                       str(corpus), str(port)],
+        command=lambda port, scratch: ["node", str(directory / IPX_SERVER_JS.name), str(corpus), str(port)],
         url=lambda image, width, fmt: f"/w_{width},q_80,f_{fmt}/{image}",
     )
 
@@ -121,8 +153,7 @@ def nginx_server(root: Path) -> Server:
             "}\n"
         )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        return [nginx, "-p", str(scratch), "-e", str(scratch / "nginx-error.log"),
-                "-c", str(config)]
+        return [nginx, "-p", str(scratch), "-e", str(scratch / "nginx-error.log"), "-c", str(config)]
 
     return Server(name="nginx", command=command, url=nginx_url)
 
@@ -148,8 +179,7 @@ def main() -> None:
     hit_workloads = tuple(w for w in WORKLOADS if not w.cold)
     try:
         corpus = prepare_corpus(args.corpus, scratch)
-        ours, hit_bodies = bench_server(imgproxy_server(corpus, args.workers), WORKLOADS,
-                                        args.seconds, scratch, corpus)
+        ours, hit_bodies = bench_server(imgproxy_server(corpus, args.workers), WORKLOADS, args.seconds, scratch, corpus)
         rows = list(ours)
         for server in (thumbor_server(corpus, thumbor_venv), ipx_server(corpus, ipx_dir)):
             rows += bench_server(server, WORKLOADS, args.seconds, scratch, corpus)[0]
@@ -164,16 +194,24 @@ def main() -> None:
     for workload in WORKLOADS:
         us = ours_by_workload[workload.name]
         for row in (r for r in rows if r["workload"] == workload.name):
-            lines.append([workload.name, row["server"], *row_cells(row),
-                          ratio(us["rps"], row["rps"]), ratio(us["p99_ms"], row["p99_ms"]),
-                          ratio(us["peak_rss_mb"], row["peak_rss_mb"]),
-                          ratio(us["mean_bytes"], row["mean_bytes"])])
-    print(f"servers on core {SERVER_CPUS}, wrk on core {CLIENT_CPUS}, "
-          f"{args.seconds:g} s per workload; "
-          f"the last four columns are ours ÷ theirs ({THUMBOR_REQUIREMENT}, {IPX_PACKAGE}; "
-          f"nginx serves our hit bytes)")
-    print(format_table(["workload", "server", *ROW_HEADERS,
-                        "req/s ×", "p99 ×", "RSS ×", "bytes ×"], lines))
+            lines.append(
+                [
+                    workload.name,
+                    row["server"],
+                    *row_cells(row),
+                    ratio(us["rps"], row["rps"]),
+                    ratio(us["p99_ms"], row["p99_ms"]),
+                    ratio(us["peak_rss_mb"], row["peak_rss_mb"]),
+                    ratio(us["mean_bytes"], row["mean_bytes"]),
+                ]
+            )
+    print(
+        f"servers on core {SERVER_CPUS}, wrk on core {CLIENT_CPUS}, "
+        f"{args.seconds:g} s per workload; "
+        f"the last four columns are ours ÷ theirs ({THUMBOR_REQUIREMENT}, {IPX_PACKAGE}; "
+        f"nginx serves our hit bytes)"
+    )
+    print(format_table(["workload", "server", *ROW_HEADERS, "req/s ×", "p99 ×", "RSS ×", "bytes ×"], lines))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Part 3 times whole cold renders (decode, resize, encode) of those photos to 1280
 SSIM is the mean of Wang et al.'s index (11x11 Gaussian window, sigma 1.5) on luma. bench/peers.py
 uses the same function on each server's actual output.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,11 +33,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from imgproxy.budget import Deadline, MemoryBudget  # noqa: E402
 from imgproxy.config import Config, LimitsConfig, RenderConfig  # noqa: E402
-from imgproxy.pipeline import render_original  # noqa: E402
 from imgproxy.loader import open_original  # noqa: E402
 from imgproxy.options import RenderOptions  # noqa: E402
-from imgproxy.render import Deadline, MemoryBudget, render  # noqa: E402
+from imgproxy.pipeline import render_original  # noqa: E402
+from imgproxy.render import render  # noqa: E402
 from imgproxy.sources import Original  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "photos"
@@ -96,16 +98,16 @@ def thumbor_way(path: Path, width: int) -> Image.Image:
 
 def original(path: Path) -> Original:
     st = path.stat()
-    return Original(id=f"local:{path.name}", version=f"{st.st_mtime_ns}-{st.st_size}", size=st.st_size,
-                    path=str(path))
+    return Original(id=f"local:{path.name}", version=f"{st.st_mtime_ns}-{st.st_size}", size=st.st_size, path=str(path))
 
 
 def ours(path: Path, width: int, settings: RenderConfig, kept: MemoryBudget) -> Image.Image:
     source = original(path)
     opened = open_original(source, LimitsConfig(), ("JPEG",))
     with opened.image:
-        rendered = render(opened, RenderOptions(width=width), "jpeg", settings, Deadline(60), kept,
-                          source_key=source.key)
+        rendered = render(
+            opened, RenderOptions(width=width), "jpeg", settings, Deadline(60), kept, source_key=source.key
+        )
     return rendered.frames[0]
 
 
@@ -120,13 +122,11 @@ def pipelines(corpus: Path) -> list[list[str]]:
     variants = [("thumbor: draft to size + LANCZOS", thumbor_way)]
     for gap in GAPS:
         settings = dataclasses.replace(RenderConfig(), reducing_gap=gap)
-        variants.append((f"ours, reducing_gap {gap:g}, cold",
-                         lambda p, w, s=settings: ours(p, w, s, MemoryBudget(0))))
+        variants.append((f"ours, reducing_gap {gap:g}, cold", lambda p, w, s=settings: ours(p, w, s, MemoryBudget(0))))
         kept = MemoryBudget(RenderConfig().memory_budget, RenderConfig().kept_decodes)
         for image in IMAGES:  # an earlier request at the widest width leaves its decode kept
             ours(corpus / image, max(WIDTHS), settings, kept)
-        variants.append((f"ours, reducing_gap {gap:g}, kept decode",
-                         lambda p, w, s=settings, k=kept: ours(p, w, s, k)))
+        variants.append((f"ours, reducing_gap {gap:g}, kept decode", lambda p, w, s=settings, k=kept: ours(p, w, s, k)))
     rows = []
     for name, fn in variants:
         scores, times = [], []
@@ -136,8 +136,7 @@ def pipelines(corpus: Path) -> list[list[str]]:
                 ms, out = timed(fn, path, width)
                 scores.append(ssim(out, refs.get(path, out.size)))
                 times.append(ms)
-        rows.append([name, f"{statistics.fmean(scores):.4f}", f"{min(scores):.4f}",
-                     f"{statistics.fmean(times):.1f}"])
+        rows.append([name, f"{statistics.fmean(scores):.4f}", f"{min(scores):.4f}", f"{statistics.fmean(times):.1f}"])
     return rows
 
 
@@ -167,8 +166,14 @@ def encoders(corpus: Path) -> list[list[str]]:
             out.seek(0)
             with Image.open(out) as encoded:
                 scores.append(ssim(encoded.convert("RGB"), image))
-        rows.append([name, f"{statistics.fmean(times):.1f}", f"{statistics.fmean(sizes) / 1000:.1f} KB",
-                     f"{statistics.fmean(scores):.4f}"])
+        rows.append(
+            [
+                name,
+                f"{statistics.fmean(times):.1f}",
+                f"{statistics.fmean(sizes) / 1000:.1f} KB",
+                f"{statistics.fmean(scores):.4f}",
+            ]
+        )
     return rows
 
 
@@ -181,7 +186,9 @@ def whole_renders(corpus: Path) -> list[list[str]]:
         for image in IMAGES:
             if "12mp" in image:
                 for _ in range(2):
-                    ms, _ = timed(render_original, original(corpus / image), RenderOptions(width=ENCODE_WIDTH), fmt, config)
+                    ms, _ = timed(
+                        render_original, original(corpus / image), RenderOptions(width=ENCODE_WIDTH), fmt, config
+                    )
                     times.append(ms)
         rows.append([fmt, f"{statistics.fmean(times):.1f}"])
     return rows
@@ -196,7 +203,9 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     corpus = Path(sys.argv[sys.argv.index("--corpus") + 1]) if "--corpus" in sys.argv else DEFAULT_CORPUS
     os.sched_setaffinity(0, {int(c) for c in SERVER_CPUS.split(",")})
-    print(f"Resize to widths {', '.join(map(str, WIDTHS))} of {', '.join(IMAGES)} (one core; ms include the decode unless it was kept)")
+    print(
+        f"Resize to widths {', '.join(map(str, WIDTHS))} of {', '.join(IMAGES)} (one core; ms include the decode unless it was kept)"
+    )
     print(table(["pipeline", "mean SSIM", "min SSIM", "mean ms"], pipelines(corpus)))
     print(f"\nEncoders, {ENCODE_WIDTH}-px renders of the 12-MP photos (best of 3, one core)")
     print(table(["setting", "ms", "mean bytes", "SSIM vs unencoded"], encoders(corpus)))

@@ -13,6 +13,7 @@ A server is a `Server` (command + URL form), so bench/peers.py drives thumbor, i
 through the same code. Env: BENCH_SECONDS (per workload, default 15), BENCH_THREADS (wrk
 threads, default 1), BENCH_DIR (scratch dir, default /tmp/imgproxy-bench).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import httpx
 from PIL import Image
-
 from quality import References, ssim
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,8 +106,7 @@ def imgproxy_server(corpus: Path, render_workers: int | None = None) -> Server:
             f"{render}"
             f"[log]\naccess_log = false\n"
         )
-        return [str(REPO / ".venv/bin/python"), "-m", "imgproxy", "serve",
-                "--config", str(config), "--port", str(port)]
+        return [str(REPO / ".venv/bin/python"), "-m", "imgproxy", "serve", "--config", str(config), "--port", str(port)]
 
     return Server(
         name="imgproxy",
@@ -122,13 +121,16 @@ def cold_paths(server: Server, workload: Workload) -> list[str]:
     for new sources, each copy of a photo once, at a width drawn the same way for every server."""
     rng = random.Random(workload.fmt)
     if workload.new_sources:
-        pairs = [(new_source(image, workload.fmt, i), rng.choice(COLD_WIDTHS))
-                 for i in range(NEW_SOURCE_COPIES) for image in IMAGES]
+        pairs = [
+            (new_source(image, workload.fmt, i), rng.choice(COLD_WIDTHS))
+            for i in range(NEW_SOURCE_COPIES)
+            for image in IMAGES
+        ]
         rng.shuffle(pairs)
         return [server.url(image, width, workload.fmt) for image, width in pairs]
     pairs = [(image, width) for width in COLD_WIDTHS for image in IMAGES]
     rng.shuffle(pairs)
-    return [server.url(image, width, workload.fmt) for image, width in pairs[workload.part::COLD_PARTS]]
+    return [server.url(image, width, workload.fmt) for image, width in pairs[workload.part :: COLD_PARTS]]
 
 
 def new_source(image: str, fmt: str, copy: int) -> str:
@@ -232,7 +234,10 @@ class RunningServer:
         command = ["taskset", "-c", SERVER_CPUS, *self.server.command(self.port, self.scratch)]
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            command,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, **self.server.env},
         )
         self.base = f"http://127.0.0.1:{self.port}"
@@ -246,8 +251,10 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.server.name} exited with {self.process.returncode}; "
-                                   f"log:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"{self.server.name} exited with {self.process.returncode}; "
+                    f"log:\n{self.log_path.read_text(errors='replace')[-3000:]}"
+                )
             try:
                 self.client.get(self.server.ready_path, timeout=2)
                 return  # any HTTP answer means it is listening
@@ -257,8 +264,10 @@ class RunningServer:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is not None:  # the scratch dir goes away: show why while we can
-            print(f"--- {self.server.name} log (tail) ---\n"
-                  f"{self.log_path.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            print(
+                f"--- {self.server.name} log (tail) ---\n{self.log_path.read_text(errors='replace')[-3000:]}",
+                file=sys.stderr,
+            )
         if hasattr(self, "rss"):
             self.rss.stopped.set()
         self.client.close()
@@ -279,8 +288,7 @@ class RunningServer:
         for path in paths:
             response = self.client.get(path)
             if response.status_code != 200:
-                raise RuntimeError(f"{self.server.name} {path}: {response.status_code} "
-                                   f"{response.text[:200]}")
+                raise RuntimeError(f"{self.server.name} {path}: {response.status_code} {response.text[:200]}")
             bodies.append(response.content)
         return bodies
 
@@ -289,9 +297,26 @@ def run_wrk(port: int, paths: list[str], connections: int, seconds: float, scrat
     threads = min(int(os.environ.get("BENCH_THREADS", "1")), connections)
     paths_file = scratch / "paths.txt"
     paths_file.write_text("\n".join(paths) + "\n")
-    command = ["taskset", "-c", CLIENT_CPUS, "wrk", "-t", str(threads), "-c", str(connections),
-               "-d", f"{seconds:g}s", "--timeout", "60s", "-s", str(ROTATE_LUA),
-               f"http://127.0.0.1:{port}", "--", str(paths_file), str(threads)]
+    command = [
+        "taskset",
+        "-c",
+        CLIENT_CPUS,
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds:g}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(ROTATE_LUA),
+        f"http://127.0.0.1:{port}",
+        "--",
+        str(paths_file),
+        str(threads),
+    ]
     output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
     for line in output.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
@@ -304,8 +329,9 @@ def run_workload(running: RunningServer, workload: Workload, seconds: float) -> 
     paths = cold_paths(server, workload) if workload.cold else hit_paths(server)
     running.rss.reset()
     stats = run_wrk(running.port, paths, workload.connections, seconds, running.scratch)
-    failed = (stats["non_2xx"] + stats["connect_errors"] + stats["read_errors"]
-              + stats["write_errors"] + stats["timeouts"])
+    failed = (
+        stats["non_2xx"] + stats["connect_errors"] + stats["read_errors"] + stats["write_errors"] + stats["timeouts"]
+    )
     return {
         "workload": workload.name,
         "server": server.name,
@@ -320,8 +346,9 @@ def run_workload(running: RunningServer, workload: Workload, seconds: float) -> 
     }
 
 
-def bench_server(server: Server, workloads: tuple[Workload, ...], seconds: float,
-                 scratch: Path, corpus: Path | None = None) -> tuple[list[dict], list[bytes]]:
+def bench_server(
+    server: Server, workloads: tuple[Workload, ...], seconds: float, scratch: Path, corpus: Path | None = None
+) -> tuple[list[dict], list[bytes]]:
     """Runs the workloads against one fresh server; returns the rows and the hit set's bodies.
     With `corpus` (the server's image root), rows carry the SSIM of the cold sample."""
     rows = []
@@ -335,8 +362,9 @@ def bench_server(server: Server, workloads: tuple[Workload, ...], seconds: float
                 hit_bodies = running.fetch(hit_paths(server))  # renders them, so wrk sees hits
             print(f"  {server.name}: {workload.name} ...", file=sys.stderr, flush=True)
             rows.append(run_workload(running, workload, seconds))
-        samples = {fmt: running.fetch([server.url(image, width, fmt) for image, width in sample_pairs()])
-                   for fmt in formats}
+        samples = {
+            fmt: running.fetch([server.url(image, width, fmt) for image, width in sample_pairs()]) for fmt in formats
+        }
     quality = {fmt: mean_ssim(corpus, bodies) for fmt, bodies in samples.items()} if corpus else {}
     for row, workload in zip(rows, workloads):
         row["mean_bytes"] = mean_size(samples[workload.fmt]) if workload.cold else mean_size(hit_bodies)
@@ -350,16 +378,23 @@ def mean_size(bodies: list[bytes]) -> float:
 
 def format_table(headers: list[str], lines: list[list[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *lines)]
-    render = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                                     for i, (c, w) in enumerate(zip(cells, widths)))
+    render = lambda cells: "  ".join(
+        str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
     return "\n".join([render(headers), render(["-" * w for w in widths]), *map(render, lines)])
 
 
 def row_cells(row: dict) -> list[str]:
     note = " (list exhausted: some hits)" if row["exhausted"] else ""
-    return [f"{row['rps']:,.1f}", f"{row['p50_ms']:,.1f}", f"{row['p99_ms']:,.1f}",
-            f"{row['peak_rss_mb']:.0f}", f"{row['mean_bytes'] / 1000:,.1f} KB",
-            "-" if row.get("ssim") is None else f"{row['ssim']:.4f}", f"{row['failed']}{note}"]
+    return [
+        f"{row['rps']:,.1f}",
+        f"{row['p50_ms']:,.1f}",
+        f"{row['p99_ms']:,.1f}",
+        f"{row['peak_rss_mb']:.0f}",
+        f"{row['mean_bytes'] / 1000:,.1f} KB",
+        "-" if row.get("ssim") is None else f"{row['ssim']:.4f}",
+        f"{row['failed']}{note}",
+    ]
 
 
 ROW_HEADERS = ["req/s", "p50 ms", "p99 ms", "peak RSS MB", "mean bytes", "SSIM", "failed"]
@@ -367,13 +402,17 @@ ROW_HEADERS = ["req/s", "p50 ms", "p99 ms", "peak RSS MB", "mean bytes", "SSIM",
 
 def ensure_debian_packages(*packages: tuple[str, str]) -> None:
     """Installs each (binary, package) whose binary is missing, with apt-get."""
-    missing = [package for binary, package in packages
-               if not (shutil.which(binary) or Path("/usr/sbin", binary).exists())]
+    missing = [
+        package for binary, package in packages if not (shutil.which(binary) or Path("/usr/sbin", binary).exists())
+    ]
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         subprocess.run([*sudo, "apt-get", "update", "-q"], check=True)
-        subprocess.run([*sudo, "apt-get", "install", "-y", "-q", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "-q", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
 
 
 def scratch_dir(prefix: str) -> Path:
@@ -388,13 +427,21 @@ def pin_self_to_client_core() -> None:
 
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
-                        help="directory holding the large JPEGs (default: ../shared/corpus/photos)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="our [render] workers (default: the config's default)")
-    parser.add_argument("--seconds", type=float,
-                        default=float(os.environ.get("BENCH_SECONDS", "15")),
-                        help="duration of each workload (env BENCH_SECONDS, default 15)")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=DEFAULT_CORPUS,
+        help="directory holding the large JPEGs (default: ../shared/corpus/photos)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="our [render] workers (default: the config's default)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=float(os.environ.get("BENCH_SECONDS", "15")),
+        help="duration of each workload (env BENCH_SECONDS, default 15)",
+    )
     args = parser.parse_args()
     args.corpus = args.corpus.resolve()
     missing = [image for image in IMAGES if not (args.corpus / image).is_file()]
@@ -410,12 +457,10 @@ def main() -> None:
     scratch = scratch_dir("self-")
     try:
         corpus = prepare_corpus(args.corpus, scratch)
-        rows, _ = bench_server(imgproxy_server(corpus, args.workers), WORKLOADS,
-                               args.seconds, scratch, corpus)
+        rows, _ = bench_server(imgproxy_server(corpus, args.workers), WORKLOADS, args.seconds, scratch, corpus)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"imgproxy, server on core {SERVER_CPUS}, wrk on core {CLIENT_CPUS}, "
-          f"{args.seconds:g} s per workload")
+    print(f"imgproxy, server on core {SERVER_CPUS}, wrk on core {CLIENT_CPUS}, {args.seconds:g} s per workload")
     print(format_table(["workload", *ROW_HEADERS], [[r["workload"], *row_cells(r)] for r in rows]))
 
 

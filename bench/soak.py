@@ -8,6 +8,7 @@ of the photos no request has seen), so every request is a cold render. The serve
 every second; the table gives per-minute mean and peak, and the last line the drift of the mean
 from the first minute to the last, and the process's own high-water mark (VmHWM).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,9 +18,21 @@ import sys
 import threading
 import time
 
-from run import (SERVER_CPUS, RunningServer, Workload, cold_paths, ensure_debian_packages,
-                 format_table, imgproxy_server, parse_args, pin_self_to_client_core, prepare_corpus,
-                 process_tree_rss, run_wrk, scratch_dir)
+from run import (
+    SERVER_CPUS,
+    RunningServer,
+    Workload,
+    cold_paths,
+    ensure_debian_packages,
+    format_table,
+    imgproxy_server,
+    parse_args,
+    pin_self_to_client_core,
+    prepare_corpus,
+    process_tree_rss,
+    run_wrk,
+    scratch_dir,
+)
 
 CONNECTIONS = 8
 MINUTE = 60
@@ -27,8 +40,9 @@ MINUTE = 60
 
 def soak_paths(server) -> list[str]:
     """Every cold URL of the bench, formats interleaved: far more than a soak can render."""
-    lists = [cold_paths(server, Workload("soak", CONNECTIONS, fmt, part))
-             for part in (0, 1) for fmt in ("jpeg", "webp")]
+    lists = [
+        cold_paths(server, Workload("soak", CONNECTIONS, fmt, part)) for part in (0, 1) for fmt in ("jpeg", "webp")
+    ]
     lists += [cold_paths(server, Workload("soak", CONNECTIONS, fmt, new_sources=True)) for fmt in ("jpeg", "webp")]
     return [path for group in itertools.zip_longest(*lists) for path in group if path is not None]
 
@@ -74,12 +88,16 @@ def main() -> None:
         if window:
             rows.append([f"{m}-{m + 1} min", f"{sum(window) / len(window):.0f}", f"{max(window):.0f}"])
     failed = stats["non_2xx"] + stats["connect_errors"] + stats["read_errors"] + stats["timeouts"]
-    print(f"imgproxy soak, server on core {SERVER_CPUS}, {CONNECTIONS} connections, {seconds:g} s: "
-          f"{stats['requests']} cold renders, {failed} failed")
+    print(
+        f"imgproxy soak, server on core {SERVER_CPUS}, {CONNECTIONS} connections, {seconds:g} s: "
+        f"{stats['requests']} cold renders, {failed} failed"
+    )
     print(format_table(["window", "mean RSS MB", "peak RSS MB"], rows))
     first, last = float(rows[0][1]), float(rows[-1][1])
-    print(f"mean RSS first -> last window: {first:.0f} -> {last:.0f} MB ({(last - first) / first:+.1%}); "
-          f"VmHWM {hwm:.0f} MB")
+    print(
+        f"mean RSS first -> last window: {first:.0f} -> {last:.0f} MB ({(last - first) / first:+.1%}); "
+        f"VmHWM {hwm:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The ASGI application: routes, response headers and error answers."""
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -122,7 +124,10 @@ class PictureEndpoint:
         if result.cache_status == "HIT":
             headers += HIT_LINES
         else:
-            headers += [(b"x-cache", b"MISS"), (b"server-timing", f'cache;desc="MISS", render;dur={result.render_ms:.1f}'.encode())]
+            headers += [
+                (b"x-cache", b"MISS"),
+                (b"server-timing", f'cache;desc="MISS", render;dur={result.render_ms:.1f}'.encode()),
+            ]
         if result.vary_accept:
             headers.append((b"vary", b"Accept"))
         body = result.body
@@ -152,7 +157,7 @@ class PictureFastPath:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and scope["path"].startswith(PICTURE_PREFIX):
             scope["route"] = self.route  # what starlette's router would have set, for metrics and logs
-            scope["path_params"] = {"source": scope["path"][len(PICTURE_PREFIX):]}
+            scope["path_params"] = {"source": scope["path"][len(PICTURE_PREFIX) :]}
             return await self.picture(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -183,9 +188,12 @@ def create_app(config: Config) -> PictureFastPath:
     remote_cfg = config.sources.remote
     remote = None
     if remote_cfg.allowed_hosts:
-        remote = RemoteSource(remote_cfg, cache_dir=config.path(remote_cfg.cache_dir),
-                              formats=config.security.allowed_source_formats,
-                              trusted_networks=remote_cfg.trusted_networks)
+        remote = RemoteSource(
+            remote_cfg,
+            cache_dir=config.path(remote_cfg.cache_dir),
+            formats=config.security.allowed_source_formats,
+            trusted_networks=remote_cfg.trusted_networks,
+        )
     renderer = Renderer(config, cache, remote)
     picture = PictureEndpoint(config, renderer)
     uploads = Uploads(config, renderer)
@@ -200,8 +208,14 @@ def create_app(config: Config) -> PictureFastPath:
         checks = {"cache_writable": writable or not config.cache.enabled, "render_pool": renderer.accepting}
         ready = checks["render_pool"]
         status = ("ok" if checks["cache_writable"] else "degraded") if ready else "unavailable"
-        body = {"status": status, "checks": checks, "cache": stats,
-                "renders": renderer.renders, "pending": renderer.pending, "capacity": renderer.capacity}
+        body = {
+            "status": status,
+            "checks": checks,
+            "cache": stats,
+            "renders": renderer.renders,
+            "pending": renderer.pending,
+            "capacity": renderer.capacity,
+        }
         return JSONResponse(body, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"})
 
     @contextlib.asynccontextmanager

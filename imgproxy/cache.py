@@ -12,6 +12,7 @@ Memory entries are only ever copies of disk entries under the same key (the key 
 source's version), so they are never stale; `imgproxy cache clear` rewrites the directory's
 `generation` file, which makes every process drop its memory entries on its next lookup.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -24,9 +25,10 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import diskcache
 
@@ -58,8 +60,11 @@ class ResultMeta:
     def header_lines(self) -> tuple[tuple[bytes, bytes], ...]:
         """Content-Type, Content-Length, ETag and Last-Modified as ASGI header lines (computed
         once per entry kept in memory)."""
-        lines = [(b"content-type", self.content_type.encode()), (b"content-length", b"%d" % self.size),
-                 (b"etag", self.etag.encode())]
+        lines = [
+            (b"content-type", self.content_type.encode()),
+            (b"content-length", b"%d" % self.size),
+            (b"etag", self.etag.encode()),
+        ]
         if self.last_modified is not None:
             lines.append((b"last-modified", email.utils.formatdate(self.last_modified, usegmt=True).encode()))
         return tuple(lines)
@@ -68,7 +73,7 @@ class ResultMeta:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
-    def from_tag(cls, tag: str) -> "ResultMeta":
+    def from_tag(cls, tag: str) -> ResultMeta:
         return cls(**json.loads(tag))
 
 
@@ -268,8 +273,9 @@ class ResultCache:
             self._counters.count(found is not None)
         return found
 
-    def _get_from_disk(self, cache: diskcache.Cache, key: str, now: float,
-                       if_none_match: str) -> tuple[ResultMeta, bytes | BinaryIO] | None:
+    def _get_from_disk(
+        self, cache: diskcache.Cache, key: str, now: float, if_none_match: str
+    ) -> tuple[ResultMeta, bytes | BinaryIO] | None:
         body = None
         try:
             body, tag = cache.get(key, default=None, read=True, tag=True)
@@ -329,7 +335,12 @@ class ResultCache:
         if cache is None:
             return {"enabled": self.enabled, "usable": False}
         try:
-            return {"enabled": True, "usable": True, "entries": len(cache) - (PROBE_KEY in cache), "bytes": cache.volume()}
+            return {
+                "enabled": True,
+                "usable": True,
+                "entries": len(cache) - (PROBE_KEY in cache),
+                "bytes": cache.volume(),
+            }
         except STORAGE_ERRORS as exc:
             self._fail(exc)
             return {"enabled": True, "usable": False}

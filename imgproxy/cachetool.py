@@ -7,6 +7,7 @@ source's id (`local:<path>|…`, or the remote URL followed by `|`), so a source
 a prefix. Hits and misses are the servers' own counters (one small file per process under
 `lookups/`); a clear rewrites the `generation` file so servers drop the results they keep in memory.
 """
+
 from __future__ import annotations
 
 import re
@@ -147,12 +148,14 @@ def describe(s: CacheStats) -> str:
     if s.oldest is not None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.oldest))
         oldest = f"{stamp} ({_age(time.time() - s.oldest)} ago)"
-    return "\n".join([
-        f"directory:  {s.directory}",
-        f"entries:    {s.entries}",
-        f"bytes:      {s.bytes} ({_size(s.bytes)} of {_size(s.size_limit)})",
-        f"hits:       {s.hits}",
-        f"misses:     {s.misses}",
-        f"hit ratio:  {ratio}",
-        f"oldest:     {oldest}",
-    ])
+    return "\n".join(
+        [
+            f"directory:  {s.directory}",
+            f"entries:    {s.entries}",
+            f"bytes:      {s.bytes} ({_size(s.bytes)} of {_size(s.size_limit)})",
+            f"hits:       {s.hits}",
+            f"misses:     {s.misses}",
+            f"hit ratio:  {ratio}",
+            f"oldest:     {oldest}",
+        ]
+    )

@@ -1,4 +1,5 @@
 """Command line: `imgproxy serve | render | check-config` (and more as features land)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,22 @@ from .errors import ImageProxyError
 
 SECRET_KEYS = {"key", "keys", "token"}
 # CLI flag -> canonical query parameter, for `render` (and `url`)
-RENDER_FLAGS = ("width", "height", "format", "quality", "mode", "gravity", "enlarge", "background", "dpr",
-                "crop", "sharpen", "blur", "preset", "version")
+RENDER_FLAGS = (
+    "width",
+    "height",
+    "format",
+    "quality",
+    "mode",
+    "gravity",
+    "enlarge",
+    "background",
+    "dpr",
+    "crop",
+    "sharpen",
+    "blur",
+    "preset",
+    "version",
+)
 QUERY_NAMES = {"width": "scalex", "height": "scaley", "format": "encoding"}  # the names of the seed URLs
 
 
@@ -306,8 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     warm_parser = command("warm", cmd_warm, "render presets of local sources into the cache")
     warm_parser.add_argument("sources", nargs="+", help="paths under [sources.local] root")
     warm_parser.add_argument("--preset", action="append", help="preset name, repeatable (default: all)")
-    warm_parser.add_argument("--format", action="append", choices=("jpeg", "png", "webp", "avif", "gif", "source"),
-                             help="output format, repeatable (default: [uploads] pregenerate_formats)")
+    warm_parser.add_argument(
+        "--format",
+        action="append",
+        choices=("jpeg", "png", "webp", "avif", "gif", "source"),
+        help="output format, repeatable (default: [uploads] pregenerate_formats)",
+    )
 
     command("check-config", cmd_check_config, "print the effective config (secrets masked) and every problem")
 

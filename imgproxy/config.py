@@ -3,6 +3,7 @@
 Every section is a frozen dataclass; the loader checks each key's type and range and names the
 key in the one-line error it raises, so a bad config stops start-up clearly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,12 +14,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
+from .options import parse_preset
+
 SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif")
-
-
-class ConfigError(Exception):
-    """One line naming the key and what is wrong with it."""
 
 
 class Size(int):
@@ -35,7 +35,7 @@ def parse_size(value: object, key: str = "size") -> int:
     if isinstance(value, str):
         text = value.strip().upper().replace(" ", "")
         number = text.rstrip("KMGTB")
-        unit = text[len(number):] or "B"
+        unit = text[len(number) :] or "B"
         if unit in SIZE_UNITS and number.replace(".", "", 1).isdigit():
             return int(float(number) * SIZE_UNITS[unit])
     raise ConfigError(f"{key}: expected a size like 20MB or a byte count, got {value!r}")
@@ -193,7 +193,10 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "server.workers": (lambda v: 1 <= v <= 64, "1..64"),
     "render.workers": (lambda v: 0 <= v <= 64, "0..64 (0 = number of cores)"),
     "render.queue_limit": (lambda v: 1 <= v <= 100000, "1..100000"),
-    "render.default_format": (lambda v: v in WRITABLE_FORMATS + ("source", "auto"), "jpeg, png, webp, avif, gif, source or auto"),
+    "render.default_format": (
+        lambda v: v in WRITABLE_FORMATS + ("source", "auto"),
+        "jpeg, png, webp, avif, gif, source or auto",
+    ),
     "render.jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
     "render.webp_quality": (lambda v: 1 <= v <= 100, "1..100"),
     "render.avif_quality": (lambda v: 1 <= v <= 100, "1..100"),
@@ -296,7 +299,7 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
     for name, raw in environ.items():
         if not name.startswith("IMGPROXY_") or "__" not in name:
             continue
-        parts = [p.lower() for p in name[len("IMGPROXY_"):].split("__")]
+        parts = [p.lower() for p in name[len("IMGPROXY_") :].split("__")]
         if not all(parts):
             raise ConfigError(f"{name}: malformed variable name")
         try:
@@ -322,8 +325,6 @@ def _merge(base: dict, extra: dict) -> dict:
 def _check_presets(presets: object) -> dict[str, dict[str, object]]:
     if not isinstance(presets, dict) or not all(isinstance(p, dict) for p in presets.values()):
         raise ConfigError("presets: expected [presets.NAME] tables")
-    from .options import parse_preset  # late import: options imports config's constants
-
     for name, params in presets.items():
         parse_preset(name, params)
     return presets

@@ -4,6 +4,7 @@ Each key's description is the comment block right above it; a table's own commen
 its header. `python -m imgproxy.configdoc README.md` rewrites the block between the markers;
 tests/test_readme_config.py fails when README.md and config.toml drift apart.
 """
+
 from __future__ import annotations
 
 import re
@@ -80,7 +81,7 @@ def replace_block(readme: str, block: str) -> str:
     start, end = readme.find(BEGIN), readme.find(END)
     if start < 0 or end < start:
         raise ValueError("README has no config-reference markers")
-    return readme[:start] + block + readme[end + len(END):]
+    return readme[:start] + block + readme[end + len(END) :]
 
 
 def main(argv: list[str]) -> int:

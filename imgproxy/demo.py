@@ -1,4 +1,5 @@
 """Sample images for the demo page, drawn with Pillow on first run (no bundled binaries)."""
+
 from __future__ import annotations
 
 import math
@@ -11,13 +12,19 @@ DEMO_DIR = "demo"
 
 def _scene(width: int, height: int, sky: tuple, ground: tuple, sun: tuple) -> Image.Image:
     gradient = Image.linear_gradient("L").resize((width, height))
-    image = Image.composite(Image.new("RGB", (width, height), sky), Image.new("RGB", (width, height), ground), gradient.point(lambda v: 255 - v))
+    image = Image.composite(
+        Image.new("RGB", (width, height), sky),
+        Image.new("RGB", (width, height), ground),
+        gradient.point(lambda v: 255 - v),
+    )
     draw = ImageDraw.Draw(image)
     r = min(width, height) // 8
     draw.ellipse((width * 0.7 - r, height * 0.25 - r, width * 0.7 + r, height * 0.25 + r), fill=sun)
     for i, shade in enumerate((60, 90, 120)):
-        points = [(x, height * (0.55 + 0.1 * i) + math.sin(x / width * math.pi * (2 + i)) * height * 0.06)
-                  for x in range(0, width + 40, 40)]
+        points = [
+            (x, height * (0.55 + 0.1 * i) + math.sin(x / width * math.pi * (2 + i)) * height * 0.06)
+            for x in range(0, width + 40, 40)
+        ]
         draw.polygon(points + [(width, height), (0, height)], fill=(shade // 3, shade, shade // 2))
     # fine texture, so encoders have real detail to work on
     noise = Image.effect_noise((width, height), 24).convert("RGB")

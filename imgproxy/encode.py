@@ -1,4 +1,5 @@
 """Encode a rendered image to bytes (pure Pillow work, no I/O). Settings come from `[render]`."""
+
 from __future__ import annotations
 
 import io
@@ -8,7 +9,13 @@ from PIL import Image
 from .config import RenderConfig
 from .render import Rendered
 
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif", "gif": "image/gif"}
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "gif": "image/gif",
+}
 # Pillow format name of a source -> our output format, for sources we can write back as they are
 SOURCE_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "GIF": "gif"}
 
@@ -40,8 +47,12 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
     if rendered.exif and fmt != "gif":
         params["exif"] = rendered.exif
     if fmt == "jpeg":
-        params.update(quality=quality, progressive=settings.jpeg_progressive, optimize=False,
-                      subsampling=settings.jpeg_subsampling)
+        params.update(
+            quality=quality,
+            progressive=settings.jpeg_progressive,
+            optimize=False,
+            subsampling=settings.jpeg_subsampling,
+        )
     elif fmt == "webp":
         params.update(quality=quality, method=settings.webp_method)
     elif fmt == "avif":

@@ -2,7 +2,12 @@
 
 Anything else that escapes a handler is a bug and becomes a 500 without details.
 """
+
 from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A bad config file or value: one line naming the key and what is wrong with it."""
 
 
 class ImageProxyError(Exception):

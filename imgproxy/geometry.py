@@ -5,6 +5,7 @@ multiplies the box; without `enlarge`, when the source cannot fill the box witho
 up, the whole output shrinks uniformly (keeping the box's aspect ratio) until it can. Sizes are
 never 0.
 """
+
 from __future__ import annotations
 
 import math

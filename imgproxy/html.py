@@ -6,6 +6,7 @@ URLs are signed when the config has keys, except the allowed-width ones the serv
 unsigned. `width`/`height` attributes are the size the server will answer, computed from the
 source's header (EXIF orientation included) without rendering, so pages reserve the space.
 """
+
 from __future__ import annotations
 
 import functools
@@ -221,7 +222,9 @@ def picture_tag(
     if presets is not None:
         variants = [{**params, "preset": name} for name in presets]
     else:
-        variants = width_variants(widths or (default_widths(width, config) if width else config.security.allowed_widths), params)
+        variants = width_variants(
+            widths or (default_widths(width, config) if width else config.security.allowed_widths), params
+        )
     sizes = sizes or default_sizes(width)
     lines = []
     for fmt in formats:

@@ -8,6 +8,7 @@ queues every unfinished job whose lease is free or lapsed, which is how jobs res
 restart or a crashed worker. A process runs at most `[uploads] job_workers` renders at a time and
 starts one only while a render thread is idle, so live traffic keeps priority.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,9 +20,9 @@ import socket
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import diskcache
 
@@ -64,8 +65,9 @@ def plan(renderer: Renderer, presets: Iterable[str], formats: Iterable[str]) -> 
     return list(tasks.values())
 
 
-async def warm(renderer: Renderer, sources: Iterable[str], tasks: list[Task], concurrency: int,
-               progress: Callable[[str], None]) -> list[str]:
+async def warm(
+    renderer: Renderer, sources: Iterable[str], tasks: list[Task], concurrency: int, progress: Callable[[str], None]
+) -> list[str]:
     """Render every task for every source, `concurrency` at a time; the error lines (CLI warm)."""
     items = iter([(source, task) for source in sources for task in tasks])
     errors: list[str] = []
@@ -84,10 +86,20 @@ async def warm(renderer: Renderer, sources: Iterable[str], tasks: list[Task], co
 
 def new_record(job_id: str, source: str, presets: list[str], formats: list[str]) -> dict:
     return {
-        "id": job_id, "source": source, "presets": presets, "formats": formats,
-        "status": "pending", "done": 0, "total": 0, "error": None,
-        "created": time.time(), "started": None, "finished": None, "runs": 0,
-        "owner": None, "lease": 0.0,
+        "id": job_id,
+        "source": source,
+        "presets": presets,
+        "formats": formats,
+        "status": "pending",
+        "done": 0,
+        "total": 0,
+        "error": None,
+        "created": time.time(),
+        "started": None,
+        "finished": None,
+        "runs": 0,
+        "owner": None,
+        "lease": 0.0,
     }
 
 
@@ -117,8 +129,13 @@ class JobStore:
                 return None
             if record["owner"] not in (None, owner) and record["lease"] > now:
                 return None
-            record.update(status="running", owner=owner, lease=now + LEASE_SECONDS, runs=record["runs"] + 1,
-                          started=record["started"] or now)
+            record.update(
+                status="running",
+                owner=owner,
+                lease=now + LEASE_SECONDS,
+                runs=record["runs"] + 1,
+                started=record["started"] or now,
+            )
             self.cache.set(job_id, record)
             return record
 
@@ -164,7 +181,9 @@ class JobQueue:
             self.store = JobStore(self.directory)
         except STORAGE_ERRORS as exc:  # like the result cache: degrade, do not refuse to start
             self.temporary = Path(tempfile.mkdtemp(prefix="imgproxy-jobs-"))
-            log.warning("job store at %s unusable (%s); jobs kept in %s until restart", self.directory, exc, self.temporary)
+            log.warning(
+                "job store at %s unusable (%s); jobs kept in %s until restart", self.directory, exc, self.temporary
+            )
             self.store = JobStore(self.temporary)
         self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self.tasks.append(asyncio.create_task(self._maintain()))

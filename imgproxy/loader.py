@@ -3,6 +3,7 @@
 Only formats on the allow-list are tried (Pillow never guesses SVG/EPS/PDF, which would need an
 external program); the header's declared size and frame count are checked against the limits.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,7 +44,17 @@ def open_original(original: Original, limits: LimitsConfig, formats: tuple[str, 
     except Image.DecompressionBombError:
         fp.close()
         raise PayloadTooLarge(f"source has more than {limits.max_source_pixels} pixels") from None
-    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, ZeroDivisionError, MemoryError):
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        TypeError,
+        IndexError,
+        KeyError,
+        ZeroDivisionError,
+        MemoryError,
+    ):
         # Pillow plugins raise a zoo of types for bad headers; all mean "not an image we accept"
         fp.close()
         allowed = ", ".join(formats)
@@ -70,9 +81,7 @@ def _check(image: Image.Image, limits: LimitsConfig, formats: tuple[str, ...]) -
         raise UnsupportedMedia("source declares an empty image")
     pixels = width * height
     if pixels > limits.max_source_pixels:
-        raise PayloadTooLarge(
-            f"source is {width}x{height} = {pixels} pixels; the limit is {limits.max_source_pixels}"
-        )
+        raise PayloadTooLarge(f"source is {width}x{height} = {pixels} pixels; the limit is {limits.max_source_pixels}")
     fmt = image.format or ""
     animated = fmt in ANIMATED_FORMATS and bool(getattr(image, "is_animated", False))
     frames = 1

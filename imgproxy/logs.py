@@ -5,12 +5,13 @@ bytes, feeds the request metrics and writes the access line. An exception escapi
 answered 500 here and logged here only, in that request's line, with its traceback. The line
 carries the path without `sig`, the status, the error message of a 4xx/5xx — never a body.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.requests import ClientDisconnect
 
@@ -41,7 +42,9 @@ def logging_config(log: LogConfig) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": formatter}},
-        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+        },
         "root": {"handlers": ["default"], "level": log.level.upper()},
         "loggers": {
             "uvicorn": {"handlers": [], "propagate": True},
@@ -51,7 +54,7 @@ def logging_config(log: LogConfig) -> dict:
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, timezone.utc)
+    moment = datetime.fromtimestamp(record.created, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -154,9 +157,17 @@ class AccessLog:
             if recorded:  # failed after its answer went out (a background task): an error line of its own
                 access_log.error("%s %s failed after its response", scope["method"], loggable_path(scope), exc_info=exc)
             elif not response["status"]:
-                await observed_send({"type": "http.response.start", "status": 500, "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store"),
-                    (b"content-length", str(len(INTERNAL_ERROR)).encode())]})
+                await observed_send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"text/plain; charset=utf-8"),
+                            (b"cache-control", b"no-store"),
+                            (b"content-length", str(len(INTERNAL_ERROR)).encode()),
+                        ],
+                    }
+                )
                 await observed_send({"type": "http.response.body", "body": INTERNAL_ERROR})
         if not recorded:
             record()

@@ -3,6 +3,7 @@
 Without them, freed decode buffers stay in the heap and RSS ratchets up over a long run of
 distinct cold images; with a trim threshold they go back to the OS after each render.
 """
+
 from __future__ import annotations
 
 import ctypes

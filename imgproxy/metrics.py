@@ -8,6 +8,7 @@ Without the variable (tests, the CLI) the figures stay in the process.
 The metric objects are created once, here; request handling only increments them. Cache size and
 entry count are read from the shared diskcache at scrape time, so every worker reports the same.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,11 +16,18 @@ import functools
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,31 +39,60 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 REGISTRY = CollectorRegistry()  # this process's own figures, when not in multiprocess mode
 
-REQUESTS = Counter("imgproxy_requests", "HTTP requests answered, by route and status class",
-                   ["route", "status"], registry=REGISTRY)
-REQUEST_SECONDS = Histogram("imgproxy_request_duration_seconds", "From request to last body byte, by route",
-                            ["route"], buckets=SECONDS, registry=REGISTRY)
+REQUESTS = Counter(
+    "imgproxy_requests", "HTTP requests answered, by route and status class", ["route", "status"], registry=REGISTRY
+)
+REQUEST_SECONDS = Histogram(
+    "imgproxy_request_duration_seconds",
+    "From request to last body byte, by route",
+    ["route"],
+    buckets=SECONDS,
+    registry=REGISTRY,
+)
 RESPONSE_BYTES = Counter("imgproxy_response_bytes", "Response body bytes sent", registry=REGISTRY)
-SOURCE_BYTES = Counter("imgproxy_source_bytes", "Bytes of originals read by renders, by source kind",
-                       ["kind"], registry=REGISTRY)
-RENDER_SECONDS = Histogram("imgproxy_render_duration_seconds", "Decode, resize and encode of one result, by output format",
-                           ["format"], buckets=SECONDS, registry=REGISTRY)
-RENDERS_IN_FLIGHT = Gauge("imgproxy_renders_in_flight", "Renders running on a render thread",
-                          multiprocess_mode="livesum", registry=REGISTRY)
-RENDER_QUEUE = Gauge("imgproxy_render_queue_length", "Renders waiting for a render thread",
-                     multiprocess_mode="livesum", registry=REGISTRY)
-SOURCE_DECODES = Counter("imgproxy_source_decodes", "Renders by where their source pixels came from: decoded, "
-                         "or kept in memory by an earlier render of the same source", ["origin"], registry=REGISTRY)
+SOURCE_BYTES = Counter(
+    "imgproxy_source_bytes", "Bytes of originals read by renders, by source kind", ["kind"], registry=REGISTRY
+)
+RENDER_SECONDS = Histogram(
+    "imgproxy_render_duration_seconds",
+    "Decode, resize and encode of one result, by output format",
+    ["format"],
+    buckets=SECONDS,
+    registry=REGISTRY,
+)
+RENDERS_IN_FLIGHT = Gauge(
+    "imgproxy_renders_in_flight", "Renders running on a render thread", multiprocess_mode="livesum", registry=REGISTRY
+)
+RENDER_QUEUE = Gauge(
+    "imgproxy_render_queue_length",
+    "Renders waiting for a render thread",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+SOURCE_DECODES = Counter(
+    "imgproxy_source_decodes",
+    "Renders by where their source pixels came from: decoded, "
+    "or kept in memory by an earlier render of the same source",
+    ["origin"],
+    registry=REGISTRY,
+)
 SHED = Counter("imgproxy_shed", "Requests answered 503 because the render queue was full", registry=REGISTRY)
 CACHE_HITS = Counter("imgproxy_cache_hits", "Results answered from the result cache", registry=REGISTRY)
-CACHE_MISSES = Counter("imgproxy_cache_misses", "Results not in the result cache (rendered or joined a render)",
-                       registry=REGISTRY)
-CACHE_EVICTIONS = Counter("imgproxy_cache_evictions", "Result cache entries removed to stay under size_limit",
-                          registry=REGISTRY)
-FETCH_SECONDS = Histogram("imgproxy_upstream_fetch_duration_seconds", "Fetches of remote originals, errors included",
-                          buckets=SECONDS, registry=REGISTRY)
-FETCH_ERRORS = Counter("imgproxy_upstream_fetch_errors", "Failed fetches of remote originals, by kind",
-                       ["kind"], registry=REGISTRY)
+CACHE_MISSES = Counter(
+    "imgproxy_cache_misses", "Results not in the result cache (rendered or joined a render)", registry=REGISTRY
+)
+CACHE_EVICTIONS = Counter(
+    "imgproxy_cache_evictions", "Result cache entries removed to stay under size_limit", registry=REGISTRY
+)
+FETCH_SECONDS = Histogram(
+    "imgproxy_upstream_fetch_duration_seconds",
+    "Fetches of remote originals, errors included",
+    buckets=SECONDS,
+    registry=REGISTRY,
+)
+FETCH_ERRORS = Counter(
+    "imgproxy_upstream_fetch_errors", "Failed fetches of remote originals, by kind", ["kind"], registry=REGISTRY
+)
 
 FETCH_ERROR_KINDS = (
     (TimeoutError, "timeout"),

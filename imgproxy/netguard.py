@@ -5,6 +5,7 @@ address check runs inside the connection pool's network backend, on the very add
 then connects to. That pins every connection — redirect hops included — to an address that was
 checked, so DNS answers that change between check and connect (rebinding) cannot slip through.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -4,40 +4,60 @@ Parsing is strict: unknown or repeated parameters and out-of-range values are er
 parameter and what is allowed. No regular expressions touch client input, and every value is
 length-checked first, so malformed input fails fast.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from PIL import ImageColor
 
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, ConfigError, PayloadTooLarge
 
 ALIASES = {
-    "scalex": "width", "width": "width", "w": "width",
-    "scaley": "height", "height": "height", "h": "height",
-    "encoding": "encoding", "format": "encoding", "fm": "encoding",
-    "quality": "quality", "q": "quality",
+    "scalex": "width",
+    "width": "width",
+    "w": "width",
+    "scaley": "height",
+    "height": "height",
+    "h": "height",
+    "encoding": "encoding",
+    "format": "encoding",
+    "fm": "encoding",
+    "quality": "quality",
+    "q": "quality",
     "mode": "mode",
-    "gravity": "gravity", "g": "gravity",
+    "gravity": "gravity",
+    "g": "gravity",
     "enlarge": "enlarge",
-    "background": "background", "bg": "background",
+    "background": "background",
+    "bg": "background",
     "dpr": "dpr",
     "crop": "crop",
     "sharpen": "sharpen",
     "blur": "blur",
-    "preset": "preset", "p": "preset",
-    "v": "version", "version": "version", "cachebuster": "version",
+    "preset": "preset",
+    "p": "preset",
+    "v": "version",
+    "version": "version",
+    "cachebuster": "version",
 }
 SIGNATURE_PARAM = "sig"
 ENCODINGS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif", "auto": "auto"}
 MODES = ("fit", "crop", "pad", "stretch")
 GRAVITIES = {
-    "center": (0.5, 0.5), "centre": (0.5, 0.5),
-    "north": (0.5, 0.0), "south": (0.5, 1.0), "east": (1.0, 0.5), "west": (0.0, 0.5),
-    "northeast": (1.0, 0.0), "northwest": (0.0, 0.0), "southeast": (1.0, 1.0), "southwest": (0.0, 1.0),
+    "center": (0.5, 0.5),
+    "centre": (0.5, 0.5),
+    "north": (0.5, 0.0),
+    "south": (0.5, 1.0),
+    "east": (1.0, 0.5),
+    "west": (0.0, 0.5),
+    "northeast": (1.0, 0.0),
+    "northwest": (0.0, 0.0),
+    "southeast": (1.0, 1.0),
+    "southwest": (0.0, 1.0),
 }
 MAX_VALUE_LENGTH = 64
 MAX_DIMENSION = 100_000  # beyond any limit; the configured max_output_* decide the 413
@@ -57,10 +77,7 @@ class CropRegion:
 
     def to_pixels(self, sw: int, sh: int) -> tuple[int, int, int, int]:
         scales = (sw, sh, sw, sh)
-        x, y, w, h = (
-            round(v * s / 100) if pct else round(v)
-            for v, pct, s in zip(self.values, self.percent, scales)
-        )
+        x, y, w, h = (round(v * s / 100) if pct else round(v) for v, pct, s in zip(self.values, self.percent, scales))
         if w < 1 or h < 1 or x + w > sw or y + h > sh:
             raise BadRequest(f"crop: region {x},{y},{w},{h} is not inside the {sw}x{sh} source")
         return x, y, w, h
@@ -89,9 +106,14 @@ class RenderOptions:
     def cache_key(self) -> str:
         """Canonical text: every spelling of the same request gives the same key."""
         parts = [
-            f"w={self.width or ''}", f"h={self.height or ''}", f"fm={self.encoding or ''}",
-            f"q={self.quality or ''}", f"m={self.mode}", f"dpr={_num(self.dpr)}",
-            f"en={int(self.enlarge)}", "bg=%02x%02x%02x%02x" % self.background,
+            f"w={self.width or ''}",
+            f"h={self.height or ''}",
+            f"fm={self.encoding or ''}",
+            f"q={self.quality or ''}",
+            f"m={self.mode}",
+            f"dpr={_num(self.dpr)}",
+            f"en={int(self.enlarge)}",
+            "bg=%02x%02x%02x%02x" % self.background,
         ]
         if self.mode == "crop" or self.mode == "pad":
             g = f"fp:{_num(self.focal[0])},{_num(self.focal[1])}" if self.gravity != "smart" else "smart"
@@ -149,7 +171,7 @@ def parse_color(param: str, raw: str) -> tuple[int, int, int, int]:
     if len(hex_digits) in (3, 6, 8) and all(c in "0123456789abcdef" for c in hex_digits):
         if len(hex_digits) == 3:
             hex_digits = "".join(c * 2 for c in hex_digits)
-        rgba = [int(hex_digits[i:i + 2], 16) for i in range(0, len(hex_digits), 2)]
+        rgba = [int(hex_digits[i : i + 2], 16) for i in range(0, len(hex_digits), 2)]
         return tuple(rgba + [255] * (4 - len(rgba)))  # type: ignore[return-value]
     named = ImageColor.colormap.get(text) if text.isalpha() else None
     if isinstance(named, str):  # Pillow caches some names as tuples once looked up
@@ -158,7 +180,9 @@ def parse_color(param: str, raw: str) -> tuple[int, int, int, int]:
         return tuple(named[:3]) + (255,)  # type: ignore[return-value]
     if text == "transparent":
         return (0, 0, 0, 0)
-    raise BadRequest(f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a colour (allowed: a CSS name, #rgb, #rrggbb, #rrggbbaa)")
+    raise BadRequest(
+        f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a colour (allowed: a CSS name, #rgb, #rrggbb, #rrggbbaa)"
+    )
 
 
 def _gravity(param: str, raw: str) -> tuple[str, tuple[float, float]]:
@@ -219,7 +243,9 @@ def _apply(values: dict, name: str, raw: str, param: str) -> None:
     elif name == "encoding":
         enc = ENCODINGS.get(raw.strip().lower())
         if enc is None:
-            raise BadRequest(f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a format (allowed: jpeg, png, webp, avif, gif, auto)")
+            raise BadRequest(
+                f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a format (allowed: jpeg, png, webp, avif, gif, auto)"
+            )
         values["encoding"] = enc
     elif name == "quality":
         values["quality"] = _integer(param, raw, 1, 100)
@@ -249,8 +275,6 @@ def _apply(values: dict, name: str, raw: str, param: str) -> None:
 
 def parse_preset(name: str, params: Mapping[str, object]) -> RenderOptions:
     """Check a `[presets.NAME]` table (canonical names only). Raises ConfigError naming the key."""
-    from .config import ConfigError
-
     values: dict = {}
     for key, value in params.items():
         if ALIASES.get(key) != key or key == "preset":

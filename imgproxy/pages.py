@@ -5,6 +5,7 @@ The page shows every sample image under `<root>/demo/` twice: in a lazyloaded ga
 (the server-side helper way). It carries its own Content-Security-Policy: only this origin's
 scripts, styles and images (plus data: images), no inline code.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ Identical concurrent misses render once (coalescing); renders run in a bounded t
 releases the GIL while decoding, resizing and encoding) with a bounded queue, past which callers
 get 503.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,13 +18,14 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import metrics
+from .budget import UNLIMITED, Deadline, MemoryBudget
 from .cache import ResultCache, ResultMeta
 from .config import Config
 from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode
 from .errors import Forbidden, GatewayTimeout, Overloaded
 from .loader import open_original
 from .options import RenderOptions, with_encoding
-from .render import UNLIMITED, Deadline, MemoryBudget, render
+from .render import render
 from .sources import LocalSource, Original, is_remote
 
 
@@ -88,16 +90,18 @@ def options_key(options: RenderOptions, fmt: str) -> str:
     return with_encoding(options, fmt).cache_key()
 
 
-def render_original(original: Original, options: RenderOptions, requested_format: str, config: Config,
-                    budget: MemoryBudget = UNLIMITED) -> tuple[bytes, ResultMeta]:
+def render_original(
+    original: Original, options: RenderOptions, requested_format: str, config: Config, budget: MemoryBudget = UNLIMITED
+) -> tuple[bytes, ResultMeta]:
     """Open, render and encode (blocking; runs in the pool)."""
     started = time.perf_counter()
     opened = open_original(original, config.limits, config.security.allowed_source_formats)
     with opened.image:
         has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
         fmt = output_format(requested_format, opened.format, has_alpha)
-        rendered = render(opened, options, fmt, config.render, Deadline(config.render.timeout), budget,
-                          source_key=original.key)
+        rendered = render(
+            opened, options, fmt, config.render, Deadline(config.render.timeout), budget, source_key=original.key
+        )
         body = encode(rendered, fmt, options.quality, config.render)
     width, height = rendered.size
     ms = (time.perf_counter() - started) * 1000
@@ -158,7 +162,9 @@ class Renderer:
         body, meta = await self._coalesced(key, original, options, fmt)
         return Result(meta, body, "MISS", vary, meta.render_ms)
 
-    async def _coalesced(self, key: str, original: Original, options: RenderOptions, fmt: str) -> tuple[bytes, ResultMeta]:
+    async def _coalesced(
+        self, key: str, original: Original, options: RenderOptions, fmt: str
+    ) -> tuple[bytes, ResultMeta]:
         waiting = self.inflight.get(key)
         if waiting is not None:
             return await asyncio.shield(waiting)
@@ -171,12 +177,14 @@ class Renderer:
         metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
         try:
             body, meta = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(self.pool, self._render_and_store, key, original, options, fmt),
+                asyncio.get_running_loop().run_in_executor(
+                    self.pool, self._render_and_store, key, original, options, fmt
+                ),
                 timeout=self.config.render.timeout + 5,
             )
             future.set_result((body, meta))
             return body, meta
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = GatewayTimeout if is_remote(original.id) else Overloaded
             exc = error(f"render took longer than {self.config.render.timeout:g} s")
             future.set_exception(exc)
@@ -191,7 +199,9 @@ class Renderer:
             if not future.cancelled() and future.exception() is not None:
                 future.exception()  # mark retrieved: waiters got it, nobody else needs the warning
 
-    def _render_and_store(self, key: str, original: Original, options: RenderOptions, fmt: str) -> tuple[bytes, ResultMeta]:
+    def _render_and_store(
+        self, key: str, original: Original, options: RenderOptions, fmt: str
+    ) -> tuple[bytes, ResultMeta]:
         with metrics.RENDERS_IN_FLIGHT.track_inprogress():
             body, meta = render_original(original, options, fmt, self.config, self.memory)
         metrics.observe_render(meta.content_type, meta.render_ms, original.data is not None, original.size)

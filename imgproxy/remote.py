@@ -11,6 +11,7 @@ Caching: each original is stored with its validators; within its freshness (`Cac
 max-age` from upstream, else `freshness`) it is served without a request, after that revalidated
 with If-None-Match / If-Modified-Since. Concurrent loads of one URL share one fetch.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,8 @@ import diskcache
 import httpx
 from PIL import Image
 
-from .config import RemoteSourceConfig, SecurityConfig
 from . import metrics
+from .config import RemoteSourceConfig, SecurityConfig
 from .errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, NotFound, PayloadTooLarge, UnsupportedMedia
 from .netguard import AddressPolicy, GuardedBackend, GuardedTransport, Resolver, compile_host_pattern, host_allowed
 from .sources import Original
@@ -176,9 +177,7 @@ class RemoteSource:
                     async with asyncio.timeout(self.cfg.timeout):
                         entry = await self._fetch(url, entry)
             except TimeoutError:
-                raise GatewayTimeout(
-                    f"upstream {host_of(url)} did not answer within {self.cfg.timeout:g} s"
-                ) from None
+                raise GatewayTimeout(f"upstream {host_of(url)} did not answer within {self.cfg.timeout:g} s") from None
             await asyncio.to_thread(self._store, key, entry)
         return Original(
             id=key,

@@ -3,27 +3,35 @@
 decode (shrink-on-load for JPEG) -> orient -> normalise mode -> choose focal point -> crop and
 resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pad -> flatten alpha.
 """
+
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import math
-import threading
-import time
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFilter, ImageSequence
 
+from .budget import UNLIMITED, Deadline, MemoryBudget, decoded_bytes
 from .config import RenderConfig
-from .errors import Overloaded, UnsupportedMedia
+from .errors import UnsupportedMedia
 from .geometry import Plan, plan
 from .loader import Opened
 from .options import RenderOptions
 
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError, zlib.error)
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    TypeError,
+    KeyError,
+    ZeroDivisionError,
+    zlib.error,
+)
 ALPHA_FORMATS = ("png", "webp", "avif", "gif")
 ANIMATION_FORMATS = ("gif", "webp")
 # orientation tag -> transpose to apply (EXIF 2..8); 5..8 swap width and height
@@ -56,132 +64,6 @@ class Rendered:
         return self.frames[0].size
 
 
-class Deadline:
-    """Cooperative per-render time budget, checked between steps and frames."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-
-    def check(self) -> None:
-        if time.monotonic() > self.end:
-            raise Overloaded(f"render took longer than the {self.seconds:g} s budget", retry_after=5)
-
-
-@dataclass
-class KeptDecode:
-    """A decoded, mode-normalised source (stored orientation) kept for its next request."""
-
-    key: str  # source id and version
-    image: Image.Image
-    orientation: int
-    nbytes: int
-    users: int = 0  # renders reading it now; an entry in use is never evicted
-
-
-class MemoryBudget:
-    """Bytes of decoded pixels the render threads may hold at once, kept decodes included.
-
-    The thread pool bounds how many renders run; this bounds how much memory they take, so a
-    burst of large cold images queues here instead of multiplying peak RSS. A render larger than
-    the whole budget still runs, alone.
-
-    Within the budget, up to `keep_limit` bytes of decoded sources stay for the next request of the
-    same source at another size (srcset widths, lazyloader steps, upload presets), which then skips
-    the decode, the largest part of a cold render. Kept decodes give way to renders: one that needs
-    room evicts the least recently used before it waits.
-    """
-
-    def __init__(self, limit: int, keep_limit: int = 0):
-        self.limit = limit
-        self.keep_limit = min(keep_limit, limit) if limit > 0 else 0
-        self.used = 0
-        self.kept: OrderedDict[int, KeptDecode] = OrderedDict()  # by id(), least recently used first
-        self.kept_bytes = 0
-        self._changed = threading.Condition()
-
-    @contextlib.contextmanager
-    def hold(self, amount: int, deadline: Deadline):
-        if self.limit <= 0:
-            yield
-            return
-        with self._changed:
-            while True:
-                self._evict(self.limit - self.used - amount)
-                if not self.used or self.used + self.kept_bytes + amount <= self.limit:
-                    break
-                if not self._changed.wait(timeout=max(0.0, deadline.end - time.monotonic())):
-                    deadline.check()
-            self.used += amount
-        try:
-            yield
-        finally:
-            with self._changed:
-                self.used -= amount
-                self._changed.notify_all()
-
-    def _evict(self, room: int) -> None:
-        """Drop unused kept decodes, oldest first, until they take at most `room` bytes."""
-        for entry in list(self.kept.values()):
-            if self.kept_bytes <= room:
-                return
-            if not entry.users:
-                del self.kept[id(entry)]
-                self.kept_bytes -= entry.nbytes
-
-    def keep(self, key: str, image: Image.Image, orientation: int) -> KeptDecode | None:
-        """Keep `image` when it fits (no copy: nothing else may change or close it) and pin it for
-        the caller."""
-        nbytes = decoded_bytes(image, working_set=1.0)
-        if not 0 < nbytes <= self.keep_limit // 2:  # half of the limit: two sources fit side by side
-            return None
-        with self._changed:
-            self._evict(self.keep_limit - nbytes)
-            if self.kept_bytes + nbytes > self.keep_limit:
-                return None
-            entry = KeptDecode(key, image, orientation, nbytes, users=1)
-            self.kept[id(entry)] = entry
-            self.kept_bytes += nbytes
-            return entry
-
-    def find(self, key: str, need: tuple[int, int]) -> KeptDecode | None:
-        """The smallest kept decode of source `key` at least `need` large, pinned for the caller."""
-        with self._changed:
-            best = None
-            for entry in self.kept.values():
-                if (entry.key == key and entry.image.width >= need[0] and entry.image.height >= need[1]
-                        and (best is None or entry.nbytes < best.nbytes)):
-                    best = entry
-            if best is not None:
-                best.users += 1
-                self.kept.move_to_end(id(best))
-            return best
-
-    def forget_kept(self) -> None:
-        """Drop every kept decode (renders reading one keep it until they finish)."""
-        with self._changed:
-            self.kept.clear()
-            self.kept_bytes = 0
-            self._changed.notify_all()
-
-    def release(self, entry: KeptDecode | None) -> None:
-        if entry is not None:
-            with self._changed:
-                entry.users -= 1
-                self._changed.notify_all()  # an unpinned entry may now be evicted for a waiter
-
-
-UNLIMITED = MemoryBudget(0)
-# Pillow keeps 3-band images in 4 bytes per pixel; the resize's intermediate adds about a third
-BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4}
-WORKING_SET = 1.35
-
-
-def decoded_bytes(image: Image.Image, working_set: float = WORKING_SET) -> int:
-    """Memory a render of `image` needs at its current (possibly drafted) size."""
-    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, 4) * working_set)
-
-
 def orientation_of(image: Image.Image) -> int:
     try:
         value = image.getexif().get(0x0112, 1)
@@ -194,7 +76,9 @@ def oriented_size(width: int, height: int, orientation: int) -> tuple[int, int]:
     return (height, width) if orientation >= 5 else (width, height)
 
 
-def stored_box(box: tuple[float, float, float, float], orientation: int, width: int, height: int) -> tuple[float, float, float, float]:
+def stored_box(
+    box: tuple[float, float, float, float], orientation: int, width: int, height: int
+) -> tuple[float, float, float, float]:
     """Map a box on the upright image to the same pixels of the stored one (`width` x `height`).
 
     Resizing in stored orientation and turning only the small result upright saves a full-size
@@ -249,11 +133,17 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
         return image.convert("L")
     if mode.startswith("I") or mode == "F":
         # 16/32-bit greyscale: scale into 8 bits rather than clip
-        return image.convert("I").point(lambda v: v * (1 / 256)).convert("L") if mode.startswith("I;16") else image.convert("L")
+        return (
+            image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+            if mode.startswith("I;16")
+            else image.convert("L")
+        )
     return image.convert("RGBA" if "A" in mode else "RGB")
 
 
-def smart_focal(image: Image.Image, box: tuple[float, float, float, float], orientation: int, aspect: float) -> tuple[float, float]:
+def smart_focal(
+    image: Image.Image, box: tuple[float, float, float, float], orientation: int, aspect: float
+) -> tuple[float, float]:
     """Entropy-based focal point: slide the crop window over a small copy, keep the busiest spot.
 
     `box` is the region on the upright image; `image` is still in stored orientation.
@@ -261,7 +151,9 @@ def smart_focal(image: Image.Image, box: tuple[float, float, float, float], orie
     bw, bh = box[2] - box[0], box[3] - box[1]
     small_w, small_h = max(1, round(bw * 64 / max(bw, bh))), max(1, round(bh * 64 / max(bw, bh)))
     raw_size = oriented_size(small_w, small_h, orientation)
-    small = _upright(image.resize(raw_size, Image.Resampling.BILINEAR, box=stored_box(box, orientation, *image.size)), orientation)
+    small = _upright(
+        image.resize(raw_size, Image.Resampling.BILINEAR, box=stored_box(box, orientation, *image.size)), orientation
+    )
     small = small.convert("L")
     sw, sh = small.size
     ww, wh = (sh * aspect, sh) if sw / sh > aspect else (sw, sw / aspect)
@@ -328,7 +220,9 @@ def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str) -> Im
     return image
 
 
-def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int], orientation: int) -> Image.Image:
+def _resize(
+    image: Image.Image, p: Plan, scale: float, region: tuple[int, int, int, int], orientation: int
+) -> Image.Image:
     """Crop (user region + plan window) and resize in one LANCZOS pass, then turn upright.
 
     `scale` maps upright source pixels to decoded ones (JPEG draft); `image` is in stored
@@ -337,8 +231,12 @@ def _resize(image: Image.Image, p: Plan, scale: float, region: tuple[int, int, i
     x0, y0 = region[0], region[1]
     upright_w, upright_h = oriented_size(image.width, image.height, orientation)
     l, t, r, b = (v * scale for v in (x0 + p.window[0], y0 + p.window[1], x0 + p.window[2], y0 + p.window[3]))
-    box = stored_box((max(0.0, l), max(0.0, t), min(float(upright_w), r), min(float(upright_h), b)),
-                     orientation, image.width, image.height)
+    box = stored_box(
+        (max(0.0, l), max(0.0, t), min(float(upright_w), r), min(float(upright_h), b)),
+        orientation,
+        image.width,
+        image.height,
+    )
     size = oriented_size(*p.size, orientation)
     if size != image.size or box != (0.0, 0.0, float(image.width), float(image.height)):
         image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=RESIZE_GAP)
@@ -352,8 +250,15 @@ def _decode(image: Image.Image) -> None:
         raise UnsupportedMedia("source image data is truncated or corrupt") from None
 
 
-def render(opened: Opened, options: RenderOptions, fmt: str, settings: RenderConfig, deadline: Deadline,
-           budget: MemoryBudget = UNLIMITED, source_key: str | None = None) -> Rendered:
+def render(
+    opened: Opened,
+    options: RenderOptions,
+    fmt: str,
+    settings: RenderConfig,
+    deadline: Deadline,
+    budget: MemoryBudget = UNLIMITED,
+    source_key: str | None = None,
+) -> Rendered:
     """`source_key` (the source's id and version) lets the decode be kept in `budget` for the next
     request of the same source, and reuses one kept by an earlier request."""
     image = opened.image
@@ -441,8 +346,14 @@ def _exif_upright(image: Image.Image) -> bytes | None:
         return None
 
 
-def _render_animation(opened: Opened, options: RenderOptions, fmt: str, region: tuple[int, int, int, int],
-                      orientation: int, deadline: Deadline) -> Rendered:
+def _render_animation(
+    opened: Opened,
+    options: RenderOptions,
+    fmt: str,
+    region: tuple[int, int, int, int],
+    orientation: int,
+    deadline: Deadline,
+) -> Rendered:
     p = make_plan(options, region, options.focal)
     frames, durations = [], []
     try:

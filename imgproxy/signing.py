@@ -5,6 +5,7 @@ split into its raw `&`-separated pairs, so the signed bytes are exactly the byte
 The `sig` pair is dropped by parsing, never by text replacement: a peer's `str.replace` was
 bypassed by pasting a valid signature into the path.
 """
+
 from __future__ import annotations
 
 import base64

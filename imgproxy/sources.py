@@ -8,6 +8,7 @@ resolution is remembered with the device and inode it led to. A later request re
 when stat() of the requested path (which follows every symlink on it) still reaches that same
 file, so a path re-pointed anywhere else is resolved and checked afresh.
 """
+
 from __future__ import annotations
 
 import os

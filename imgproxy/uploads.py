@@ -8,6 +8,7 @@ renamed to `<root>/<uploads.dir>/<random id>/<sanitised name>`. Temporary files 
 `<uploads.dir>/.tmp` on the same filesystem, so the rename is atomic and a crash never leaves a
 partial file under a path that is handed out.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,7 +49,16 @@ MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the file
 BODY_SECONDS = 300  # a whole upload; a slower client gets 408 instead of holding a temp file
 MAX_STEM = 80
 NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
-EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "AVIF": "avif", "TIFF": "tif", "BMP": "bmp"}
+EXTENSIONS = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "AVIF": "avif",
+    "TIFF": "tif",
+    "BMP": "bmp",
+}
 SAME_FORMAT = {"MPO": "JPEG"}  # phones write MPO into .jpg files
 
 
@@ -122,9 +132,12 @@ class ImagePart:
 
     def callbacks(self) -> dict:
         return {
-            "on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
             "on_end": self.on_end,
         }
 
@@ -237,8 +250,15 @@ class Uploads:
         finally:
             temp.unlink(missing_ok=True)
         body = await run_in_threadpool(self._describe, stored)
-        job = self.jobs.submit(stored.id, stored.path, list(self.config.presets), list(self.settings.pregenerate_formats))
-        body["job"] = {"id": job["id"], "status_url": f"/jobs/{job['id']}", "status": job["status"], "total": job["total"]}
+        job = self.jobs.submit(
+            stored.id, stored.path, list(self.config.presets), list(self.settings.pregenerate_formats)
+        )
+        body["job"] = {
+            "id": job["id"],
+            "status_url": f"/jobs/{job['id']}",
+            "status": job["status"],
+            "total": job["total"],
+        }
         headers = {"Cache-Control": "no-store", "Location": picture_url(stored.path, self.config)}
         return JSONResponse(body, status_code=201, headers=headers)
 
@@ -257,7 +277,9 @@ class Uploads:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         given = given.strip()
         if scheme.lower() != "bearer" or not given:
-            raise Unauthorized("upload needs Authorization: Bearer <token>", headers={"WWW-Authenticate": 'Bearer realm="imgproxy"'})
+            raise Unauthorized(
+                "upload needs Authorization: Bearer <token>", headers={"WWW-Authenticate": 'Bearer realm="imgproxy"'}
+            )
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise Forbidden("upload token is not valid")
 
@@ -335,5 +357,7 @@ class Uploads:
             "bytes": stored.bytes,
             "urls": {name: picture_url(stored.path, config, preset=name) for name in config.presets},
             "srcset": join_srcset(candidates(stored.path, config, variants)),
-            "picture_html": str(picture_tag(stored.path, presets=plain or None, formats=formats, alt=alt, config=config)),
+            "picture_html": str(
+                picture_tag(stored.path, presets=plain or None, formats=formats, alt=alt, config=config)
+            ),
         }

@@ -1,4 +1,5 @@
 """Shared test fixtures: the corpus and a real server (uvicorn in a subprocess on 127.0.0.1)."""
+
 from __future__ import annotations
 
 import csv
@@ -87,11 +88,23 @@ class LiveServer:
     def cache_dir(self) -> Path:
         return Path(self.settings["cache"]["dir"])
 
-    def start(self, timeout: float = 30) -> "LiveServer":
+    def start(self, timeout: float = 30) -> LiveServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
         env.update(self.env)
-        cmd = [sys.executable, "-m", "imgproxy", "serve", "--config", str(self.config_path),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "imgproxy",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -133,7 +146,9 @@ def live_server(tmp_path):
     """Factory: live_server(settings={...}, workers=1, env={...}) -> started LiveServer."""
     servers: list[LiveServer] = []
 
-    def start(settings: dict | None = None, workers: int = 1, env: dict | None = None, name: str | None = None) -> LiveServer:
+    def start(
+        settings: dict | None = None, workers: int = 1, env: dict | None = None, name: str | None = None
+    ) -> LiveServer:
         server = LiveServer(tmp_path / (name or f"server{len(servers)}"), settings or {}, workers, env)
         servers.append(server)
         return server.start()

@@ -20,6 +20,7 @@ the query percent-decoded, so `hits("/photos/a.png?cache_control=max-age=60")` w
     /html-as-jpeg           an HTML page labelled image/jpeg
     /redirect?to=URL&n=N    a chain of N redirects ending at URL (relative or absolute)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -81,7 +82,12 @@ class Origin:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.record, interface="asgi3", log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=1
+            self.record,
+            interface="asgi3",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -4,6 +4,7 @@ The server has a signing key, so every image must come either from an allowed-wi
 lazyloader's) or from a URL the helpers signed. Expectations are computed from the page's own
 layout (element widths, positions, the width steps it publishes), not hard-coded pixel values.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,17 +16,22 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from PIL import Image, ImageStat
+from playwright import sync_api  # noqa: E402  (a test dependency in pyproject.toml)
 
 from imgproxy.config import load_config
 from imgproxy.html import picture_url
 
 from .conftest import LiveServer
 
-from playwright import sync_api  # noqa: E402  (a test dependency in pyproject.toml)
-
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-quic", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-quic",
+    "--no-first-run",
+]
 VIEWPORTS = [(375, 667, 2), (768, 1024, 1), (1440, 900, 1)]
 EDGE = 2  # px: elements this close to the load margin could go either way; not judged
 WAIT_MS = 30_000
@@ -33,8 +39,10 @@ WAIT_MS = 30_000
 pytestmark = [
     pytest.mark.timeout(180),
     # CI must run these (.ci/run installs chromium); a developer machine without it skips them
-    pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-                       reason="Debian's chromium is not installed (.ci/run installs it)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+        reason="Debian's chromium is not installed (.ci/run installs it)",
+    ),
 ]
 
 GALLERY_JS = """() => {
@@ -155,9 +163,15 @@ def test_viewport_sized_lazy_images_and_picture_formats(browser, site, tmp_path,
     shot = page.screenshot(path=tmp_path / f"viewport-{width}.png")
     assert_not_blank(shot)
     featured = page.locator(".gallery img").first.bounding_box()
-    assert_not_blank(shot, (featured["x"] * dpr, featured["y"] * dpr,
-                            (featured["x"] + featured["width"]) * dpr,
-                            min(featured["y"] + featured["height"], height) * dpr))
+    assert_not_blank(
+        shot,
+        (
+            featured["x"] * dpr,
+            featured["y"] * dpr,
+            (featured["x"] + featured["width"]) * dpr,
+            min(featured["y"] + featured["height"], height) * dpr,
+        ),
+    )
 
     # scrolling brings in the rest, each at its own size
     for img in page.locator(".gallery img[data-src]").all():
@@ -173,7 +187,9 @@ def test_viewport_sized_lazy_images_and_picture_formats(browser, site, tmp_path,
     chosen = []
     for img in pictures:
         img.scroll_into_view_if_needed()
-        img.evaluate("i => i.complete && i.naturalWidth ? true : new Promise(r => i.addEventListener('load', r, {once: true}))")
+        img.evaluate(
+            "i => i.complete && i.naturalWidth ? true : new Promise(r => i.addEventListener('load', r, {once: true}))"
+        )
         current = img.evaluate("i => i.currentSrc")
         assert parse_qs(urlsplit(current).query)["encoding"] == ["avif"], current
         assert seen.responses[current] == (200, "image/avif")
@@ -183,8 +199,10 @@ def test_viewport_sized_lazy_images_and_picture_formats(browser, site, tmp_path,
     statuses = {url: status for url, (status, _) in seen.responses.items() if "/picture/" in url}
     assert set(statuses.values()) == {200}, statuses
     assert not seen.console_errors
-    print(f"\n{width}px @{dpr}x lazy widths: initial {sorted(near.items())}; after scrolling {seen.lazy()}; "
-          f"<picture> chose {chosen}")
+    print(
+        f"\n{width}px @{dpr}x lazy widths: initial {sorted(near.items())}; after scrolling {seen.lazy()}; "
+        f"<picture> chose {chosen}"
+    )
     context.close()
 
 
@@ -225,7 +243,7 @@ def test_enlarging_upgrades_and_shrinking_keeps_the_larger_image(browser, site):
                   && i.currentSrc.includes(`scalex=${w}&`) && i.complete && i.naturalWidth > 0))""",
         arg=upgrades,
     )
-    assert sorted(seen.lazy()[len(before):]) == sorted(upgrades.items())
+    assert sorted(seen.lazy()[len(before) :]) == sorted(upgrades.items())
 
     shown = srcs(page)
     requests = len(seen.requests)
@@ -234,8 +252,10 @@ def test_enlarging_upgrades_and_shrinking_keeps_the_larger_image(browser, site):
     page.evaluate("window.nextResize")
     assert srcs(page) == shown, "shrinking must keep the larger image"
     assert [u for u in seen.requests[requests:] if "/picture/" in u] == []
-    print(f"\nresize 768 -> 1440 -> 768: first {sorted(before.items())}, upgrades {sorted(upgrades.items())}, "
-          "none after shrinking")
+    print(
+        f"\nresize 768 -> 1440 -> 768: first {sorted(before.items())}, upgrades {sorted(upgrades.items())}, "
+        "none after shrinking"
+    )
     context.close()
 
 
@@ -276,9 +296,11 @@ def test_placeholder_shows_first_then_the_real_image(browser, site):
            }""",
         [picture_url(source, config), placeholder],
     )
-    page.wait_for_function("() => { const i = document.getElementById('late'); "
-                           "return i.currentSrc.includes('encoding=auto') && i.complete && i.naturalWidth > 32 "
-                           "&& !i.classList.contains('lqip'); }")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('late'); "
+        "return i.currentSrc.includes('encoding=auto') && i.complete && i.naturalWidth > 32 "
+        "&& !i.classList.contains('lqip'); }"
+    )
     ours = [u for u in seen.requests if "valley.jpg" in u]
     assert ours[0] == site.url + placeholder
     assert seen.responses[ours[0]][0] == 200

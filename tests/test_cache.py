@@ -1,4 +1,5 @@
 """ResultCache and its in-memory tier, and LocalSource's remembered resolutions (no server)."""
+
 import os
 from dataclasses import replace
 
@@ -72,7 +73,7 @@ def test_a_matching_if_none_match_is_answered_without_reading_the_body(cache):
     body = os.urandom(40 * 1024)  # stored as a file by diskcache, read on a plain hit
     cache.put("k", body, meta(len(body)))
     etag = meta(len(body)).etag
-    for header in (etag, f'W/{etag}', f'"other", {etag}', "*"):
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
         assert cache.get("k", if_none_match=header) == (meta(len(body)), b"")
     assert cache.hot.bytes == 0  # revalidations are no second use of the bytes
     assert cache.get("k", if_none_match='"other"') == (meta(len(body)), body)

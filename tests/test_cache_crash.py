@@ -1,4 +1,5 @@
 """SPEC §6: kill -9 mid-write never leaves an entry that is served; a corrupt cache is rebuilt."""
+
 import hashlib
 import io
 import threading
@@ -29,7 +30,9 @@ def test_kill_9_under_load_leaves_only_whole_entries(tmp_path):
         server = LiveServer(tmp_path / "server", settings)
         server.start()
         stop = threading.Event()
-        threads = [threading.Thread(target=_hammer, args=(server, 300 + 1000 * round_ + 100 * i, stop)) for i in range(4)]
+        threads = [
+            threading.Thread(target=_hammer, args=(server, 300 + 1000 * round_ + 100 * i, stop)) for i in range(4)
+        ]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 20

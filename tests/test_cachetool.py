@@ -1,4 +1,5 @@
 """`imgproxy cache stats|clear` and `imgproxy check-config`, run as commands next to a live server."""
+
 import calendar
 import io
 import os
@@ -19,7 +20,9 @@ B = "/picture/photos/alpha_dice.png"
 
 
 def imgproxy(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imgproxy", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "imgproxy", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
 
 
 def cache_status(client, path: str) -> str:
@@ -113,13 +116,19 @@ def test_check_config_prints_every_problem_and_exits_2(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     config = tmp_path / "config.toml"
-    config.write_text(to_toml({
-        "sources": {"local": {"root": str(tmp_path / "missing"), "generate_demo": False},
-                    "remote": {"allowed_hosts": ["ok.example.com", "bad host/"], "cache_dir": str(blocker / "o")}},
-        "cache": {"dir": str(blocker / "results")},
-        "uploads": {"enabled": False},
-        "security": {"key": "s3cret-value"},
-    }))
+    config.write_text(
+        to_toml(
+            {
+                "sources": {
+                    "local": {"root": str(tmp_path / "missing"), "generate_demo": False},
+                    "remote": {"allowed_hosts": ["ok.example.com", "bad host/"], "cache_dir": str(blocker / "o")},
+                },
+                "cache": {"dir": str(blocker / "results")},
+                "uploads": {"enabled": False},
+                "security": {"key": "s3cret-value"},
+            }
+        )
+    )
     done = imgproxy("check-config", "--config", str(config))
     assert done.returncode == 2
     problems = [line for line in done.stderr.splitlines() if line.startswith("problem: ")]
@@ -139,7 +148,9 @@ def test_check_config_of_a_good_config_exits_0(tmp_path):
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("1.5h", 5400), ("7d", 604800), ("2w", 1209600)])
+@pytest.mark.parametrize(
+    "text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("1.5h", 5400), ("7d", 604800), ("2w", 1209600)]
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 

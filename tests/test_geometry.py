@@ -1,20 +1,25 @@
 """Geometry rules of SPEC §2, exhaustively per mode and as hypothesis invariants."""
+
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgproxy.geometry import plan
 
 MODES = ("fit", "crop", "pad", "stretch")
 
 
-@pytest.mark.parametrize("args, canvas, size", [
-    # the SPEC's own examples on a 1200x800 source
-    (dict(width=600), (600, 400), (600, 400)),
-    (dict(width=2000), (1200, 800), (1200, 800)),
-    (dict(width=2000, height=2000, mode="crop"), (800, 800), (800, 800)),
-    (dict(width=2000, height=2000, mode="pad"), (1200, 1200), (1200, 800)),
-    (dict(width=2000, height=1000, mode="stretch"), (1200, 600), (1200, 600)),
-])
+@pytest.mark.parametrize(
+    "args, canvas, size",
+    [
+        # the SPEC's own examples on a 1200x800 source
+        (dict(width=600), (600, 400), (600, 400)),
+        (dict(width=2000), (1200, 800), (1200, 800)),
+        (dict(width=2000, height=2000, mode="crop"), (800, 800), (800, 800)),
+        (dict(width=2000, height=2000, mode="pad"), (1200, 1200), (1200, 800)),
+        (dict(width=2000, height=1000, mode="stretch"), (1200, 600), (1200, 600)),
+    ],
+)
 def test_spec_examples(args, canvas, size):
     p = plan(1200, 800, **args)
     assert p.canvas == canvas
@@ -86,9 +91,17 @@ box = st.one_of(st.none(), st.integers(1, 8000))
 
 
 @settings(max_examples=400, deadline=None)
-@given(sw=dims, sh=dims, w=box, h=box, mode=st.sampled_from(MODES),
-       dpr=st.sampled_from([1.0, 1.5, 2.0, 3.0, 4.0]), enlarge=st.booleans(),
-       fx=st.floats(0, 1), fy=st.floats(0, 1))
+@given(
+    sw=dims,
+    sh=dims,
+    w=box,
+    h=box,
+    mode=st.sampled_from(MODES),
+    dpr=st.sampled_from([1.0, 1.5, 2.0, 3.0, 4.0]),
+    enlarge=st.booleans(),
+    fx=st.floats(0, 1),
+    fy=st.floats(0, 1),
+)
 def test_invariants(sw, sh, w, h, mode, dpr, enlarge, fx, fy):
     p = plan(sw, sh, w, h, mode, dpr, enlarge, (fx, fy))
     cw, ch = p.canvas

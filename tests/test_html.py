@@ -1,5 +1,6 @@
 """imgproxy.html helpers and the demo page: unit tests, plus checks against a real server that the
 `width`/`height` attributes are what `/picture` answers and that the page is served as promised."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,15 +53,31 @@ def srcset_entries(value: str) -> list[tuple[str, int]]:
 
 # --- picture_url -----------------------------------------------------------------------------
 
+
 def test_picture_url_writes_primary_query_names():
-    url = picture_url(DICE, CONFIG, width=320, height=200.0, mode="crop", gravity="fp:0.3,0.7", background="#ff0000",
-                      enlarge=True, crop=(10, 10, 50, 50), version="2024-a")
-    assert url == ("/picture/photos/alpha_dice.png?scalex=320&scaley=200&mode=crop&gravity=fp:0.3,0.7"
-                   "&background=%23ff0000&enlarge=1&crop=10,10,50,50&v=2024-a")
+    url = picture_url(
+        DICE,
+        CONFIG,
+        width=320,
+        height=200.0,
+        mode="crop",
+        gravity="fp:0.3,0.7",
+        background="#ff0000",
+        enlarge=True,
+        crop=(10, 10, 50, 50),
+        version="2024-a",
+    )
+    assert url == (
+        "/picture/photos/alpha_dice.png?scalex=320&scaley=200&mode=crop&gravity=fp:0.3,0.7"
+        "&background=%23ff0000&enlarge=1&crop=10,10,50,50&v=2024-a"
+    )
 
 
 def test_picture_url_accepts_aliases_and_skips_none():
-    assert picture_url(DICE, CONFIG, w=100, fm="webp", height=None) == "/picture/photos/alpha_dice.png?scalex=100&encoding=webp"
+    assert (
+        picture_url(DICE, CONFIG, w=100, fm="webp", height=None)
+        == "/picture/photos/alpha_dice.png?scalex=100&encoding=webp"
+    )
     assert picture_url(DICE, CONFIG) == "/picture/photos/alpha_dice.png"
 
 
@@ -101,10 +118,13 @@ def test_allowed_width_urls_stay_unsigned():
 
 # --- srcset, img_attrs, tags ----------------------------------------------------------------
 
+
 def test_srcset_describes_real_widths_and_collapses_beyond_the_source():
     value = srcset(DICE, [100, 200, 320, 640], CONFIG)
-    assert value == ("/picture/photos/alpha_dice.png?scalex=100 100w, /picture/photos/alpha_dice.png?scalex=200 200w, "
-                     "/picture/photos/alpha_dice.png?scalex=320 300w")
+    assert value == (
+        "/picture/photos/alpha_dice.png?scalex=100 100w, /picture/photos/alpha_dice.png?scalex=200 200w, "
+        "/picture/photos/alpha_dice.png?scalex=320 300w"
+    )
 
 
 def test_srcset_of_an_unknown_size_uses_the_requested_widths():
@@ -128,9 +148,11 @@ def test_img_attrs_without_a_known_size_leaves_width_and_height_out():
 
 
 def test_img_tag_escapes_everything():
-    markup = img_tag('x"><script>.jpg', width=100, alt='say "hi" <b>&', attrs={"class": "a\"b", "data-x": "<"}, config=CONFIG)
+    markup = img_tag(
+        'x"><script>.jpg', width=100, alt='say "hi" <b>&', attrs={"class": 'a"b', "data-x": "<"}, config=CONFIG
+    )
     assert "<script>" not in markup and "<b>" not in markup
-    (tag, attrs), = Tags(markup).found
+    ((tag, attrs),) = Tags(markup).found
     assert tag == "img"
     assert attrs["alt"] == 'say "hi" <b>&'
     assert attrs["class"] == 'a"b' and attrs["data-x"] == "<"
@@ -139,7 +161,9 @@ def test_img_tag_escapes_everything():
 
 
 def test_img_tag_attrs_override_and_remove_defaults():
-    (_, attrs), = Tags(img_tag(DICE, width=100, attrs={"loading": None, "fetchpriority": "high"}, config=CONFIG)).found
+    ((_, attrs),) = Tags(
+        img_tag(DICE, width=100, attrs={"loading": None, "fetchpriority": "high"}, config=CONFIG)
+    ).found
     assert "loading" not in attrs and attrs["fetchpriority"] == "high"
 
 
@@ -179,7 +203,7 @@ def test_jinja_globals():
         "<a href='{{ picture_url(src, width=330) }}'>|{{ srcset(src, [320]) }}|{{ img_attrs(src, width=320).height }}"
     ).render(src=DALMATIAN)
     picture, img, link, plain, height = html.split("|")
-    assert picture.startswith("<picture><source type=\"image/avif\"") and img.startswith("<img ")
+    assert picture.startswith('<picture><source type="image/avif"') and img.startswith("<img ")
     assert "&amp;sig=" in link  # URLs are escaped inside attributes by the template
     assert plain == "/picture/photos/progressive_dalmatian.jpg?scalex=320 320w"
     assert height == "213"

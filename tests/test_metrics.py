@@ -1,4 +1,5 @@
 """/metrics and /health: figures move exactly as requests are answered, summed over workers."""
+
 import threading
 
 import diskcache
@@ -19,8 +20,11 @@ def scrape(client: httpx.Client) -> tuple[dict, int]:
     """Samples by (name, labels), and the body size (the next scrape counts it in bytes out)."""
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    samples = {(s.name, frozenset(s.labels.items())): s.value
-               for family in text_string_to_metric_families(r.text) for s in family.samples}
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
     return samples, len(r.content)
 
 
@@ -39,8 +43,10 @@ def test_figures_follow_requests(live_server, workers):
     with server.client() as client:
         before, scraped_bytes = scrape(client)
     # a fresh connection per request: with 2 workers, any of them may answer each
-    paths = ["/picture/photos/tree.webp?w=120"] * 5 + ["/picture/photos/alpha_dice.png?w=50&encoding=avif",
-                                                       "/picture/nope.jpg?w=10"]
+    paths = ["/picture/photos/tree.webp?w=120"] * 5 + [
+        "/picture/photos/alpha_dice.png?w=50&encoding=avif",
+        "/picture/nope.jpg?w=10",
+    ]
     responses = [httpx.get(server.url + path, timeout=30) for path in paths]
     assert [r.headers.get("x-cache") for r in responses] == ["MISS"] + ["HIT"] * 4 + ["MISS", None]
     with server.client() as client:
@@ -69,8 +75,13 @@ def test_figures_follow_requests(live_server, workers):
 def test_evictions_are_the_entries_set_lost(live_server, writable_root):
     copy_from_corpus("photos/large_9mp_harbour.jpg", writable_root, "a.jpg")
     # ~20-30 KB per result: 200 KB holds a handful, so storing 16 evicts some
-    server = live_server({"sources": {"local": {"root": str(writable_root)}},
-                          "cache": {"size_limit": "200KB"}, "render": {"jpeg_quality": 95}})
+    server = live_server(
+        {
+            "sources": {"local": {"root": str(writable_root)}},
+            "cache": {"size_limit": "200KB"},
+            "render": {"jpeg_quality": 95},
+        }
+    )
     cache = diskcache.Cache(str(server.cache_dir))
     entries_before = len(cache)
     with server.client() as client:
@@ -144,18 +155,20 @@ def test_an_operators_metrics_directory_is_emptied_at_start(live_server, tmp_pat
 
 def test_upstream_fetch_times_and_classifies_failures():
     """In this process (no PROMETHEUS_MULTIPROC_DIR) the figures live in metrics.REGISTRY."""
+
     def sample(name, **labels):
         return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
     count = sample("imgproxy_upstream_fetch_duration_seconds_count")
-    errors = {kind: sample("imgproxy_upstream_fetch_errors_total", kind=kind)
-              for kind in ("timeout", "bad_gateway", "too_large", "other")}
+    errors = {
+        kind: sample("imgproxy_upstream_fetch_errors_total", kind=kind)
+        for kind in ("timeout", "bad_gateway", "too_large", "other")
+    }
     with metrics.upstream_fetch():
         pass
     for error in (GatewayTimeout("slow"), TimeoutError(), BadGateway("502"), PayloadTooLarge("big"), KeyError("x")):
-        with pytest.raises(type(error)):
-            with metrics.upstream_fetch():
-                raise error
+        with pytest.raises(type(error)), metrics.upstream_fetch():
+            raise error
     assert sample("imgproxy_upstream_fetch_duration_seconds_count") == count + 6
     assert sample("imgproxy_upstream_fetch_errors_total", kind="timeout") == errors["timeout"] + 2
     assert sample("imgproxy_upstream_fetch_errors_total", kind="bad_gateway") == errors["bad_gateway"] + 1
@@ -171,7 +184,9 @@ def test_remote_fetches_are_timed_and_failures_counted(live_server):
         with server.client() as client:
             before, _ = scrape(client)
             assert client.get("/picture/" + origin.url("/photos/tree.webp") + "?w=50").status_code == 200
-            assert client.get("/picture/" + origin.url("/photos/tree.webp") + "?w=60").status_code == 200  # cached original
+            assert (
+                client.get("/picture/" + origin.url("/photos/tree.webp") + "?w=60").status_code == 200
+            )  # cached original
             assert client.get("/picture/" + origin.url("/status/500")).status_code == 502
             after, _ = scrape(client)
     finally:

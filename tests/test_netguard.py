@@ -1,4 +1,5 @@
 """Address classifier, host allow-list and the pinned, address-checked connection backend."""
+
 from __future__ import annotations
 
 import asyncio
@@ -87,20 +88,63 @@ TEREDO_PUBLIC = "2001:0:4136:e378:8000:63bf:f7f7:f7f7"  # server 65.54.227.120, 
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.255.255.254", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-        "169.254.169.254", "100.64.0.1", "100.127.255.255", "0.0.0.0", "0.1.2.3", "255.255.255.255",
-        "224.0.0.1", "239.255.255.250", "240.0.0.1", "192.0.0.8", "192.0.2.1", "198.51.100.7",
-        "203.0.113.9", "198.18.0.1", "198.19.255.255", "192.88.99.1",
-        "::", "::1", "fe80::1", "febf::1", "fc00::1", "fd12:3456::1", "ff02::1", "2001:db8::1",
-        "100::1", "fec0::1", "3fff::1", "5f00::1", "4000::1", "2001:2::1", "2001:10::1",
-        "::ffff:0:7f00:1", "::ffff:0:808:808",  # SIIT IPv4-translated
-        "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::ffff:0.0.0.0",
-        "::127.0.0.1", "::10.0.0.1", "::0.0.0.2",  # IPv4-compatible
-        "64:ff9b::127.0.0.1", "64:ff9b::10.0.0.1", "64:ff9b::169.254.169.254",  # NAT64
+        "127.0.0.1",
+        "127.255.255.254",
+        "10.1.2.3",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "100.127.255.255",
+        "0.0.0.0",
+        "0.1.2.3",
+        "255.255.255.255",
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "192.0.0.8",
+        "192.0.2.1",
+        "198.51.100.7",
+        "203.0.113.9",
+        "198.18.0.1",
+        "198.19.255.255",
+        "192.88.99.1",
+        "::",
+        "::1",
+        "fe80::1",
+        "febf::1",
+        "fc00::1",
+        "fd12:3456::1",
+        "ff02::1",
+        "2001:db8::1",
+        "100::1",
+        "fec0::1",
+        "3fff::1",
+        "5f00::1",
+        "4000::1",
+        "2001:2::1",
+        "2001:10::1",
+        "::ffff:0:7f00:1",
+        "::ffff:0:808:808",  # SIIT IPv4-translated
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+        "::ffff:0.0.0.0",
+        "::127.0.0.1",
+        "::10.0.0.1",
+        "::0.0.0.2",  # IPv4-compatible
+        "64:ff9b::127.0.0.1",
+        "64:ff9b::10.0.0.1",
+        "64:ff9b::169.254.169.254",  # NAT64
         "64:ff9b:1::808:808",  # local-use NAT64, refused whatever it embeds
-        "2002:7f00:1::1", "2002:a9fe:a9fe::1", "2002:c0a8:101::1",  # 6to4 of private IPv4
-        TEREDO_DOC_CLIENT, TEREDO_LOOPBACK_CLIENT,
-        "fe80::1%eth0", "2606:4700:4700::1111%eth0",  # zones only make sense for local scopes
+        "2002:7f00:1::1",
+        "2002:a9fe:a9fe::1",
+        "2002:c0a8:101::1",  # 6to4 of private IPv4
+        TEREDO_DOC_CLIENT,
+        TEREDO_LOOPBACK_CLIENT,
+        "fe80::1%eth0",
+        "2606:4700:4700::1111%eth0",  # zones only make sense for local scopes
     ],
 )
 def test_non_public_addresses_are_refused(address):
@@ -110,10 +154,22 @@ def test_non_public_addresses_are_refused(address):
 @pytest.mark.parametrize(
     "address",
     [
-        "8.8.8.8", "1.1.1.1", "100.63.255.255", "100.128.0.0", "172.15.255.255", "172.32.0.0",
-        "192.169.0.1", "169.253.255.255", "223.255.255.255", "198.20.0.0",
-        "2606:4700:4700::1111", "2a00:1450:4001::1",
-        "::ffff:8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::1", TEREDO_PUBLIC,
+        "8.8.8.8",
+        "1.1.1.1",
+        "100.63.255.255",
+        "100.128.0.0",
+        "172.15.255.255",
+        "172.32.0.0",
+        "192.169.0.1",
+        "169.253.255.255",
+        "223.255.255.255",
+        "198.20.0.0",
+        "2606:4700:4700::1111",
+        "2a00:1450:4001::1",
+        "::ffff:8.8.8.8",
+        "64:ff9b::8.8.8.8",
+        "2002:808:808::1",
+        TEREDO_PUBLIC,
     ],
 )
 def test_public_addresses_pass(address):
@@ -170,7 +226,9 @@ def test_credentials_trick_is_judged_on_the_real_host():
     assert not host_allowed(url.host, ["allowed.com"])
 
 
-@pytest.mark.parametrize("pattern", ["", "a..b", "a/b", "[a-z].example.com", "x?.com", "user@host", "a b.com", "a.com.."])
+@pytest.mark.parametrize(
+    "pattern", ["", "a..b", "a/b", "[a-z].example.com", "x?.com", "user@host", "a b.com", "a.com.."]
+)
 def test_bad_patterns_are_rejected(pattern):
     with pytest.raises(ValueError):
         compile_host_pattern(pattern)
@@ -202,7 +260,9 @@ async def listener():
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("answer", [["10.0.0.1"], ["127.0.0.1"], ["169.254.169.254"], ["::ffff:127.0.0.1"], ["fd00::1"]])
+@pytest.mark.parametrize(
+    "answer", [["10.0.0.1"], ["127.0.0.1"], ["169.254.169.254"], ["::ffff:127.0.0.1"], ["fd00::1"]]
+)
 async def test_names_resolving_to_private_addresses_are_refused(answer, listener):
     resolver = Resolver({"rebind.test": answer})
     backend = GuardedBackend(AddressPolicy(), resolver)
@@ -212,7 +272,9 @@ async def test_names_resolving_to_private_addresses_are_refused(answer, listener
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "0x7f.1", "0177.0.0.1", "127.1", "::ffff:127.0.0.1", "::1"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "2130706433", "0x7f.1", "0177.0.0.1", "127.1", "::ffff:127.0.0.1", "::1"]
+)
 async def test_ip_literals_are_checked_without_resolving(host, listener):
     resolver = Resolver({})
     with pytest.raises(AddressNotAllowed):

@@ -1,6 +1,8 @@
 """Option parsing: aliases, canonical cache keys, errors naming the parameter, fuzzing."""
+
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgproxy.config import DEFAULT_PRESETS, ConfigError
 from imgproxy.errors import BadRequest, PayloadTooLarge
@@ -17,31 +19,42 @@ def test_seed_url_parameters():
     assert (o.width, o.height, o.encoding) == (800, 600, "webp")
 
 
-@pytest.mark.parametrize("a, b", [
-    ("w=800", "scalex=800.0"),
-    ("width=800&h=600", "scaley=600&scalex=800"),
-    ("fm=jpg", "encoding=jpeg"),
-    ("format=webp&q=70", "encoding=webp&quality=70"),
-    ("preset=thumbnail", "width=150&height=150&mode=crop"),
-    ("p=small", "w=540"),
-    ("scalex=799.6", "scalex=800"),
-    ("g=fp:0.5,0.25&mode=crop", "gravity=fp:0.50,0.250&mode=crop"),
-    ("bg=fff", "background=%23ffffff".replace("%23", "#")),
-    ("bg=white", "background=#ffffffff"),
-    ("dpr=2.0", "dpr=2"),
-    ("enlarge=true", "enlarge=1"),
-    ("v=abc", "cachebuster=abc"),
-    ("mode=fit&gravity=north", "mode=fit"),  # gravity does not matter for fit
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("w=800", "scalex=800.0"),
+        ("width=800&h=600", "scaley=600&scalex=800"),
+        ("fm=jpg", "encoding=jpeg"),
+        ("format=webp&q=70", "encoding=webp&quality=70"),
+        ("preset=thumbnail", "width=150&height=150&mode=crop"),
+        ("p=small", "w=540"),
+        ("scalex=799.6", "scalex=800"),
+        ("g=fp:0.5,0.25&mode=crop", "gravity=fp:0.50,0.250&mode=crop"),
+        ("bg=fff", "background=%23ffffff".replace("%23", "#")),
+        ("bg=white", "background=#ffffffff"),
+        ("dpr=2.0", "dpr=2"),
+        ("enlarge=true", "enlarge=1"),
+        ("v=abc", "cachebuster=abc"),
+        ("mode=fit&gravity=north", "mode=fit"),  # gravity does not matter for fit
+    ],
+)
 def test_spellings_share_a_cache_key(a, b):
     assert parse(a).cache_key() == parse(b).cache_key()
 
 
-@pytest.mark.parametrize("a, b", [
-    ("w=800", "w=801"), ("w=800", "h=800"), ("fm=webp", "fm=avif"), ("v=1", "v=2"),
-    ("mode=crop&g=north", "mode=crop&g=south"), ("crop=0,0,10,10", "crop=0,0,10%,10%"),
-    ("blur=1", "sharpen=1"), ("q=80", "q=81"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("w=800", "w=801"),
+        ("w=800", "h=800"),
+        ("fm=webp", "fm=avif"),
+        ("v=1", "v=2"),
+        ("mode=crop&g=north", "mode=crop&g=south"),
+        ("crop=0,0,10,10", "crop=0,0,10%,10%"),
+        ("blur=1", "sharpen=1"),
+        ("q=80", "q=81"),
+    ],
+)
 def test_different_requests_differ(a, b):
     assert parse(a).cache_key() != parse(b).cache_key()
 
@@ -51,33 +64,36 @@ def test_explicit_parameters_override_preset():
     assert (o.width, o.height, o.mode) == (300, 150, "crop")
 
 
-@pytest.mark.parametrize("query, names", [
-    ("scalex=0", ["scalex", "1..100000"]),
-    ("w=-5", ["w", "not a number"]),
-    ("w=1e3", ["w", "not a number"]),
-    ("w=nan", ["w", "not a number"]),
-    ("w=inf", ["w"]),
-    ("quality=101", ["quality", "1..100"]),
-    ("q=0", ["q", "1..100"]),
-    ("dpr=5", ["dpr", "1..4"]),
-    ("dpr=0.5", ["dpr", "1..4"]),
-    ("mode=zoom", ["mode", "fit, crop, pad, stretch"]),
-    ("gravity=up", ["gravity", "smart"]),
-    ("gravity=fp:2,0", ["gravity", "0..1"]),
-    ("encoding=bmp", ["encoding", "jpeg, png"]),
-    ("bg=notacolour", ["bg", "colour"]),
-    ("crop=1,2,3", ["crop", "x,y,w,h"]),
-    ("crop=0,0,150%,10", ["crop", "0..100%"]),
-    ("sharpen=1,2", ["sharpen"]),
-    ("blur=51", ["blur", "0..50"]),
-    ("enlarge=maybe", ["enlarge"]),
-    ("preset=huge", ["preset", "thumbnail"]),
-    ("v=a/b", ["v", "URL-safe"]),
-    ("w=1&w=2", ["w", "more than once"]),
-    ("w=1&scalex=2", ["scalex", "more than once"]),
-    ("colour=red", ["unknown parameter", "colour"]),
-    ("w=" + "9" * 200, ["w", "longer than"]),
-])
+@pytest.mark.parametrize(
+    "query, names",
+    [
+        ("scalex=0", ["scalex", "1..100000"]),
+        ("w=-5", ["w", "not a number"]),
+        ("w=1e3", ["w", "not a number"]),
+        ("w=nan", ["w", "not a number"]),
+        ("w=inf", ["w"]),
+        ("quality=101", ["quality", "1..100"]),
+        ("q=0", ["q", "1..100"]),
+        ("dpr=5", ["dpr", "1..4"]),
+        ("dpr=0.5", ["dpr", "1..4"]),
+        ("mode=zoom", ["mode", "fit, crop, pad, stretch"]),
+        ("gravity=up", ["gravity", "smart"]),
+        ("gravity=fp:2,0", ["gravity", "0..1"]),
+        ("encoding=bmp", ["encoding", "jpeg, png"]),
+        ("bg=notacolour", ["bg", "colour"]),
+        ("crop=1,2,3", ["crop", "x,y,w,h"]),
+        ("crop=0,0,150%,10", ["crop", "0..100%"]),
+        ("sharpen=1,2", ["sharpen"]),
+        ("blur=51", ["blur", "0..50"]),
+        ("enlarge=maybe", ["enlarge"]),
+        ("preset=huge", ["preset", "thumbnail"]),
+        ("v=a/b", ["v", "URL-safe"]),
+        ("w=1&w=2", ["w", "more than once"]),
+        ("w=1&scalex=2", ["scalex", "more than once"]),
+        ("colour=red", ["unknown parameter", "colour"]),
+        ("w=" + "9" * 200, ["w", "longer than"]),
+    ],
+)
 def test_errors_name_the_parameter(query, names):
     with pytest.raises(BadRequest) as err:
         parse(query)
@@ -116,8 +132,10 @@ def test_presets_are_checked_like_queries():
 
 
 names = st.sampled_from(sorted(ALIASES) + ["sig", "x", "W", ""])
-values = st.one_of(st.text(max_size=80), st.sampled_from(["1", "0", "800", "2.5", "fp:0.1,0.9", "smart",
-                                                            "25%,25%,50%,50%", "1,100,2", "#fff", "auto"]))
+values = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from(["1", "0", "800", "2.5", "fp:0.1,0.9", "smart", "25%,25%,50%,50%", "1,100,2", "#fff", "auto"]),
+)
 
 
 @settings(max_examples=600, deadline=None)

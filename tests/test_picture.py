@@ -1,4 +1,5 @@
 """/picture end to end: the real app under uvicorn, driven over HTTP with the shared corpus."""
+
 import io
 import os
 import shutil
@@ -57,8 +58,15 @@ def test_pixel_floods_are_413_and_non_images_415(corpus_server):
     with corpus_server.client() as client:
         for name in ("giant-image.jpg", "16384x16384.png", "reallybig.bmp", "decompression_bomb.gif"):
             assert client.get(f"/picture/bad/{name}?w=10").status_code == 413, name
-        for name in ("check.svg", "zero_bb.eps", "text_1024_ones.jpg", "empty.jpg", "truncated_image.png",
-                     "BlueSquare_truncated.jpg", "psd-oob-write-overflow.psd"):
+        for name in (
+            "check.svg",
+            "zero_bb.eps",
+            "text_1024_ones.jpg",
+            "empty.jpg",
+            "truncated_image.png",
+            "BlueSquare_truncated.jpg",
+            "psd-oob-write-overflow.psd",
+        ):
             assert client.get(f"/picture/bad/{name}?w=10").status_code == 415, name
 
 
@@ -77,7 +85,9 @@ def test_response_headers(corpus_server):
         assert h["content-security-policy"] == "default-src 'none'"
         assert "vary" not in h
         # 304 from the ETag, HEAD has headers only
-        again = client.get("/picture/photos/tree.webp?scalex=300&encoding=jpeg&v=headers", headers={"If-None-Match": h["etag"]})
+        again = client.get(
+            "/picture/photos/tree.webp?scalex=300&encoding=jpeg&v=headers", headers={"If-None-Match": h["etag"]}
+        )
         assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == h["etag"]
         head = client.head("/picture/photos/tree.webp?scalex=300&encoding=jpeg&v=headers")
         assert head.status_code == 200 and head.content == b""
@@ -86,17 +96,21 @@ def test_response_headers(corpus_server):
 
 def test_etag_is_derived_from_the_bytes(corpus_server):
     import hashlib
+
     with corpus_server.client() as client:
         r = client.get("/picture/photos/tree.webp?scalex=120&v=etag")
         assert r.headers["etag"] == '"' + hashlib.sha256(r.content).hexdigest()[:32] + '"'
 
 
-@pytest.mark.parametrize("accept, fmt", [
-    ("image/avif,image/webp,image/apng,*/*;q=0.8", "avif"),
-    ("image/webp,*/*", "webp"),
-    ("image/avif;q=0,image/webp", "webp"),
-    ("*/*", "webp"),  # the source's own format (tree.webp) is the default
-])
+@pytest.mark.parametrize(
+    "accept, fmt",
+    [
+        ("image/avif,image/webp,image/apng,*/*;q=0.8", "avif"),
+        ("image/webp,*/*", "webp"),
+        ("image/avif;q=0,image/webp", "webp"),
+        ("*/*", "webp"),  # the source's own format (tree.webp) is the default
+    ],
+)
 def test_encoding_auto_negotiates_from_accept(corpus_server, accept, fmt):
     with corpus_server.client() as client:
         r = client.get("/picture/photos/tree.webp?scalex=100&encoding=auto", headers={"Accept": accept})
@@ -125,11 +139,18 @@ def test_404_is_cached_briefly(corpus_server):
         assert r.status_code == 404 and r.headers["cache-control"] == "public, max-age=60"
 
 
-@pytest.mark.parametrize("path", [
-    "/picture/%2e%2e/shared/corpus/MANIFEST.tsv", "/picture/photos/%2e%2e/%2e%2e/README.md",
-    "/picture/photos%2f..%2f..%2fcorpus/README.md", "/picture/%252e%252e/README.md",
-    "/picture/photos\\..\\README.md", "/picture//etc/passwd", "/picture/photos/tree.webp%00.png",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/picture/%2e%2e/shared/corpus/MANIFEST.tsv",
+        "/picture/photos/%2e%2e/%2e%2e/README.md",
+        "/picture/photos%2f..%2f..%2fcorpus/README.md",
+        "/picture/%252e%252e/README.md",
+        "/picture/photos\\..\\README.md",
+        "/picture//etc/passwd",
+        "/picture/photos/tree.webp%00.png",
+    ],
+)
 def test_path_traversal_never_succeeds(corpus_server, path):
     with corpus_server.client() as client:
         r = client.get(path)
@@ -166,7 +187,9 @@ def test_animation_is_kept_when_possible(corpus_server):
         durations.append(source.info["duration"])
     with corpus_server.client() as client:
         for fmt in ("gif", "webp"):
-            image = Image.open(io.BytesIO(client.get(f"/picture/photos/animated_earth.gif?w=80&encoding={fmt}").content))
+            image = Image.open(
+                io.BytesIO(client.get(f"/picture/photos/animated_earth.gif?w=80&encoding={fmt}").content)
+            )
             assert image.n_frames == 44 and image.size == (80, 80)
             assert image.info.get("loop") == source.info["loop"]
             for i in range(3):
@@ -188,7 +211,9 @@ def test_alpha_is_flattened_onto_background_for_jpeg(corpus_server):
 
 def test_pad_and_crop_modes(corpus_server):
     with corpus_server.client() as client:
-        image = Image.open(io.BytesIO(client.get("/picture/photos/tree.webp?w=200&h=200&mode=pad&bg=000&encoding=png").content))
+        image = Image.open(
+            io.BytesIO(client.get("/picture/photos/tree.webp?w=200&h=200&mode=pad&bg=000&encoding=png").content)
+        )
         assert image.size == (200, 200)
         assert image.convert("RGB").getpixel((100, 2)) == (0, 0, 0)  # padding band at the top
         image = Image.open(io.BytesIO(client.get("/picture/photos/tree.webp?w=200&h=200&mode=crop&g=smart").content))
@@ -203,8 +228,10 @@ def test_cmyk_becomes_rgb_with_right_colours(corpus_server):
         assert image.mode == "RGB"
         # a naive CMYK->RGB inversion gives very different colours from the ICC conversion
         reference = Image.open(CORPUS / "photos/cmyk_park.jpg")
-        from PIL import ImageCms
         import io as _io
+
+        from PIL import ImageCms
+
         profile = ImageCms.ImageCmsProfile(_io.BytesIO(reference.info["icc_profile"]))
         converted = ImageCms.profileToProfile(reference, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
         expected = converted.resize(image.size, Image.Resampling.LANCZOS)
@@ -213,6 +240,7 @@ def test_cmyk_becomes_rgb_with_right_colours(corpus_server):
 
 
 # --- caching ---------------------------------------------------------------------------------
+
 
 def test_miss_then_hit_and_spellings_share_an_entry(live_server, writable_root):
     copy_from_corpus("photos/tree.webp", writable_root, "a.webp")
@@ -274,8 +302,13 @@ def test_size_limit_evicts_least_recently_used(live_server, writable_root):
     copy_from_corpus("photos/large_9mp_harbour.jpg", writable_root, "a.jpg")
     # ~20-30 KB per result at these widths: 400 KB holds about 14 of the 41. diskcache evicts
     # the 10 least recently used at once when the limit is passed.
-    server = live_server({"sources": {"local": {"root": str(writable_root)}},
-                          "cache": {"size_limit": "400KB"}, "render": {"jpeg_quality": 95}})
+    server = live_server(
+        {
+            "sources": {"local": {"root": str(writable_root)}},
+            "cache": {"size_limit": "400KB"},
+            "render": {"jpeg_quality": 95},
+        }
+    )
     with server.client() as client:
         keep = "/picture/a.jpg?w=300"
         first = client.get(keep)
@@ -312,7 +345,9 @@ def test_full_queue_answers_503_with_retry_after(live_server):
     responses = []
 
     def fetch(width):
-        responses.append(httpx.get(f"{server.url}/picture/photos/large_12mp_bus.jpg?w={width}&encoding=avif&q=90", timeout=60))
+        responses.append(
+            httpx.get(f"{server.url}/picture/photos/large_12mp_bus.jpg?w={width}&encoding=avif&q=90", timeout=60)
+        )
 
     threads = [threading.Thread(target=fetch, args=(w,)) for w in range(1500, 1508)]
     for t in threads:
@@ -328,10 +363,15 @@ def test_full_queue_answers_503_with_retry_after(live_server):
 def test_cli_render_writes_the_same_size(tmp_path):
     import subprocess
     import sys
+
     out = tmp_path / "out.webp"
-    proc = subprocess.run([sys.executable, "-m", "imgproxy", "render", "photos/tree.webp", "--width", "128", "-o", str(out)],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "IMGPROXY_SOURCES__LOCAL__ROOT": str(CORPUS)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgproxy", "render", "photos/tree.webp", "--width", "128", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "IMGPROXY_SOURCES__LOCAL__ROOT": str(CORPUS)},
+    )
     assert proc.returncode == 0, proc.stderr
     image = Image.open(out)
     assert image.format == "WEBP" and image.size == (128, 97)

@@ -1,4 +1,5 @@
 """README's config reference is generated from config.toml, and config.toml documents every key."""
+
 import dataclasses
 import tomllib
 import typing
@@ -29,13 +30,18 @@ def test_readme_reference_is_generated_from_config_toml():
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
     start, end = readme.find(configdoc.BEGIN), readme.find(configdoc.END)
     assert 0 <= start < end, "README.md lost its config-reference markers"
-    assert readme[start:end + len(configdoc.END)] == configdoc.reference(CONFIG_TOML), (
-        "README.md is out of date: run `python -m imgproxy.configdoc README.md`")
+    assert readme[start : end + len(configdoc.END)] == configdoc.reference(CONFIG_TOML), (
+        "README.md is out of date: run `python -m imgproxy.configdoc README.md`"
+    )
 
 
 def test_config_toml_has_every_key_once_each_with_a_comment():
-    documented = {f"{s.name}.{key}": comment for s in configdoc.parse(CONFIG_TOML)
-                  if not s.name.startswith("presets.") for key, _, comment in s.keys}
+    documented = {
+        f"{s.name}.{key}": comment
+        for s in configdoc.parse(CONFIG_TOML)
+        if not s.name.startswith("presets.")
+        for key, _, comment in s.keys
+    }
     assert set(documented) == schema_keys()
     assert [key for key, comment in documented.items() if not comment] == []
 
@@ -43,7 +49,7 @@ def test_config_toml_has_every_key_once_each_with_a_comment():
 def test_parse_reads_the_comment_above_each_key_and_table():
     sections = configdoc.parse(
         "# file header, not part of any key\n\n"
-        "[a]\n# What x is.\n# Second line.\nx = 1\n\ny = \"b|c\"\n"
+        '[a]\n# What x is.\n# Second line.\nx = 1\n\ny = "b|c"\n'
         "# Sets.\n[presets.one]\nwidth = 5\n"
     )
     assert [(s.name, s.comment, s.keys) for s in sections] == [

@@ -1,4 +1,5 @@
 """RemoteSource against a real, misbehaving origin server on 127.0.0.1."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,15 @@ import httpx
 import pytest
 
 from imgproxy.config import RemoteSourceConfig, SecurityConfig
-from imgproxy.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, NotFound, PayloadTooLarge, UnsupportedMedia
+from imgproxy.errors import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMedia,
+)
 from imgproxy.netguard import AddressNotAllowed
 from imgproxy.remote import RemoteSource, freshness
 from tests.origin import PHOTOS, Origin
@@ -42,15 +51,23 @@ def fresh(origin):
 
 
 @contextlib.asynccontextmanager
-async def remote(tmp_path, resolver=None, trusted_networks=(), formats=SecurityConfig.allowed_source_formats, **settings):
+async def remote(
+    tmp_path, resolver=None, trusted_networks=(), formats=SecurityConfig.allowed_source_formats, **settings
+):
     values = dict(
-        allowed_hosts=("127.0.0.1",), allow_private_addresses=True,
-        connect_timeout=2.0, read_timeout=3.0, timeout=5.0,
+        allowed_hosts=("127.0.0.1",),
+        allow_private_addresses=True,
+        connect_timeout=2.0,
+        read_timeout=3.0,
+        timeout=5.0,
     )
     values.update(settings)
     source = RemoteSource(
-        RemoteSourceConfig(**values), cache_dir=tmp_path / "originals",
-        resolver=resolver, trusted_networks=trusted_networks, formats=formats,
+        RemoteSourceConfig(**values),
+        cache_dir=tmp_path / "originals",
+        resolver=resolver,
+        trusted_networks=trusted_networks,
+        formats=formats,
     )
     try:
         yield source
@@ -128,8 +145,17 @@ async def test_remote_is_off_without_allowed_hosts(tmp_path, origin, fresh):
 
 @pytest.mark.parametrize(
     "host",
-    ["127.0.0.1", "2130706433", "0x7f.1", "0x7f000001", "127.1", "[::ffff:127.0.0.1]", "[::1]", "[fe80::1%25lo]",
-     "localhost"],
+    [
+        "127.0.0.1",
+        "2130706433",
+        "0x7f.1",
+        "0x7f000001",
+        "127.1",
+        "[::ffff:127.0.0.1]",
+        "[::1]",
+        "[fe80::1%25lo]",
+        "localhost",
+    ],
 )
 async def test_loopback_is_refused_unless_private_addresses_are_allowed(tmp_path, origin, fresh, host):
     path = fresh()
@@ -164,8 +190,19 @@ async def test_injected_resolver_is_used_and_checked(tmp_path, origin, fresh):
     assert origin.requests(path)[0].headers["host"] == f"origin.test:{origin.port}"
 
 
-@pytest.mark.parametrize("code, error", [(404, NotFound), (410, NotFound), (500, BadGateway), (503, BadGateway),
-                                         (403, BadGateway), (401, BadGateway), (400, BadGateway), (204, BadGateway)])
+@pytest.mark.parametrize(
+    "code, error",
+    [
+        (404, NotFound),
+        (410, NotFound),
+        (500, BadGateway),
+        (503, BadGateway),
+        (403, BadGateway),
+        (401, BadGateway),
+        (400, BadGateway),
+        (204, BadGateway),
+    ],
+)
 async def test_upstream_status_mapping(tmp_path, origin, code, error):
     async with remote(tmp_path) as source:
         with pytest.raises(error, match=f"127.0.0.1 answered {code}") as info:
@@ -187,7 +224,7 @@ async def test_too_many_redirects_are_502(tmp_path, origin, fresh):
     async with remote(tmp_path, max_redirects=2) as source:
         with pytest.raises(BadGateway, match="more than 2"):
             await source.load(start)
-    assert origin.hits(start[len(origin.base):]) == 1
+    assert origin.hits(start[len(origin.base) :]) == 1
     assert origin.hits(path) == 0
 
 
@@ -198,7 +235,8 @@ async def test_redirect_to_a_host_not_allowed_is_403(tmp_path, origin):
 
 
 @pytest.mark.parametrize(
-    "target", ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/", "http://[::ffff:a9fe:a9fe]/", "http://127.0.0.2/"]
+    "target",
+    ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/", "http://[::ffff:a9fe:a9fe]/", "http://127.0.0.2/"],
 )
 async def test_redirect_to_a_private_address_is_403(tmp_path, origin, target):
     # the origin itself (127.0.0.1) is trusted; nothing else private is
@@ -345,7 +383,7 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch(tmp_path, ori
         gone.cancel()
         original = await staying
     assert gone.cancelled()
-    assert origin.hits(url[len(origin.base):]) == 1
+    assert origin.hits(url[len(origin.base) :]) == 1
     assert original.data == PNG_BYTES
 
 

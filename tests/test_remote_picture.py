@@ -1,4 +1,5 @@
 """Remote originals through /picture: the real server fetching from a real origin on 127.0.0.1."""
+
 import io
 import threading
 
@@ -19,9 +20,22 @@ def origin():
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory):
     from .conftest import LiveServer
-    server = LiveServer(tmp_path_factory.mktemp("remote"), {"sources": {"remote": {
-        "allowed_hosts": ["127.0.0.1"], "allow_private_addresses": True, "timeout": 3.0, "read_timeout": 1.5,
-        "max_bytes": "4MB", "freshness": 300}}})
+
+    server = LiveServer(
+        tmp_path_factory.mktemp("remote"),
+        {
+            "sources": {
+                "remote": {
+                    "allowed_hosts": ["127.0.0.1"],
+                    "allow_private_addresses": True,
+                    "timeout": 3.0,
+                    "read_timeout": 1.5,
+                    "max_bytes": "4MB",
+                    "freshness": 300,
+                }
+            }
+        },
+    )
     server.start()
     yield server
     server.stop()
@@ -66,17 +80,26 @@ def test_collapsed_scheme_slash_is_accepted(origin, proxy):
 def test_client_credentials_are_not_forwarded(origin, proxy):
     url = origin.url("/photos/grayscale_portrait.jpg")
     with proxy.client() as client:
-        r = client.get(picture(url), params={"w": 60}, headers={"Cookie": "session=secret", "Authorization": "Bearer secret"})
+        r = client.get(
+            picture(url), params={"w": 60}, headers={"Cookie": "session=secret", "Authorization": "Bearer secret"}
+        )
         assert r.status_code == 200
     for hit in origin.requests("/photos/grayscale_portrait.jpg"):
         assert "cookie" not in {k.lower() for k in hit.headers}
         assert "authorization" not in {k.lower() for k in hit.headers}
 
 
-@pytest.mark.parametrize("path, status", [
-    ("/status/404", 404), ("/status/500", 502), ("/status/403", 502), ("/html-as-jpeg", 415),
-    ("/endless", 413), ("/slow?seconds=5", 504),
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/status/404", 404),
+        ("/status/500", 502),
+        ("/status/403", 502),
+        ("/html-as-jpeg", 415),
+        ("/endless", 413),
+        ("/slow?seconds=5", 504),
+    ],
+)
 def test_upstream_failures_map_to_clear_statuses(origin, proxy, path, status):
     with proxy.client() as client:
         r = client.get(picture(origin.url(path)), params={"w": 50})
@@ -87,7 +110,11 @@ def test_upstream_failures_map_to_clear_statuses(origin, proxy, path, status):
 
 def test_hosts_off_the_list_are_403(proxy):
     with proxy.client() as client:
-        for url in ("http://example.com/a.jpg", "http://127.0.0.1.example.com/a.jpg", "http://127.0.0.1@example.com/a.jpg"):
+        for url in (
+            "http://example.com/a.jpg",
+            "http://127.0.0.1.example.com/a.jpg",
+            "http://127.0.0.1@example.com/a.jpg",
+        ):
             r = client.get(picture(url), params={"w": 50})
             assert r.status_code in (400, 403), (url, r.status_code)
 

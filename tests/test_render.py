@@ -1,4 +1,5 @@
 """Pure render steps, checked against Pillow doing the same work the slow way; kept decodes."""
+
 import random
 import threading
 from dataclasses import replace
@@ -7,10 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
+from imgproxy.budget import Deadline, MemoryBudget
 from imgproxy.config import LimitsConfig, RenderConfig
 from imgproxy.loader import open_original
 from imgproxy.options import parse_options
-from imgproxy.render import TRANSPOSE, Deadline, MemoryBudget, oriented_size, render, stored_box
+from imgproxy.render import TRANSPOSE, oriented_size, render, stored_box
 from imgproxy.sources import Original
 
 from .conftest import CORPUS
@@ -126,8 +128,7 @@ def _render(path, budget, version="1", settings=RenderConfig(), **options):
     opened = open_original(original, LimitsConfig(), ("JPEG", "PNG"))
     with opened.image:
         query = [(name, str(value)) for name, value in options.items()]
-        return render(opened, parse_options(query, {}), "png", settings, Deadline(30), budget,
-                      source_key=original.key)
+        return render(opened, parse_options(query, {}), "png", settings, Deadline(30), budget, source_key=original.key)
 
 
 def _mean_difference(a: Image.Image, b: Image.Image) -> float:
@@ -135,16 +136,26 @@ def _mean_difference(a: Image.Image, b: Image.Image) -> float:
     return sum(ImageStat.Stat(ImageChops.difference(a, b)).mean) / len(a.getbands())
 
 
-@pytest.mark.parametrize("relative", ["photos/large_12mp_bus.jpg", "photos/orientation/Landscape_6.jpg",
-                                      "photos/orientation/Landscape_8.jpg", "photos/orientation/exif_orientation3.png"])
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "photos/large_12mp_bus.jpg",
+        "photos/orientation/Landscape_6.jpg",
+        "photos/orientation/Landscape_8.jpg",
+        "photos/orientation/exif_orientation3.png",
+    ],
+)
 def test_a_kept_decode_gives_the_picture_a_new_decode_gives(relative):
     path = CORPUS / relative
     budget = MemoryBudget(96 * MB, 48 * MB)
     first = _render(path, budget, width=600)
     assert not first.reused_decode and budget.kept_bytes > 0
     finest = replace(RenderConfig(), reducing_gap=4.0)  # the reference: decoded at >= 4x the output
-    for options in (dict(width=300), dict(width=200, height=200, mode="crop", gravity="smart"),
-                    dict(width=250, crop="10%,20%,50%,50%")):
+    for options in (
+        dict(width=300),
+        dict(width=200, height=200, mode="crop", gravity="smart"),
+        dict(width=250, crop="10%,20%,50%,50%"),
+    ):
         from_kept = _render(path, budget, **options)
         cold = _render(path, MemoryBudget(0), **options)
         reference = _render(path, MemoryBudget(0), settings=finest, **options)

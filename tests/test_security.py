@@ -1,4 +1,5 @@
 """Issue 4: signed URLs over HTTP, input limits checked before decoding, hostile requests."""
+
 import io
 import os
 import random
@@ -19,8 +20,10 @@ KEY, OLD_KEY = "current-key", "previous-key"
 @pytest.fixture(scope="module")
 def signed_server(tmp_path_factory):
     from .conftest import LiveServer
-    server = LiveServer(tmp_path_factory.mktemp("signed"), {"security": {"key": KEY, "keys": [OLD_KEY],
-                                                                        "allowed_widths": [320, 640]}})
+
+    server = LiveServer(
+        tmp_path_factory.mktemp("signed"), {"security": {"key": KEY, "keys": [OLD_KEY], "allowed_widths": [320, 640]}}
+    )
     server.start()
     yield server
     server.stop()
@@ -37,18 +40,42 @@ def test_valid_signatures_pass_with_every_key(signed_server):
             assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("make_url, reason", [
-    (lambda: "/picture/photos/tree.webp?scalex=100", "missing"),
-    (lambda: signed("/picture/photos/tree.webp", "scalex=100", "wrong-key"), "bad"),
-    (lambda: signed("/picture/photos/tree.webp", "scalex=100").replace("tree.webp", "alpha_dice.png"), "bad"),  # tampered path
-    (lambda: signed("/picture/photos/tree.webp", "scalex=100").replace("scalex=100", "scalex=101"), "bad"),  # tampered param
-    (lambda: signed("/picture/photos/tree.webp", "scalex=100&encoding=png").replace("scalex=100&encoding=png", "encoding=png&scalex=100"), "bad"),  # reordered
-    (lambda: signed("/picture/photos/tree.webp", "scalex=100")[:-3], "bad"),  # truncated
-    (lambda: signed("/picture/photos/tree.webp", "scalex=100") + "&sig=x", "bad"),  # two sigs
-    # a valid signature pasted into the path of another request
-    (lambda: "/picture/photos/tree.webp/" + signed("/picture/photos/tree.webp", "scalex=100").split("?")[1] + "?scalex=100", "missing"),
-    (lambda: "/picture/photos/alpha_dice.png?" + signed("/picture/photos/tree.webp", "scalex=100").split("?")[1], "bad"),
-])
+@pytest.mark.parametrize(
+    "make_url, reason",
+    [
+        (lambda: "/picture/photos/tree.webp?scalex=100", "missing"),
+        (lambda: signed("/picture/photos/tree.webp", "scalex=100", "wrong-key"), "bad"),
+        (
+            lambda: signed("/picture/photos/tree.webp", "scalex=100").replace("tree.webp", "alpha_dice.png"),
+            "bad",
+        ),  # tampered path
+        (
+            lambda: signed("/picture/photos/tree.webp", "scalex=100").replace("scalex=100", "scalex=101"),
+            "bad",
+        ),  # tampered param
+        (
+            lambda: signed("/picture/photos/tree.webp", "scalex=100&encoding=png").replace(
+                "scalex=100&encoding=png", "encoding=png&scalex=100"
+            ),
+            "bad",
+        ),  # reordered
+        (lambda: signed("/picture/photos/tree.webp", "scalex=100")[:-3], "bad"),  # truncated
+        (lambda: signed("/picture/photos/tree.webp", "scalex=100") + "&sig=x", "bad"),  # two sigs
+        # a valid signature pasted into the path of another request
+        (
+            lambda: (
+                "/picture/photos/tree.webp/"
+                + signed("/picture/photos/tree.webp", "scalex=100").split("?")[1]
+                + "?scalex=100"
+            ),
+            "missing",
+        ),
+        (
+            lambda: "/picture/photos/alpha_dice.png?" + signed("/picture/photos/tree.webp", "scalex=100").split("?")[1],
+            "bad",
+        ),
+    ],
+)
 def test_bad_signatures_are_403(signed_server, make_url, reason):
     with signed_server.client() as client:
         r = client.get(make_url())
@@ -59,16 +86,44 @@ def test_bad_signatures_are_403(signed_server, make_url, reason):
 def test_allowed_widths_pass_unsigned(signed_server):
     with signed_server.client() as client:
         assert client.get("/picture/photos/tree.webp?scalex=320").status_code == 200
-        assert client.get("/picture/photos/tree.webp?w=640&encoding=auto&dpr=2", headers={"Accept": "image/webp"}).status_code == 200
-        for query in ("scalex=321", "scalex=320&encoding=png", "scalex=320&quality=10", "scalex=320&dpr=9", "encoding=auto"):
+        assert (
+            client.get(
+                "/picture/photos/tree.webp?w=640&encoding=auto&dpr=2", headers={"Accept": "image/webp"}
+            ).status_code
+            == 200
+        )
+        for query in (
+            "scalex=321",
+            "scalex=320&encoding=png",
+            "scalex=320&quality=10",
+            "scalex=320&dpr=9",
+            "encoding=auto",
+        ):
             assert client.get(f"/picture/photos/tree.webp?{query}").status_code == 403, query
 
 
 def test_cli_sign_matches_server(signed_server, tmp_path):
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-m", "imgproxy", "url", "photos/tree.webp", "--width", "90", "--format", "webp",
-                           "--config", str(signed_server.config_path)], capture_output=True, text=True, timeout=30)
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgproxy",
+            "url",
+            "photos/tree.webp",
+            "--width",
+            "90",
+            "--format",
+            "webp",
+            "--config",
+            str(signed_server.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     with signed_server.client() as client:
         r = client.get(proc.stdout.strip())
@@ -89,16 +144,31 @@ def test_symlinks_out_of_the_root_and_sibling_prefixes(live_server, tmp_path):
     with server.client() as client:
         assert client.get("/picture/ok.webp?w=10").status_code == 200
         assert client.get("/picture/inside.webp?w=10").status_code == 200  # a link inside the root is fine
-        for path in ("link.webp", "dir/secret.webp", "../images2/secret.webp", "%2e%2e/images2/secret.webp",
-                     "..%2fimages2%2fsecret.webp", "%c0%ae%c0%ae/images2/secret.webp", str(sibling / "secret.webp")):
+        for path in (
+            "link.webp",
+            "dir/secret.webp",
+            "../images2/secret.webp",
+            "%2e%2e/images2/secret.webp",
+            "..%2fimages2%2fsecret.webp",
+            "%c0%ae%c0%ae/images2/secret.webp",
+            str(sibling / "secret.webp"),
+        ):
             r = client.get(f"/picture/{path}?w=10")
             assert r.status_code in (400, 404), (path, r.status_code)
 
 
 def test_limits_from_config(live_server):
-    server = live_server({"limits": {"max_source_bytes": "100KB", "max_source_pixels": 1_000_000,
-                                     "max_output_width": 500, "max_output_height": 400},
-                          "security": {"allowed_source_formats": ["JPEG", "WEBP"]}})
+    server = live_server(
+        {
+            "limits": {
+                "max_source_bytes": "100KB",
+                "max_source_pixels": 1_000_000,
+                "max_output_width": 500,
+                "max_output_height": 400,
+            },
+            "security": {"allowed_source_formats": ["JPEG", "WEBP"]},
+        }
+    )
     with server.client() as client:
         assert client.get("/picture/photos/tree.webp?w=10").status_code == 413  # 177 KB > 100 KB
         assert client.get("/picture/photos/grayscale_portrait.jpg?w=10").status_code == 413  # 158 KB
@@ -140,11 +210,63 @@ def test_animation_frame_pixels_are_capped(live_server, tmp_path):
 
 def test_http_fuzz_never_500_or_hangs(corpus_server):
     rng = random.Random(1234)
-    names = ["scalex", "scaley", "w", "h", "encoding", "fm", "q", "mode", "gravity", "g", "enlarge", "bg", "dpr",
-             "crop", "sharpen", "blur", "preset", "v", "sig", "zz", "", "%00", "w%00"]
-    values = ["", "0", "1", "64", "99999999", "-1", "1e3", "nan", "auto", "webp", "avif", "crop", "pad", "smart",
-              "fp:0.2,0.8", "fp:9,9", "10%,10%,50%,50%", "0,0,1,1", "1,50,2", "#ff00ff", "red", "%00", "%ff%fe",
-              "a" * 70, "((((((((((((((((((((", "..", "thumbnail", "1.5", "4.0001", "true"]
+    names = [
+        "scalex",
+        "scaley",
+        "w",
+        "h",
+        "encoding",
+        "fm",
+        "q",
+        "mode",
+        "gravity",
+        "g",
+        "enlarge",
+        "bg",
+        "dpr",
+        "crop",
+        "sharpen",
+        "blur",
+        "preset",
+        "v",
+        "sig",
+        "zz",
+        "",
+        "%00",
+        "w%00",
+    ]
+    values = [
+        "",
+        "0",
+        "1",
+        "64",
+        "99999999",
+        "-1",
+        "1e3",
+        "nan",
+        "auto",
+        "webp",
+        "avif",
+        "crop",
+        "pad",
+        "smart",
+        "fp:0.2,0.8",
+        "fp:9,9",
+        "10%,10%,50%,50%",
+        "0,0,1,1",
+        "1,50,2",
+        "#ff00ff",
+        "red",
+        "%00",
+        "%ff%fe",
+        "a" * 70,
+        "((((((((((((((((((((",
+        "..",
+        "thumbnail",
+        "1.5",
+        "4.0001",
+        "true",
+    ]
     sources = ["photos/tree.webp", "photos/alpha_dice.png", "bad/940x2.png", "photos/animated_iss634.webp", "nope.jpg"]
     with corpus_server.client(timeout=10) as client:
         for _ in range(300):
@@ -162,11 +284,21 @@ def test_every_response_has_security_headers(corpus_server):
     with corpus_server.client() as client:
         etag = client.get("/picture/photos/tree.webp?w=10").headers["etag"]
         assert client.get(streamed).headers["x-cache"] == "MISS"
-        responses = [client.get(path) for path in ("/picture/photos/tree.webp?w=10", "/picture/nope.jpg",
-                                                   "/picture/photos/tree.webp?w=x", "/health", streamed)]
-        responses += [client.head("/picture/photos/tree.webp?w=10"),
-                      client.get("/picture/photos/tree.webp?w=10", headers={"If-None-Match": etag}),
-                      client.post("/picture/photos/tree.webp?w=10")]
+        responses = [
+            client.get(path)
+            for path in (
+                "/picture/photos/tree.webp?w=10",
+                "/picture/nope.jpg",
+                "/picture/photos/tree.webp?w=x",
+                "/health",
+                streamed,
+            )
+        ]
+        responses += [
+            client.head("/picture/photos/tree.webp?w=10"),
+            client.get("/picture/photos/tree.webp?w=10", headers={"If-None-Match": etag}),
+            client.post("/picture/photos/tree.webp?w=10"),
+        ]
         assert [r.status_code for r in responses] == [200, 404, 400, 200, 200, 200, 304, 405]
         assert "transfer-encoding" not in responses[4].headers and len(responses[4].content) > 1024**2
         for r in responses:

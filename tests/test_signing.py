@@ -1,4 +1,5 @@
 """URL signatures: pure functions, no server."""
+
 from __future__ import annotations
 
 from urllib.parse import quote
@@ -36,7 +37,10 @@ def verify(url: str, keys: tuple[str, ...] = (KEY,), widths: tuple[int, ...] = W
 
 def test_known_vector():
     # Computed independently: printf '%s' PATH?QUERY | openssl dgst -sha256 -hmac secret -binary | base64url
-    assert sign("/picture/photos/a.jpg", "scalex=320&encoding=webp", "secret") == "EaZaUJhRUcyxWKIiU3bCBiftJamgszTj3abSHIVK7w8"
+    assert (
+        sign("/picture/photos/a.jpg", "scalex=320&encoding=webp", "secret")
+        == "EaZaUJhRUcyxWKIiU3bCBiftJamgszTj3abSHIVK7w8"
+    )
     url = signed_url("/picture/photos/a.jpg", [("scalex", 320), ("encoding", "webp")], ("secret", "old"))
     assert url == "/picture/photos/a.jpg?scalex=320&encoding=webp&sig=EaZaUJhRUcyxWKIiU3bCBiftJamgszTj3abSHIVK7w8"
 
@@ -60,7 +64,7 @@ def test_tampered_params_fail(path, pairs, data):
     index = data.draw(st.integers(0, len(pairs) - 1))
     name, value = pairs[index]
     new_value = data.draw(values.filter(lambda v: v != value))
-    tampered = pairs[:index] + [(name, new_value)] + pairs[index + 1:]
+    tampered = pairs[:index] + [(name, new_value)] + pairs[index + 1 :]
     sig = query.rpartition("&sig=")[2]
     with pytest.raises(Forbidden):
         verify(signed_url(path, tampered, ()) + f"&sig={sig}")

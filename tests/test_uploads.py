@@ -1,4 +1,5 @@
 """POST /upload and GET /jobs/<id>: real multipart uploads to the running server, jobs to the end."""
+
 import io
 import re
 import socket
@@ -45,7 +46,9 @@ def form(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
-def post_file(client: httpx.Client, data: bytes, filename: str | None = "a.jpg", headers: dict | None = None) -> httpx.Response:
+def post_file(
+    client: httpx.Client, data: bytes, filename: str | None = "a.jpg", headers: dict | None = None
+) -> httpx.Response:
     body, form_headers = form(("image", filename, data))
     return client.post("/upload", content=body, headers={**form_headers, **(headers or {})})
 
@@ -93,6 +96,7 @@ def strict_server(tmp_path_factory):
 
 # --- happy path ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", HAPPY)
 def test_upload_renders_every_preset_into_the_cache(server, name):
     row = ROWS[name]
@@ -119,7 +123,7 @@ def test_upload_renders_every_preset_into_the_cache(server, name):
         job = wait_for_job(client, body["job"]["status_url"])
         assert job["status"] == "done" and job["error"] is None, job
         assert job["done"] == job["total"] == 10
-        for preset, url in body["urls"].items():
+        for url in body["urls"].values():
             for variant in (url, url + "&encoding=webp"):
                 got = client.get(variant)
                 assert got.status_code == 200 and got.headers["x-cache"] == "HIT", (variant, got.status_code)
@@ -137,15 +141,19 @@ def test_same_bytes_get_different_ids(server):
 
 # --- refused uploads -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, status", [
-    ("bad/text_1024_ones.jpg", 415),
-    ("bad/check.svg", 415),
-    ("bad/zero_bb.eps", 415),
-    ("bad/BlueSquare_truncated.jpg", 415),  # a valid header over truncated data
-    ("bad/truncated_image.png", 415),
-    ("bad/giant-image.jpg", 413),  # declares more pixels than max_source_pixels
-    ("bad/decompression_bomb.gif", 413),
-])
+
+@pytest.mark.parametrize(
+    "name, status",
+    [
+        ("bad/text_1024_ones.jpg", 415),
+        ("bad/check.svg", 415),
+        ("bad/zero_bb.eps", 415),
+        ("bad/BlueSquare_truncated.jpg", 415),  # a valid header over truncated data
+        ("bad/truncated_image.png", 415),
+        ("bad/giant-image.jpg", 413),  # declares more pixels than max_source_pixels
+        ("bad/decompression_bomb.gif", 413),
+    ],
+)
 def test_bad_images_are_refused_and_not_stored(server, name, status):
     before = stored_files(server.root)
     with server.client() as client:
@@ -260,19 +268,23 @@ def test_hostile_filenames_stay_in_the_upload_dir(server):
     assert not any((server.root / "uploads" / ".tmp").iterdir())
 
 
-@pytest.mark.parametrize("filename, fmt, expected", [
-    ("IMG_0001.JPEG", "JPEG", "IMG_0001.jpeg"),
-    ("phone.jpg", "MPO", "phone.jpg"),
-    ("scan.tiff", "TIFF", "scan.tiff"),
-    ("noext", "WEBP", "noext.webp"),
-    ("-rf .jpg", "JPEG", "rf.jpg"),
-    ("évian.avif", "AVIF", "evian.avif"),
-])
+@pytest.mark.parametrize(
+    "filename, fmt, expected",
+    [
+        ("IMG_0001.JPEG", "JPEG", "IMG_0001.jpeg"),
+        ("phone.jpg", "MPO", "phone.jpg"),
+        ("scan.tiff", "TIFF", "scan.tiff"),
+        ("noext", "WEBP", "noext.webp"),
+        ("-rf .jpg", "JPEG", "rf.jpg"),
+        ("évian.avif", "AVIF", "evian.avif"),
+    ],
+)
 def test_safe_name(filename, fmt, expected):
     assert safe_name(filename, fmt) == expected
 
 
 # --- jobs ------------------------------------------------------------------------------------
+
 
 def test_unknown_jobs_are_404(server):
     with server.client() as client:
@@ -331,9 +343,25 @@ def test_restart_mid_job_resumes_it(tmp_path):
 def test_cli_warm_fills_the_cache_the_server_reads(live_server):
     server = live_server()
     result = subprocess.run(
-        [sys.executable, "-m", "imgproxy", "warm", "photos/tree.webp", "photos/alpha_dice.png",
-         "--preset", "small", "--preset", "thumbnail", "--format", "webp", "--config", str(server.config_path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "imgproxy",
+            "warm",
+            "photos/tree.webp",
+            "photos/alpha_dice.png",
+            "--preset",
+            "small",
+            "--preset",
+            "thumbnail",
+            "--format",
+            "webp",
+            "--config",
+            str(server.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "4 of 4" in result.stdout

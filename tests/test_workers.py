@@ -1,4 +1,5 @@
 """`--workers N`: worker processes share the cache and the metrics; SIGTERM lets renders finish."""
+
 import io
 import threading
 import time

@@ -1,0 +1,147 @@
+"""Memory and time a render may take: a byte budget for decoded pixels shared by the render
+threads (with the decodes kept for reuse inside it) and a cooperative per-render deadline.
+
+Bookkeeping only: no pixel work happens here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .errors import Overloaded
+
+
+class Deadline:
+    """Cooperative per-render time budget, checked between steps and frames."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise Overloaded(f"render took longer than the {self.seconds:g} s budget", retry_after=5)
+
+
+@dataclass
+class KeptDecode:
+    """A decoded, mode-normalised source (stored orientation) kept for its next request."""
+
+    key: str  # source id and version
+    image: Image.Image
+    orientation: int
+    nbytes: int
+    users: int = 0  # renders reading it now; an entry in use is never evicted
+
+
+class MemoryBudget:
+    """Bytes of decoded pixels the render threads may hold at once, kept decodes included.
+
+    The thread pool bounds how many renders run; this bounds how much memory they take, so a
+    burst of large cold images queues here instead of multiplying peak RSS. A render larger than
+    the whole budget still runs, alone.
+
+    Within the budget, up to `keep_limit` bytes of decoded sources stay for the next request of the
+    same source at another size (srcset widths, lazyloader steps, upload presets), which then skips
+    the decode, the largest part of a cold render. Kept decodes give way to renders: one that needs
+    room evicts the least recently used before it waits.
+    """
+
+    def __init__(self, limit: int, keep_limit: int = 0):
+        self.limit = limit
+        self.keep_limit = min(keep_limit, limit) if limit > 0 else 0
+        self.used = 0
+        self.kept: OrderedDict[int, KeptDecode] = OrderedDict()  # by id(), least recently used first
+        self.kept_bytes = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, amount: int, deadline: Deadline):
+        if self.limit <= 0:
+            yield
+            return
+        with self._changed:
+            while True:
+                self._evict(self.limit - self.used - amount)
+                if not self.used or self.used + self.kept_bytes + amount <= self.limit:
+                    break
+                if not self._changed.wait(timeout=max(0.0, deadline.end - time.monotonic())):
+                    deadline.check()
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= amount
+                self._changed.notify_all()
+
+    def _evict(self, room: int) -> None:
+        """Drop unused kept decodes, oldest first, until they take at most `room` bytes."""
+        for entry in list(self.kept.values()):
+            if self.kept_bytes <= room:
+                return
+            if not entry.users:
+                del self.kept[id(entry)]
+                self.kept_bytes -= entry.nbytes
+
+    def keep(self, key: str, image: Image.Image, orientation: int) -> KeptDecode | None:
+        """Keep `image` when it fits (no copy: nothing else may change or close it) and pin it for
+        the caller."""
+        nbytes = decoded_bytes(image, working_set=1.0)
+        if not 0 < nbytes <= self.keep_limit // 2:  # half of the limit: two sources fit side by side
+            return None
+        with self._changed:
+            self._evict(self.keep_limit - nbytes)
+            if self.kept_bytes + nbytes > self.keep_limit:
+                return None
+            entry = KeptDecode(key, image, orientation, nbytes, users=1)
+            self.kept[id(entry)] = entry
+            self.kept_bytes += nbytes
+            return entry
+
+    def find(self, key: str, need: tuple[int, int]) -> KeptDecode | None:
+        """The smallest kept decode of source `key` at least `need` large, pinned for the caller."""
+        with self._changed:
+            best = None
+            for entry in self.kept.values():
+                if (
+                    entry.key == key
+                    and entry.image.width >= need[0]
+                    and entry.image.height >= need[1]
+                    and (best is None or entry.nbytes < best.nbytes)
+                ):
+                    best = entry
+            if best is not None:
+                best.users += 1
+                self.kept.move_to_end(id(best))
+            return best
+
+    def forget_kept(self) -> None:
+        """Drop every kept decode (renders reading one keep it until they finish)."""
+        with self._changed:
+            self.kept.clear()
+            self.kept_bytes = 0
+            self._changed.notify_all()
+
+    def release(self, entry: KeptDecode | None) -> None:
+        if entry is not None:
+            with self._changed:
+                entry.users -= 1
+                self._changed.notify_all()  # an unpinned entry may now be evicted for a waiter
+
+
+UNLIMITED = MemoryBudget(0)
+# Pillow keeps 3-band images in 4 bytes per pixel; the resize's intermediate adds about a third
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4}
+WORKING_SET = 1.35
+
+
+def decoded_bytes(image: Image.Image, working_set: float = WORKING_SET) -> int:
+    """Memory a render of `image` needs at its current (possibly drafted) size."""
+    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, 4) * working_set)
