@@ -125,7 +125,7 @@ class LimitsConfig:
 class SecurityConfig:
     key: str = ""
     keys: tuple[str, ...] = ()
-    allowed_widths: tuple[int, ...] = (160, 320, 480, 640, 768, 960, 1080, 1280, 1600, 1920, 2560)
+    allowed_widths: tuple[int, ...] = ()  # unsigned access is opt-in
     allowed_source_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP")
 
     @property

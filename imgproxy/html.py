@@ -31,6 +31,8 @@ QUERY_NAMES = {"width": "scalex", "height": "scaley", "version": "v"}
 MIME_TYPES = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
 PATH_SAFE = "/:"
 DEFAULT_CONFIG = Config()
+# srcset and lazyloader width steps when [security] allowed_widths names none
+WIDTH_STEPS = (160, 320, 480, 640, 768, 960, 1080, 1280, 1600, 1920, 2560)
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,14 @@ def srcset(source: str, widths: Iterable[int], config: Config | None = None, **p
     return join_srcset(candidates(source, config or DEFAULT_CONFIG, width_variants(widths, params)))
 
 
+def width_steps(config: Config) -> tuple[int, ...]:
+    """The widths unsigned requests may ask for, else WIDTH_STEPS (with a key those get signed)."""
+    return config.security.allowed_widths or WIDTH_STEPS
+
+
 def default_widths(width: int, config: Config) -> list[int]:
-    """The configured width steps from half to twice the display width, plus that width."""
-    return [w for w in config.security.allowed_widths if width / 2 <= w <= width * 2] + [width]
+    """The width steps from half to twice the display width, plus that width."""
+    return [w for w in width_steps(config) if width / 2 <= w <= width * 2] + [width]
 
 
 def default_sizes(width: int | None) -> str:
@@ -222,9 +229,7 @@ def picture_tag(
     if presets is not None:
         variants = [{**params, "preset": name} for name in presets]
     else:
-        variants = width_variants(
-            widths or (default_widths(width, config) if width else config.security.allowed_widths), params
-        )
+        variants = width_variants(widths or (default_widths(width, config) if width else width_steps(config)), params)
     sizes = sizes or default_sizes(width)
     lines = []
     for fmt in formats:

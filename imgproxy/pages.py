@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .config import Config
-from .html import install_jinja, source_size
+from .html import install_jinja, source_size, width_steps
 from .options import parse_preset
 
 HERE = Path(__file__).parent
@@ -61,7 +61,7 @@ def page_routes(config: Config) -> list[BaseRoute]:
         html = template.render(
             images=demo_images(config),
             presets=width_presets(config),
-            widths=config.security.allowed_widths,
+            widths=width_steps(config),
             root_margin=LAZY_ROOT_MARGIN,
             uploads_enabled=config.uploads.enabled,
         )

@@ -18,7 +18,8 @@ from .errors import Forbidden
 
 WIDTH_NAMES = frozenset({"scalex", "width", "w"})
 ENCODING_NAMES = frozenset({"encoding", "format", "fm"})
-MAX_DPR = 4
+# dpr values an unsigned allowed-width request may carry: a few fixed variants per source
+UNSIGNED_DPRS = frozenset({1.0, 1.5, 2.0, 3.0})
 # Query values keep these readable; everything else a browser might rewrite is escaped.
 VALUE_SAFE = ",:"
 
@@ -60,7 +61,7 @@ def split_query(raw_query: str) -> tuple[list[str], list[str]]:
 
 
 def is_allowed_width_request(pairs: Iterable[tuple[str, str]], allowed_widths: tuple[int, ...]) -> bool:
-    """Exactly one width from `allowed_widths`, optionally `encoding=auto` and a `dpr` in 1..4."""
+    """Exactly one width from `allowed_widths`, optionally `encoding=auto` and a `dpr` of UNSIGNED_DPRS."""
     seen: set[str] = set()
     width_ok = False
     for name, value in pairs:
@@ -89,7 +90,7 @@ def is_dpr(value: str) -> bool:
     # Short plain decimals only: no exponents, nan or inf from float()'s wider grammar.
     if not (0 < len(value) <= 8 and value.isascii() and value.replace(".", "", 1).isdigit()):
         return False
-    return 1 <= float(value) <= MAX_DPR
+    return float(value) in UNSIGNED_DPRS
 
 
 def check_request(path: str, raw_query: str, keys: tuple[str, ...], allowed_widths: tuple[int, ...]) -> None:

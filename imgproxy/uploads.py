@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from .config import Config, ConfigError
 from .errors import BadRequest, Forbidden, ImageProxyError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMedia
-from .html import MIME_TYPES, candidates, join_srcset, picture_tag, picture_url, width_variants
+from .html import MIME_TYPES, candidates, join_srcset, picture_tag, picture_url, width_steps, width_variants
 from .jobs import JobQueue
 from .loader import open_original
 from .pages import width_presets
@@ -345,7 +345,7 @@ class Uploads:
         """The 201 body: where the image is and the markup that shows it (header reads: a thread)."""
         config = self.config
         plain = width_presets(config)  # presets that keep the aspect ratio: srcset candidates
-        variants = [{"preset": name} for name in plain] or width_variants(config.security.allowed_widths, {})
+        variants = [{"preset": name} for name in plain] or width_variants(width_steps(config), {})
         formats = [f for f in self.settings.pregenerate_formats if f in MIME_TYPES]
         alt = stored.path.rsplit("/", 1)[-1]
         return {

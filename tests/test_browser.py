@@ -19,7 +19,7 @@ from PIL import Image, ImageStat
 from playwright import sync_api  # noqa: E402  (a test dependency in pyproject.toml)
 
 from imgproxy.config import load_config
-from imgproxy.html import picture_url
+from imgproxy.html import WIDTH_STEPS, picture_url
 
 from .conftest import LiveServer
 
@@ -32,7 +32,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
     "--no-first-run",
 ]
-VIEWPORTS = [(375, 667, 2), (768, 1024, 1), (1440, 900, 1)]
+VIEWPORTS = [(375, 667, 2), (768, 1024, 1), (1440, 900, 1), (1024, 768, 1.25)]
+PIXEL_RATIOS = [1, 1.5, 2, 3]  # lazyload.js rounds devicePixelRatio up to these
 EDGE = 2  # px: elements this close to the load margin could go either way; not judged
 WAIT_MS = 30_000
 
@@ -85,6 +86,10 @@ def path_of(url: str) -> str:
     return unquote(urlsplit(url).path)
 
 
+def pixel_ratio(dpr: float) -> float:
+    return next((r for r in PIXEL_RATIOS if r >= dpr - 0.001), PIXEL_RATIOS[-1])
+
+
 def step_for(pixels: float, steps: list[int]) -> int:
     wanted = max(1, math.ceil(pixels))
     return next((w for w in steps if w >= wanted), steps[-1])
@@ -96,7 +101,7 @@ def expected_widths(layout: dict) -> tuple[dict[str, int], set[str]]:
     for img in layout["images"]:
         reach = layout["innerHeight"] + layout["margin"]
         if img["top"] < reach - EDGE and img["bottom"] > -layout["margin"] + EDGE:
-            near[path_of(img["src"])] = step_for(img["width"] * layout["dpr"], layout["steps"])
+            near[path_of(img["src"])] = step_for(img["width"] * pixel_ratio(layout["dpr"]), layout["steps"])
         elif img["top"] > reach + EDGE:
             far.add(path_of(img["src"]))
     return near, far
@@ -107,7 +112,8 @@ def site(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("browser-site")
     settings = {
         "sources": {"local": {"root": str(workdir / "images"), "generate_demo": True}},
-        "security": {"key": "browser-test-key"},
+        # the lazyloader's widths pass unsigned, as the README says to set it up
+        "security": {"key": "browser-test-key", "allowed_widths": list(WIDTH_STEPS)},
     }
     server = LiveServer(workdir, settings)
     server.start()
@@ -178,7 +184,7 @@ def test_viewport_sized_lazy_images_and_picture_formats(browser, site, tmp_path,
         img.scroll_into_view_if_needed()
         wait_loaded(page, [path_of(img.get_attribute("data-src"))])
     after = page.evaluate(GALLERY_JS)
-    everything = {path_of(i["src"]): step_for(i["width"] * dpr, after["steps"]) for i in after["images"]}
+    everything = {path_of(i["src"]): step_for(i["width"] * pixel_ratio(dpr), after["steps"]) for i in after["images"]}
     assert dict(seen.lazy()) == everything and len(seen.lazy()) == len(everything)
 
     # <picture>: the browser takes the AVIF source, and every image on the page decodes
@@ -269,6 +275,7 @@ def test_lazyloader_url_building(browser, site):
         alias: m.sizedUrl('/picture/a.jpg?%77idth=10#frag', 320),
         lqip: m.placeholderUrl('/picture/a.jpg?v=3'),
         steps: [m.stepFor(1), m.stepFor(686), m.stepFor(768), m.stepFor(768.2), m.stepFor(100000)],
+        ratios: [1, 1.1, 1.25, 1.5, 1.75, 2, 2.625, 3, 4].map((r) => m.pixelRatio(r)),
       };
     }""")
     steps = page.evaluate(GALLERY_JS)["steps"]
@@ -278,6 +285,7 @@ def test_lazyloader_url_building(browser, site):
         "alias": "/picture/a.jpg?scalex=320&encoding=auto",
         "lqip": "/picture/a.jpg?v=3&scalex=32&blur=2&encoding=auto",
         "steps": [step_for(p, steps) for p in (1, 686, 768, 768.2, 100000)],
+        "ratios": [1, 1.5, 1.5, 1.5, 2, 2, 3, 3, 3],  # only dpr values the server takes unsigned
     }
     context.close()
 

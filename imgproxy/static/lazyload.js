@@ -7,9 +7,12 @@
  *   <noscript><img src="/picture/photos/a.jpg?scalex=640" alt="A harbour"></noscript>
  *
  * - The image gets src = data-src + scalex=W (+ encoding=auto unless an encoding is given), where
- *   W = rendered CSS width × devicePixelRatio rounded UP to the width steps. The steps come from
+ *   W = rendered CSS width × pixel ratio rounded UP to the width steps, where the pixel ratio is
+ *   devicePixelRatio rounded up to 1, 1.5, 2 or 3 (the dpr values the server takes unsigned, so
+ *   a zoomed or odd screen asks for the same few variants as the others). The steps come from
  *   the script tag's data-widths or <meta name="imgproxy-widths" content="…">; use the server's
- *   [security] allowed_widths so the requests need no signature and share cache entries.
+ *   [security] allowed_widths so the requests need no signature and share cache entries (with a
+ *   key and no allowed_widths, unsigned lazyloader requests are refused).
  * - Other query parameters of data-src are kept exactly as written, except `sig`: a signature
  *   cannot cover the added width, so with a signing key data-src should carry no other parameters
  *   (the server accepts width + encoding=auto + dpr unsigned only).
@@ -28,6 +31,12 @@ const REPLACED_NAMES = [...WIDTH_NAMES, "sig"]; // a signature no longer fits on
 const ENCODING_NAMES = ["encoding", "format", "fm"];
 const LQIP_WIDTH = 32;
 const LQIP_BLUR = 2;
+const PIXEL_RATIOS = [1, 1.5, 2, 3];
+
+/** devicePixelRatio rounded up to PIXEL_RATIOS (the largest beyond them). */
+export function pixelRatio(ratio = window.devicePixelRatio || 1) {
+  return PIXEL_RATIOS.find((r) => r >= ratio - 0.001) ?? PIXEL_RATIOS[PIXEL_RATIOS.length - 1];
+}
 
 const script = [...document.querySelectorAll("script[src]")].find((s) => s.src === import.meta.url)
   || document.querySelector("script[data-widths]");
@@ -76,7 +85,7 @@ function update(img) {
   if (!s || !s.near || s.exhausted || s.lqip) return;
   const cssWidth = img.getBoundingClientRect().width;
   if (!cssWidth) return; // not laid out (display: none): wait for the ResizeObserver
-  const width = stepFor(cssWidth * window.devicePixelRatio);
+  const width = stepFor(cssWidth * pixelRatio());
   if (width <= s.requested) return;
   s.requested = width;
   img.src = sizedUrl(img.dataset.src, width);
