@@ -34,9 +34,14 @@ RUN groupadd --system --gid 10001 imgproxy \
 
 # Built-in defaults plus these; every other key has its IMGPROXY_… variable too. The port is
 # pinned here (variables beat a config file) to match EXPOSE and HEALTHCHECK; a config file
-# mounted at /app/config.toml is read automatically.
+# mounted at /app/config.toml is read automatically. The image listens on all interfaces, so
+# uploads are off (turn them on with IMGPROXY_UPLOADS__ENABLED=true and a
+# IMGPROXY_UPLOADS__TOKEN; `serve` refuses uploads without a token there) and no demo images
+# are drawn into the mounted originals.
 ENV IMGPROXY_SERVER__HOST=0.0.0.0 \
     IMGPROXY_SERVER__PORT=8080 \
+    IMGPROXY_UPLOADS__ENABLED=false \
+    IMGPROXY_SOURCES__LOCAL__GENERATE_DEMO=false \
     IMGPROXY_SOURCES__LOCAL__ROOT=/data/images \
     IMGPROXY_CACHE__DIR=/data/cache/results \
     IMGPROXY_SOURCES__REMOTE__CACHE_DIR=/data/cache/originals

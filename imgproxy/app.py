@@ -18,7 +18,7 @@ from starlette.routing import Route
 from . import malloc
 from .cache import ResultCache, etag_matches
 from .config import Config, load_config
-from .errors import BadRequest, ImageProxyError
+from .errors import SECURITY_HEADERS, BadRequest, ImageProxyError
 from .logs import AccessLog, skip_unused_record_fields
 from .metrics import MetricsEndpoint
 from .options import RenderOptions, parse_options
@@ -33,7 +33,6 @@ MAX_QUERY_FIELDS = 24
 CHUNK = 256 * 1024
 HIT_LINES = [(b"x-cache", b"HIT"), (b"server-timing", b'cache;desc="HIT"')]
 ENTITY_HEADERS = (b"content-type", b"content-length")  # not on a 304
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"default-src 'none'")]
 SECURITY_FIELDS = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
 PICTURE_PREFIX = "/picture/"
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
-from .errors import ImageProxyError
+from .config import Config, ConfigError, load_config, unknown_variables
+from .errors import BadRequest, ImageProxyError
 
 SECRET_KEYS = {"key", "keys", "token"}
 # CLI flag -> canonical query parameter, for `render` (and `url`)
@@ -33,9 +34,14 @@ RENDER_FLAGS = (
     "version",
 )
 QUERY_NAMES = {"width": "scalex", "height": "scaley", "format": "encoding"}  # the names of the seed URLs
+FLAG_NAMES = {query: f"--{flag}" for flag, query in QUERY_NAMES.items()} | {flag: f"--{flag}" for flag in RENDER_FLAGS}
+LIMIT_KEYS = {"--width": "max_output_width", "--height": "max_output_height"}
+OUTPUT_SUFFIXES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif"}
 
 
 def _config(args) -> Config:
+    for name, hint in unknown_variables(os.environ):
+        print(f"imgproxy: warning: {name} is not a config variable{hint}; it is ignored", file=sys.stderr)
     return load_config(args.config)
 
 
@@ -68,14 +74,56 @@ def metrics_directory():
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def risky_settings(config: Config, host: str) -> list[str]:
+    """Combinations that let strangers do more than fetch pictures, one line each."""
+    risks = []
+    keyless = not config.security.signing_keys
+    if config.uploads.enabled and not config.uploads.token:
+        risks.append(f"uploads.enabled without uploads.token: anyone who reaches {host} can store files")
+    if config.sources.remote.allowed_hosts and keyless:
+        risks.append("sources.remote.allowed_hosts without security.key: anyone can make this service fetch from them")
+    if keyless and not is_loopback(host):
+        risks.append(f"no security.key on {host}: every size and format of every source can be requested unsigned")
+    return risks
+
+
 def cmd_serve(args) -> int:
+    import functools
+
     import uvicorn
 
     from .demo import ensure_demo_images
+    from .httpguard import GuardedHttpProtocol
 
     config = _config(args)
+    host = args.host or config.server.host
+    if config.uploads.enabled and not config.uploads.token and not is_loopback(host):
+        print(
+            f"imgproxy: refusing to accept uploads without a token on {host}: set [uploads] token "
+            "(IMGPROXY_UPLOADS__TOKEN) or enabled = false (IMGPROXY_UPLOADS__ENABLED=false)",
+            file=sys.stderr,
+        )
+        return 2
+    for risk in risky_settings(config, host):
+        print(f"imgproxy: warning: {risk}", file=sys.stderr)
     if config.sources.local.generate_demo:
-        ensure_demo_images(config.path(config.sources.local.root))
+        try:
+            ensure_demo_images(config.path(config.sources.local.root))
+        except OSError as exc:  # a read-only or unwritable root: serve what is there
+            print(
+                f"imgproxy: warning: sources.local.generate_demo: cannot write {exc.filename or 'the demo images'} "
+                f"({exc.strerror or exc}); serving without them",
+                file=sys.stderr,
+            )
     if args.config:
         os.environ["IMGPROXY_CONFIG"] = str(Path(args.config).resolve())
     # uvicorn ends a SIGTERM'd single-worker run by re-raising the signal; its default action would
@@ -88,9 +136,14 @@ def cmd_serve(args) -> int:
         uvicorn.run(
             "imgproxy.app:create_app_from_env",
             factory=True,
-            host=args.host or config.server.host,
+            host=host,
             port=args.port if args.port is not None else config.server.port,
             workers=args.workers or config.server.workers,
+            # header limits and timeout; uvicorn calls the factory as it would the class
+            http=functools.partial(GuardedHttpProtocol, server=config.server),  # type: ignore[arg-type]
+            timeout_keep_alive=config.server.keep_alive_timeout,
+            limit_concurrency=config.server.limit_concurrency,
+            backlog=config.server.backlog,
             log_level=config.log.level,
             log_config=logs.logging_config(config.log),
             access_log=False,  # imgproxy.logs.AccessLog writes the access lines
@@ -111,8 +164,29 @@ def query_from_args(args) -> list[tuple[str, str]]:
     return pairs
 
 
+def options_from_args(args, config: Config, pairs: list[tuple[str, str]]):
+    """The render flags parsed as the server parses a query; errors name the flag as typed and
+    the limit that applies (max_output_width, not the parser's outer bound)."""
+    from .options import MAX_DIMENSION, parse_options
+
+    limits = config.limits
+    try:
+        return parse_options(pairs, config.presets, limits.max_output_width, limits.max_output_height)
+    except ImageProxyError as exc:
+        param, _, reason = exc.message.partition(": ")
+        flag = FLAG_NAMES.get(param)
+        if flag is None:
+            raise
+        key = LIMIT_KEYS.get(flag)
+        if key is not None:  # the parser's bound is MAX_DIMENSION; the config's limit is what counts
+            limit, value = getattr(limits, key), str(getattr(args, flag[2:], "")).strip()
+            if value.isdigit() and int(value) > limit:
+                reason = f"{value} is above the limit of {limit} px ([limits] {key})"
+            reason = reason.replace(f"..{MAX_DIMENSION}", f"..{limit}")
+        raise BadRequest(f"{flag}: {reason}") from None
+
+
 def cmd_render(args) -> int:
-    from .options import parse_options
     from .pipeline import render_original
     from .sources import LocalSource
 
@@ -120,10 +194,12 @@ def cmd_render(args) -> int:
     pairs = query_from_args(args)
     if args.format is None:  # infer from the output name: out.webp -> webp
         suffix = Path(args.output).suffix.lstrip(".").lower()
-        if suffix in ("jpg", "jpeg", "png", "webp", "avif", "gif"):
-            pairs.append(("encoding", suffix))
+        if suffix not in OUTPUT_SUFFIXES:
+            known = ", ".join(f".{s}" for s in OUTPUT_SUFFIXES)
+            raise BadRequest(f"-o {args.output}: unknown image suffix (use {known}, or give --format)")
+        pairs.append(("encoding", OUTPUT_SUFFIXES[suffix]))
     limits = config.limits
-    options = parse_options(pairs, config.presets, limits.max_output_width, limits.max_output_height)
+    options = options_from_args(args, config, pairs)
     local = LocalSource(config.path(config.sources.local.root), limits.max_source_bytes)
     fmt = options.encoding if options.encoding not in (None, "auto") else "source"
     body, meta = render_original(local.load(args.source), options, fmt, config)
@@ -159,6 +235,7 @@ def cmd_url(args) -> int:
 
     config = _config(args)
     pairs = query_from_args(args)
+    options_from_args(args, config, pairs)  # the server would refuse what render refuses
     path = "/picture/" + quote(args.source, safe="/:")
     print((args.base or "") + signed_url(path, pairs, config.security.signing_keys))
     return 0
@@ -191,16 +268,23 @@ def cmd_warm(args) -> int:
     config = _config(args)
     cache = ResultCache(config.path(config.cache.dir), config.cache)
     renderer = Renderer(config, cache)
+    unusable, sources = [], []
+    for source in dict.fromkeys(args.sources):  # a missing source is one error, not one per variant
+        try:
+            renderer.local.load(source)
+            sources.append(source)
+        except ImageProxyError as exc:
+            unusable.append(f"{source}: {exc.message}")
     try:
         tasks = plan(renderer, args.preset or list(config.presets), args.format or config.uploads.pregenerate_formats)
-        total = len(args.sources) * len(tasks)
-        errors = asyncio.run(warm(renderer, args.sources, tasks, renderer.workers, progress_bar(total)))
+        total = len(sources) * len(tasks)
+        errors = asyncio.run(warm(renderer, sources, tasks, renderer.workers, progress_bar(total)))
     finally:
         renderer.close()
-    for line in errors:
+    for line in unusable + errors:
         print(f"imgproxy: {line}", file=sys.stderr)
-    print(f"warmed {total - len(errors)} of {total} results ({len(args.sources)} sources x {len(tasks)} variants)")
-    return 1 if errors else 0
+    print(f"warmed {total - len(errors)} of {total} results ({len(sources)} sources x {len(tasks)} variants)")
+    return 1 if unusable or errors else 0
 
 
 def _not_writable(path: Path) -> str | None:
@@ -253,6 +337,8 @@ def cmd_check_config(args) -> int:
     config = _config(args)
     print(json.dumps(masked(config), indent=2, default=str))
     problems = config_problems(config)
+    for risk in risky_settings(config, config.server.host):
+        print(f"warning: {risk}", file=sys.stderr)
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 2 if problems else 0
@@ -343,8 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"imgproxy: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"imgproxy: config error: {problem}", file=sys.stderr)
         return 2
     except ImageProxyError as exc:
         print(f"imgproxy: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file the command writes or reads: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"imgproxy: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1

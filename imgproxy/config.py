@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import typing
@@ -46,6 +47,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    max_header_bytes: Size = Size(32 * 1024)
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    keep_alive_timeout: int = 5
+    limit_concurrency: int = 1000
+    backlog: int = 2048
 
 
 @dataclass(frozen=True)
@@ -187,10 +194,20 @@ def _networks_valid(values: tuple[str, ...]) -> bool:
     return True
 
 
+def _between(low: float, high: float) -> typing.Callable[[object], bool]:
+    return lambda v: isinstance(v, (int, float)) and low <= v <= high
+
+
 # Checks beyond the type: (section.key) -> (predicate, what is allowed)
 _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "server.port": (lambda v: 0 <= v <= 65535, "0..65535"),
     "server.workers": (lambda v: 1 <= v <= 64, "1..64"),
+    "server.max_header_bytes": (_between(1024, 1024**2), "1KB..1MB"),
+    "server.max_headers": (_between(8, 1000), "8..1000"),
+    "server.header_timeout": (_between(0.001, math.inf), "> 0"),
+    "server.keep_alive_timeout": (_between(1, 3600), "1..3600"),
+    "server.limit_concurrency": (_between(1, math.inf), ">= 1"),
+    "server.backlog": (_between(1, 65535), "1..65535"),
     "render.workers": (lambda v: 0 <= v <= 64, "0..64 (0 = number of cores)"),
     "render.queue_limit": (lambda v: 1 <= v <= 100000, "1..100000"),
     "render.default_format": (
@@ -264,14 +281,15 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _build(cls: type, data: dict, prefix: str) -> object:
+def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> object:
+    """The section from `data`; each bad key adds a line to `problems` and keeps its default, so
+    one pass finds them all."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a table")
+        problems.append(f"{prefix}: expected a table")
+        return cls()
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in _NOT_FROM_FILE]
-    unknown = sorted(set(data) - {f.name for f in fields})
-    if unknown:
-        raise ConfigError(f"{_join(prefix, unknown[0])}: unknown key")
+    problems += [f"{_join(prefix, name)}: unknown key" for name in sorted(set(data) - {f.name for f in fields})]
     values = {}
     for f in fields:
         if f.name not in data:
@@ -279,12 +297,17 @@ def _build(cls: type, data: dict, prefix: str) -> object:
         key = _join(prefix, f.name)
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            values[f.name] = _build(hint, data[f.name], key)
+            values[f.name] = _build(hint, data[f.name], key, problems)
             continue
-        value = _convert(data[f.name], hint, key)
+        try:
+            value = _convert(data[f.name], hint, key)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
         check = _RANGES.get(key)
         if check and not check[0](value):
-            raise ConfigError(f"{key}: {value!r} is not allowed (allowed: {check[1]})")
+            problems.append(f"{key}: {value!r} is not allowed (allowed: {check[1]})")
+            continue
         values[f.name] = value
     return cls(**values)
 
@@ -315,6 +338,32 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
     return tree
 
 
+# IMGPROXY_ variables that are not config keys
+OTHER_VARIABLES = {"IMGPROXY_CONFIG", "IMGPROXY_CORPUS"}
+
+
+def _variable_names(cls: type, parts: tuple[str, ...] = ()) -> typing.Iterator[str]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in _NOT_FROM_FILE:
+            continue
+        path = (*parts, f.name.upper())
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _variable_names(hints[f.name], path)
+        else:
+            yield "IMGPROXY_" + "__".join(path)
+
+
+def unknown_variables(environ: typing.Mapping[str, str]) -> list[tuple[str, str]]:
+    """IMGPROXY_ variables `_env_overrides` skips (no `__`: IMGPROXY_CACHE_SIZE_LIMIT), each with
+    a hint naming the variable meant, when one matches with its separators doubled."""
+    odd = sorted(n for n in environ if n.startswith("IMGPROXY_") and "__" not in n and n not in OTHER_VARIABLES)
+    if not odd:
+        return []
+    known = {name.replace("__", "_"): name for name in _variable_names(Config)}
+    return [(name, f" (did you mean {known[name]}?)" if name in known else "") for name in odd]
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -322,11 +371,15 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _check_presets(presets: object) -> dict[str, dict[str, object]]:
+def _check_presets(presets: object, problems: list[str]) -> dict[str, dict[str, object]]:
     if not isinstance(presets, dict) or not all(isinstance(p, dict) for p in presets.values()):
-        raise ConfigError("presets: expected [presets.NAME] tables")
+        problems.append("presets: expected [presets.NAME] tables")
+        return dict(DEFAULT_PRESETS)
     for name, params in presets.items():
-        parse_preset(name, params)
+        try:
+            parse_preset(name, params)
+        except ConfigError as exc:
+            problems.append(str(exc))
     return presets
 
 
@@ -350,6 +403,9 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
         base_dir = path.resolve().parent
     data = _merge(data, _env_overrides(environ))
     presets = data.pop("presets", None)
-    config = _build(Config, data, "")
-    preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets)
+    problems: list[str] = []
+    config = _build(Config, data, "", problems)
+    preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
+    if problems:
+        raise ConfigError("; ".join(problems), problems)
     return dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir))

@@ -5,9 +5,17 @@ Anything else that escapes a handler is a bug and becomes a 500 without details.
 
 from __future__ import annotations
 
+# On every answer, errors included (a 500 for a bug too): no sniffing, nothing runs or loads
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"default-src 'none'")]
+
 
 class ConfigError(Exception):
-    """A bad config file or value: one line naming the key and what is wrong with it."""
+    """A bad config file or value: one line naming the key and what is wrong with it. A config
+    with several is one error whose `problems` lists each line (the message joins them)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class ImageProxyError(Exception):

@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from . import metrics
 from .config import LogConfig
+from .errors import SECURITY_HEADERS
 from .signing import split_query
 
 access_log = logging.getLogger("imgproxy.access")
@@ -165,6 +166,7 @@ class AccessLog:
                             (b"content-type", b"text/plain; charset=utf-8"),
                             (b"cache-control", b"no-store"),
                             (b"content-length", str(len(INTERNAL_ERROR)).encode()),
+                            *SECURITY_HEADERS,  # the /picture fast path has no SecurityHeaders around it
                         ],
                     }
                 )

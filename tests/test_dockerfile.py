@@ -204,6 +204,14 @@ def test_env_configures_the_service_through_the_real_loader(final, tmp_path, mon
     assert config.sources.remote.cache_dir == "/data/cache/originals"
 
 
+def test_image_ships_without_open_uploads_or_demo_writes(final, tmp_path, monkeypatch):
+    # the image listens on 0.0.0.0: uploads need a token, and the mounted originals get no demo files
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ=env_of(final))
+    assert not config.uploads.enabled or config.uploads.token
+    assert not config.sources.local.generate_demo
+
+
 def test_cmd_serves_through_the_console_script(final):
     (cmd,) = final.all("CMD")
     assert cmd.exec_form() == ["imgproxy", "serve"], "exec form, so SIGTERM reaches the server"

@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from imgproxy.app import PictureFastPath
 from imgproxy.logs import AccessLog, JsonFormatter, TextFormatter, loggable_path, render_ms
 from imgproxy.signing import signed_url
 
@@ -118,6 +119,26 @@ def test_an_unexpected_error_is_a_500_logged_once_with_its_traceback(caplog):
     first, *traceback = TextFormatter().format(record).splitlines()
     assert re.fullmatch(r'\S+Z GET /boom 500 15B [\d.]+ms error="RuntimeError: render exploded"', first)
     assert traceback[0].startswith("Traceback")
+
+
+def test_a_500_from_the_picture_fast_path_carries_the_security_headers():
+    async def broken_endpoint(scope, receive, send):
+        raise RuntimeError("bug in the hit path")
+
+    route = Route("/picture/{source:path}", broken_endpoint)
+    app = PictureFastPath(_failing_app(), broken_endpoint, route, enabled=False)
+
+    async def requests():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/picture/a.jpg?w=10"), await client.get("/boom")
+
+    fast, routed = asyncio.run(requests())
+    for r in (fast, routed):
+        assert (r.status_code, r.text) == (500, "internal error\n")
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["content-security-policy"] == "default-src 'none'"
+        assert r.headers.get_list("content-security-policy") == ["default-src 'none'"]
 
 
 def test_loggable_path_drops_sig_however_it_is_spelled():
