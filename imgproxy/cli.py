@@ -10,10 +10,14 @@ import os
 import signal
 import sys
 import tempfile
+import typing
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config, unknown_variables
 from .errors import BadRequest, ImageProxyError
+
+if typing.TYPE_CHECKING:
+    from .options import RenderOptions
 
 SECRET_KEYS = {"key", "keys", "token"}
 # CLI flag -> canonical query parameter, for `render` (and `url`)
@@ -164,7 +168,7 @@ def query_from_args(args) -> list[tuple[str, str]]:
     return pairs
 
 
-def options_from_args(args, config: Config, pairs: list[tuple[str, str]]):
+def options_from_args(args: argparse.Namespace, config: Config, pairs: list[tuple[str, str]]) -> RenderOptions:
     """The render flags parsed as the server parses a query; errors name the flag as typed and
     the limit that applies (max_output_width, not the parser's outer bound)."""
     from .options import MAX_DIMENSION, parse_options
