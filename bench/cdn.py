@@ -15,7 +15,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import LiveServer  # noqa: E402
-from tests.test_cdn import Edge  # noqa: E402
+from tests.edge import Edge  # noqa: E402
 
 SECONDS = os.environ.get("BENCH_SECONDS", "10")
 PATH = "/picture/photos/progressive_dalmatian.jpg?w=320"

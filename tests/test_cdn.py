@@ -1,76 +1,32 @@
-"""nginx as the CDN edge in front of three replicas, with deploy/nginx/imgproxy.conf unchanged.
-
-The test wraps that file in a minimal nginx.conf (pid, temp paths and logs in a temp dir, the
-current user, 127.0.0.1) and writes its own listen.conf and upstream.conf beside it: the two
-deployment-specific pieces. Two logs tell what happened to each request: nginx's access log, in
-the config's own `imgproxy_edge` format (did the edge answer, which replicas were tried), and
-each replica's access log (did the request reach it).
+"""nginx as the CDN edge in front of three replicas, with deploy/nginx/imgproxy.conf unchanged
+(tests/edge.py runs it). Two logs tell what happened to each request: nginx's access log (did the
+edge answer, which replicas were tried), and each replica's access log (did the request reach it).
 """
 
 from __future__ import annotations
 
-import grp
-import os
-import pwd
 import random
 import re
-import shutil
-import socket
-import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from .conftest import LiveServer, free_port
+from .conftest import LiveServer
+from .edge import ACCEPT_OTHER, DEPLOY, Edge, Hop, require_nginx
 
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = ROOT / "deploy"
-EDGE_CONF = DEPLOY / "nginx" / "imgproxy.conf"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-STARTUP_SECONDS = 15
 SOURCE = "/picture/photos/progressive_dalmatian.jpg"  # 960x640 JPEG: quick to render
 
 pytestmark = pytest.mark.timeout(120)
 
-if not Path(NGINX).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("nginx is missing: .ci/run installs Debian's nginx-light")
-    pytest.skip("nginx not installed (apt-get install nginx-light)", allow_module_level=True)
-
-WRAPPER = """\
-daemon off;
-worker_processes 1;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/error.log notice;
-events {{ worker_connections 256; }}
-http {{
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    proxy_cache_path {dir}/cache levels=1:2 keys_zone=imgproxy_edge:1m max_size=64m use_temp_path=off;
-    include {edge_conf};
-    access_log {dir}/access.log imgproxy_edge;
-}}
-"""
-
-LOG_LINE = re.compile(
-    r'"(?P<method>\S+) (?P<uri>\S+) [^"]*" (?P<status>\d+) \d+ rt=\S+ cache=(?P<cache>\S+) '
-    r"upstream=(?P<upstream>.*) upstream_status=.* accept=(?P<accept>\S+)$"
-)
+require_nginx()
 
 # What browsers send, and the format encoding=auto must answer each with
 ACCEPT_AVIF = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"  # Chrome
 ACCEPT_AVIF_FIREFOX = "image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5"
 ACCEPT_WEBP = "image/webp,*/*"
-ACCEPT_OTHER = "*/*"
 CONTENT_TYPE = {ACCEPT_AVIF: "image/avif", ACCEPT_WEBP: "image/webp", ACCEPT_OTHER: "image/jpeg"}
 
 
@@ -83,97 +39,6 @@ def magic_type(body: bytes) -> str:
     if body[:3] == b"\xff\xd8\xff":
         return "image/jpeg"
     return "unknown"
-
-
-@dataclass
-class Hop:
-    """What nginx logged for one request."""
-
-    uri: str
-    status: int
-    cache: str  # HIT, MISS, … or "-" when the cache was not used
-    upstreams: list[str]  # replicas tried, in order; empty when nginx answered alone
-    accept: str
-
-    @property
-    def replica(self) -> str | None:
-        return self.upstreams[-1] if self.upstreams else None
-
-
-class Edge:
-    """nginx running deploy/nginx/imgproxy.conf in front of the given replica ports."""
-
-    def __init__(self, workdir: Path, replica_ports: list[int]):
-        self.dir = workdir
-        self.port = free_port()
-        self.access_log = workdir / "access.log"
-        self.logged = 0
-        workdir.mkdir(parents=True)
-        (workdir / "listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
-        (workdir / "upstream.conf").write_text(
-            "".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n" for p in replica_ports)
-        )
-        user = ""
-        if os.geteuid() == 0:  # workers would drop to nobody and lose access to the temp dir
-            user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
-        conf = workdir / "nginx.conf"
-        conf.write_text(WRAPPER.format(dir=workdir, user=user, edge_conf=EDGE_CONF))
-        command = [NGINX, "-p", str(workdir), "-c", str(conf)]
-        check = subprocess.run(command + ["-t"], capture_output=True, text=True, timeout=30)
-        assert check.returncode == 0, check.stderr
-        output = workdir / "nginx.out"
-        with output.open("wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        self.wait_until_listening(output)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
-
-    def wait_until_listening(self, output: Path) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.process.returncode}:\n{output.read_text()}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"nginx did not listen on {self.port} within {STARTUP_SECONDS}s")
-
-    def request(self, method: str, path: str, accept: str = ACCEPT_OTHER, **headers: str) -> tuple[httpx.Response, Hop]:
-        """One request through the edge, and nginx's log line for it."""
-        response = self.client.request(method, path, headers={"Accept": accept, **headers})
-        hop = self.next_hop()
-        assert (hop.uri, hop.status) == (path, response.status_code), "log out of step with requests"
-        return response, hop
-
-    def get(self, path: str, accept: str = ACCEPT_OTHER, **headers: str) -> tuple[httpx.Response, Hop]:
-        return self.request("GET", path, accept, **headers)
-
-    def next_hop(self) -> Hop:
-        # nginx writes the line once the response is sent, so it may trail the response a little.
-        deadline = time.monotonic() + 5
-        while True:
-            lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
-            if len(lines) > self.logged:
-                break
-            assert time.monotonic() < deadline, "nginx logged no line for the request"
-            time.sleep(0.01)
-        line = lines[self.logged]
-        self.logged += 1
-        match = LOG_LINE.search(line)
-        assert match, f"unexpected access log line: {line}"
-        upstream = match["upstream"]
-        return Hop(
-            uri=match["uri"],
-            status=int(match["status"]),
-            cache=match["cache"],
-            upstreams=[] if upstream == "-" else [u.strip() for u in upstream.split(",")],
-            accept=match["accept"],
-        )
-
-    def stop(self) -> None:
-        self.client.close()
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 def address(replica: LiveServer) -> str:
@@ -327,11 +192,27 @@ def test_urls_spread_over_replicas_and_each_stays_on_one(cluster):
 
 
 def test_upload_jobs_are_asked_from_the_replica_that_took_the_upload(cluster):
+    """jobs-local.conf: jobs live on the replica that took the upload."""
     _, upload = cluster.edge.request("POST", "/upload")
     assert len(upload.upstreams) == 1
     for job in ("a1", "b2", "c3", "d4"):
         _, hop = cluster.edge.get(f"/jobs/{job}")
         assert hop.upstreams == upload.upstreams
+
+
+def test_shared_jobs_spread_uploads_and_polls_over_every_replica(cluster, tmp_path):
+    """jobs-redis.conf: any replica takes an upload and answers a job, even the same one's polls."""
+    cluster.edge.stop()
+    cluster.edge = Edge(tmp_path / "edge-shared-jobs", [r.port for r in cluster.replicas], jobs="redis")
+    uploads = {cluster.edge.request("POST", "/upload")[1].replica for _ in range(20)}
+    polls = {cluster.edge.get("/jobs/a1")[1].replica for _ in range(20)}
+    everyone = {address(r) for r in cluster.replicas}
+    # 20 random keys over 3 replicas: all on one replica would be a chance of about 3 in 10^9
+    assert len(uploads) > 1 and uploads <= everyone, uploads
+    assert len(polls) > 1 and polls <= everyone, polls
+    # /picture is still hashed on its URL: three Accept classes, three edge misses, one replica
+    url = picture(0, "shared-jobs")
+    assert len({cluster.edge.get(url, accept=a)[1].replica for a in CONTENT_TYPE}) == 1
 
 
 def test_a_stopped_replica_moves_only_its_share(cluster, tmp_path):
