@@ -146,6 +146,25 @@ class UploadsConfig:
 
 
 @dataclass(frozen=True)
+class S3StorageConfig:
+    endpoint: str = ""
+    bucket: str = ""
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    freshness: float = 60.0
+    connect_timeout: float = 2.0
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "local"
+    s3: S3StorageConfig = field(default_factory=S3StorageConfig)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
@@ -170,6 +189,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
     presets: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_PRESETS))
     base_dir: str = "."  # directory relative paths are resolved against (the config file's)
@@ -223,6 +243,18 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
         lambda v: bool(v) and not v.startswith("/") and ".." not in v.split("/") and "\\" not in v,
         "a relative path inside [sources.local] root",
     ),
+    "storage.backend": (lambda v: v in ("local", "s3"), "local or s3"),
+    "storage.s3.prefix": (
+        lambda v: not v.startswith("/") and "\\" not in v and "\x00" not in v and ".." not in v.split("/"),
+        "a key prefix without a leading '/', '..' segments, backslashes or NUL",
+    ),
+    "storage.s3.endpoint": (
+        lambda v: v == "" or v.startswith(("http://", "https://")),
+        "empty (AWS) or an http(s) URL",
+    ),
+    "storage.s3.freshness": (lambda v: v >= 0, ">= 0"),
+    "storage.s3.connect_timeout": (lambda v: v > 0, "> 0"),
+    "storage.s3.timeout": (lambda v: v > 0, "> 0"),
     "uploads.pregenerate_formats": (
         lambda v: all(f in WRITABLE_FORMATS + ("source",) for f in v),
         "jpeg, png, webp, avif, gif or source",
@@ -352,4 +384,6 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
     presets = data.pop("presets", None)
     config = _build(Config, data, "")
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets)
+    if config.storage.backend == "s3" and not config.storage.s3.bucket:
+        raise ConfigError('storage.s3.bucket: required when storage.backend = "s3"')
     return dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir))

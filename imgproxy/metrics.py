@@ -93,6 +93,19 @@ FETCH_SECONDS = Histogram(
 FETCH_ERRORS = Counter(
     "imgproxy_upstream_fetch_errors", "Failed fetches of remote originals, by kind", ["kind"], registry=REGISTRY
 )
+STORE_SECONDS = Histogram(
+    "imgproxy_store_request_duration_seconds",
+    "Requests to the object store ([storage] backend = s3), errors included, by operation",
+    ["op"],
+    buckets=SECONDS,
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter(
+    "imgproxy_store_errors",
+    "Failed object store requests, by kind (not_found, timeout, unreachable, server_error, denied, other)",
+    ["kind"],
+    registry=REGISTRY,
+)
 
 FETCH_ERROR_KINDS = (
     (TimeoutError, "timeout"),
