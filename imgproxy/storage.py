@@ -152,12 +152,12 @@ def error_kind(exc: BaseException) -> str:
         return "not_found"
     if isinstance(exc, PermissionError) or type(exc).__name__ in ("PermissionDeniedError", "UnauthenticatedError"):
         return "denied"
-    text = str(exc).lower()
-    if "timed out" in text or "timeout" in text:
-        return "timeout"
+    text = str(exc).lower()  # e.g. "... after 2 retries, retry_timeout: 5s - HTTP error: error sending request"
     if "non-2xx status code: 5" in text:
         return "server_error"
-    if "connect" in text or "connection" in text or "dns" in text:
+    if "timed out" in text:
+        return "timeout"
+    if "error sending request" in text or "connection" in text or "dns error" in text:
         return "unreachable"
     return "other"
 
