@@ -207,6 +207,19 @@ def _networks_valid(values: tuple[str, ...]) -> bool:
     return True
 
 
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def _key_prefix_valid(value: object) -> bool:
+    text = str(value)
+    return not text.startswith("/") and "\\" not in text and "\x00" not in text and ".." not in text.split("/")
+
+
+def _endpoint_valid(value: object) -> bool:
+    return value == "" or str(value).startswith(("http://", "https://"))
+
+
 # Checks beyond the type: (section.key) -> (predicate, what is allowed)
 _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "server.port": (lambda v: 0 <= v <= 65535, "0..65535"),
@@ -244,17 +257,11 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
         "a relative path inside [sources.local] root",
     ),
     "storage.backend": (lambda v: v in ("local", "s3"), "local or s3"),
-    "storage.s3.prefix": (
-        lambda v: not v.startswith("/") and "\\" not in v and "\x00" not in v and ".." not in v.split("/"),
-        "a key prefix without a leading '/', '..' segments, backslashes or NUL",
-    ),
-    "storage.s3.endpoint": (
-        lambda v: v == "" or v.startswith(("http://", "https://")),
-        "empty (AWS) or an http(s) URL",
-    ),
-    "storage.s3.freshness": (lambda v: v >= 0, ">= 0"),
-    "storage.s3.connect_timeout": (lambda v: v > 0, "> 0"),
-    "storage.s3.timeout": (lambda v: v > 0, "> 0"),
+    "storage.s3.prefix": (_key_prefix_valid, "a key prefix without a leading '/', '..' segments, backslashes or NUL"),
+    "storage.s3.endpoint": (_endpoint_valid, "empty (AWS) or an http(s) URL"),
+    "storage.s3.freshness": (lambda v: _number(v) >= 0, ">= 0"),
+    "storage.s3.connect_timeout": (lambda v: _number(v) > 0, "> 0"),
+    "storage.s3.timeout": (lambda v: _number(v) > 0, "> 0"),
     "uploads.pregenerate_formats": (
         lambda v: all(f in WRITABLE_FORMATS + ("source",) for f in v),
         "jpeg, png, webp, avif, gif or source",
@@ -382,7 +389,7 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
         base_dir = path.resolve().parent
     data = _merge(data, _env_overrides(environ))
     presets = data.pop("presets", None)
-    config = _build(Config, data, "")
+    config = typing.cast(Config, _build(Config, data, ""))
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets)
     if config.storage.backend == "s3" and not config.storage.s3.bucket:
         raise ConfigError('storage.s3.bucket: required when storage.backend = "s3"')

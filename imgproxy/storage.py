@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 
 from . import metrics
 from .config import Config, ConfigError, S3StorageConfig
-from .errors import NotFound, PayloadTooLarge, StorageUnavailable
+from .errors import BadRequest, NotFound, PayloadTooLarge, StorageUnavailable
 from .originals import OriginalsCache
 from .sources import LocalSource, Original, path_parts
 
@@ -44,6 +44,8 @@ TEMP_DIR = ".tmp"
 HEALTH_KEY = ".imgproxy-health"  # HEADed by /health: a 404 proves the store answers and lets us in
 PUT_CHUNK = 5 * 1024 * 1024  # obstore's multipart part size: each part gets its own deadline
 MAX_KNOWN = 65536  # versions remembered per process; forgotten all at once past it
+PAUSE_SECONDS = 2.0  # after the store failed, requests fail fast (503) this long instead of each waiting
+RETRY_AFTER = 5
 
 
 class Storage(Protocol):
@@ -197,6 +199,7 @@ class S3Storage:
             **settings,
         )
         self.known: dict[str, Version] = {}  # source id -> version, this process's memory
+        self.paused_until = 0.0  # monotonic time; see _request
         self.inflight: dict[str, asyncio.Task] = {}
 
     # --- keys and versions -------------------------------------------------------------------
@@ -204,6 +207,8 @@ class S3Storage:
     def key(self, source: str) -> str:
         """The object key of a source, or 400 before any store request."""
         path_parts(source)
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in source):
+            raise BadRequest("bad source path: control characters are not allowed in object keys")
         key = self.cfg.prefix + source
         if len(key.encode("utf-8")) > 1024:
             raise NotFound("source not found")  # no S3 key is that long
@@ -324,7 +329,13 @@ class S3Storage:
             task.exception()  # retrieved: nobody may be waiting anymore
 
     async def _request(self, op: str, make: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
-        """One store request, timed and bounded; obstore's errors become 404 or 503."""
+        """One store request, timed and bounded; obstore's errors become 404 or 503.
+
+        Once the store has failed, requests fail fast for PAUSE_SECONDS: during an outage, hits of
+        known versions and 503s come at once instead of each waiting for a timeout. /health
+        still asks, and its success ends the pause."""
+        if op != "health" and time.monotonic() < self.paused_until:
+            raise StorageUnavailable("object store unavailable (it failed moments ago)", RETRY_AFTER)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout or self.cfg.timeout):
@@ -338,7 +349,8 @@ class S3Storage:
             if kind == "not_found":
                 raise NotFound("source not found") from None
             log.warning("object store %s failed (%s): %s", op, kind, str(exc).split("\n", 1)[0][:300])
-            raise StorageUnavailable(f"object store unavailable ({kind})") from None
+            self.paused_until = time.monotonic() + PAUSE_SECONDS
+            raise StorageUnavailable(f"object store unavailable ({kind})", RETRY_AFTER) from None
         finally:
             metrics.STORE_SECONDS.labels(op).observe(time.perf_counter() - started)
 
@@ -365,9 +377,10 @@ class S3Storage:
                 timeout=min(self.cfg.timeout, self.cfg.connect_timeout + 1),
             )
         except NotFound:
-            return True
+            pass
         except StorageUnavailable:
             return False
+        self.paused_until = 0.0
         return True
 
     def close(self) -> None:

@@ -63,8 +63,9 @@ def _sign_v4(method: str, url: httpx.URL, access_key: str, secret: str) -> dict[
 
 
 class SeaweedFS:
-    def __init__(self, workdir: Path, bucket: str = BUCKET):
+    def __init__(self, workdir: Path, bucket: str = BUCKET, wrapper: tuple[str, ...] = ()):
         self.workdir = workdir
+        self.wrapper = wrapper  # e.g. ("taskset", "-c", "1"): what the command runs under
         self.data = workdir / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.bucket = bucket
@@ -90,6 +91,7 @@ class SeaweedFS:
     def command(self) -> list[str]:
         p = self.ports
         return [
+            *self.wrapper,
             weed_binary() or "weed",
             "server",
             f"-dir={self.data}",

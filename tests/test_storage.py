@@ -6,6 +6,8 @@ The store's own request counter (SeaweedFS metrics) proves what made no store re
 from __future__ import annotations
 
 import io
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -127,6 +129,7 @@ BAD_KEYS = [
     "a//b.jpg",
     "a%5Cb.jpg",  # backslash
     "a%00b.jpg",  # NUL
+    "a%01b.jpg",  # a control character: no valid object key
     "%2Fetc/passwd",  # absolute once decoded
     "k" * 1025 + ".jpg",
 ]
@@ -219,6 +222,23 @@ def test_store_away_misses_503_hits_200_then_back_without_restart(seaweed, photo
         back = wait_for(lambda: client.get(f"/picture/{photo_key}?width=257").status_code == 200, what="200 again")
         assert back
         assert client.get("/health").json()["checks"]["storage"] is True
+
+
+def test_store_that_does_not_answer_is_503_within_the_timeout(seaweed, photo_key, live_server):  # noqa: F811
+    settings = s3_settings(seaweed, freshness=0)
+    settings["storage"]["s3"]["timeout"] = 1
+    server = live_server(settings)
+    with server.client(timeout=30) as client:
+        assert client.get(f"/picture/{photo_key}?width=90").status_code == 200
+        os.kill(seaweed.process.pid, signal.SIGSTOP)  # connections are accepted, nothing answers
+        try:
+            for width in (90, 91):  # a hit needing revalidation, and a miss
+                response = client.get(f"/picture/{photo_key}?width={width}")
+                assert response.status_code == (200 if width == 90 else 503), response.text
+            assert int(response.headers["retry-after"]) > 0
+        finally:
+            os.kill(seaweed.process.pid, signal.SIGCONT)
+        assert 'imgproxy_store_errors_total{kind="timeout"}' in client.get("/metrics").text
 
 
 def test_s3_backend_needs_a_bucket(tmp_path):
