@@ -131,9 +131,9 @@ def observe_request(route: str, status: int, seconds: float, size: int) -> None:
     RESPONSE_BYTES.inc(size)
 
 
-def observe_render(content_type: str, render_ms: float, remote: bool, source_size: int) -> None:
+def observe_render(content_type: str, render_ms: float, source_kind: str, source_size: int) -> None:
     RENDER_SECONDS.labels(content_type.removeprefix("image/")).observe(render_ms / 1000)
-    SOURCE_BYTES.labels("remote" if remote else "local").inc(source_size)
+    SOURCE_BYTES.labels(source_kind).inc(source_size)
 
 
 def fetch_error_kind(error: BaseException) -> str:

@@ -211,7 +211,7 @@ class Renderer:
     ) -> tuple[bytes, ResultMeta]:
         with metrics.RENDERS_IN_FLIGHT.track_inprogress():
             body, meta = render_original(original, options, fmt, self.config, self.memory)
-        metrics.observe_render(meta.content_type, meta.render_ms, original.data is not None, original.size)
+        metrics.observe_render(meta.content_type, meta.render_ms, original.kind, original.size)
         self.cache.put(key, body, meta)
         self.renders += 1
         return body, meta

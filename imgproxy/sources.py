@@ -31,6 +31,12 @@ class Original:
     data: bytes | None = None
 
     @property
+    def kind(self) -> str:
+        """local, s3 or remote (metrics label)."""
+        prefix = self.id.partition(":")[0]
+        return prefix if prefix in ("local", "s3") else "remote"
+
+    @property
     def key(self) -> str:
         """This version of this source: the start of its result keys, and its kept decodes' key."""
         return f"{self.id}|{self.version}"

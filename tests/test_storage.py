@@ -217,6 +217,7 @@ def test_store_away_misses_503_hits_200_then_back_without_restart(seaweed, photo
             metrics = client.get("/metrics").text
             assert 'imgproxy_store_errors_total{kind="unreachable"}' in metrics
             assert 'imgproxy_store_request_duration_seconds_count{op="head"}' in metrics
+            assert 'imgproxy_source_bytes_total{kind="s3"}' in metrics
         finally:
             seaweed.start()
         back = wait_for(lambda: client.get(f"/picture/{photo_key}?width=257").status_code == 200, what="200 again")
