@@ -19,7 +19,7 @@ from .errors import BadRequest, ImageProxyError
 if typing.TYPE_CHECKING:
     from .options import RenderOptions
 
-SECRET_KEYS = {"key", "keys", "token"}
+SECRET_KEYS = {"key", "keys", "token", "secret_access_key"}
 # CLI flag -> canonical query parameter, for `render` (and `url`)
 RENDER_FLAGS = (
     "width",
@@ -262,7 +262,7 @@ def progress_bar(total: int, stream=sys.stderr):
 
 
 def cmd_warm(args) -> int:
-    """Render presets × formats of local sources into the cache, as an upload's job does."""
+    """Render presets × formats of stored sources into the cache, as an upload's job does."""
     import asyncio
 
     from .cache import ResultCache
@@ -406,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     url.add_argument("--base", help="prefix such as https://img.example.com")
     add_render_flags(url)
 
-    warm_parser = command("warm", cmd_warm, "render presets of local sources into the cache")
-    warm_parser.add_argument("sources", nargs="+", help="paths under [sources.local] root")
+    warm_parser = command("warm", cmd_warm, "render presets of stored sources into the cache")
+    warm_parser.add_argument("sources", nargs="+", help="paths in the storage ([sources.local] root or the bucket)")
     warm_parser.add_argument("--preset", action="append", help="preset name, repeatable (default: all)")
     warm_parser.add_argument(
         "--format",
@@ -422,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("stats", cmd_cache_stats, "entries, bytes, hit ratio, oldest entry", cache)
     clear = command("clear", cmd_cache_clear, "remove results: all, or by age and/or source", cache)
     clear.add_argument("--older-than", type=duration, metavar="AGE", help="stored longer ago than AGE (7d, 12h, 30m)")
-    clear.add_argument("--source", action="append", help="a local path or remote URL whose results go (repeatable)")
+    clear.add_argument(
+        "--source",
+        action="append",
+        help="a stored path (local or in the bucket) or remote URL whose results go (repeatable)",
+    )
     return parser
 
 

@@ -17,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.cookiejar
-import logging
 import re
-import sqlite3
 import time
 from collections.abc import Iterable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-import diskcache
 import httpx
 from PIL import Image
 
@@ -33,9 +30,8 @@ from . import metrics
 from .config import RemoteSourceConfig, SecurityConfig
 from .errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, NotFound, PayloadTooLarge, UnsupportedMedia
 from .netguard import AddressPolicy, GuardedBackend, GuardedTransport, Resolver, compile_host_pattern, host_allowed
+from .originals import OriginalsCache
 from .sources import Original
-
-log = logging.getLogger("imgproxy.remote")
 
 SNIFF_BYTES = 16  # what Pillow's format checks look at
 MAX_URL_LENGTH = 2048
@@ -133,9 +129,7 @@ class RemoteSource:
             cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
             headers=REQUEST_HEADERS,
         )
-        self.cache = diskcache.Cache(
-            str(cache_dir), size_limit=cfg.cache_size_limit, eviction_policy="least-recently-used"
-        )
+        self.cache = OriginalsCache(cache_dir, cfg.cache_size_limit)
         self.inflight: dict[str, asyncio.Task[Original]] = {}
 
     def check(self, source: str) -> httpx.URL:
@@ -178,7 +172,7 @@ class RemoteSource:
                         entry = await self._fetch(url, entry)
             except TimeoutError:
                 raise GatewayTimeout(f"upstream {host_of(url)} did not answer within {self.cfg.timeout:g} s") from None
-            await asyncio.to_thread(self._store, key, entry)
+            await asyncio.to_thread(self.cache.set, key, entry)
         return Original(
             id=key,
             version=entry["version"],
@@ -186,12 +180,6 @@ class RemoteSource:
             last_modified=_epoch(entry["last_modified"]),
             data=entry["data"],
         )
-
-    def _store(self, key: str, entry: dict) -> None:
-        try:
-            self.cache.set(key, entry)
-        except (OSError, sqlite3.Error) as exc:  # a full disk degrades to fetching every time
-            log.warning("cannot cache remote original: %s", exc)
 
     async def _fetch(self, url: httpx.URL, cached: dict | None) -> dict:
         headers = {}
