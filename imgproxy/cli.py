@@ -335,6 +335,12 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def add_render_flags(parser: argparse.ArgumentParser) -> None:
     for flag in RENDER_FLAGS:
         if flag == "enlarge":
@@ -382,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     worker = command("worker", cmd_worker, "run pre-render job workers ([jobs] backend) until stopped")
-    worker.add_argument("--workers", type=int, default=1, help="jobs at a time in this process (default 1)")
+    worker.add_argument("--workers", type=positive, default=1, help="jobs at a time in this process (default 1)")
 
     jobs = sub.add_parser("jobs", help="pre-render jobs: stats").add_subparsers(dest="action", required=True)
     command("stats", cmd_jobs_stats, "jobs queued, running, failed and done", jobs)

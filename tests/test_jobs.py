@@ -16,6 +16,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
+from imgproxy.config import ConfigError, load_config
 from imgproxy.jobs import FINISHED_TTL, LocalJobStore, new_record
 from imgproxy.redisjobs import PREFIX, RedisJobStore
 
@@ -25,6 +26,27 @@ from .test_uploads import MANY_PRESETS, post_file, stored_files, wait_for_job
 
 SMALL_PHOTO = "photos/grayscale_portrait.jpg"
 BIG_PHOTO = "photos/large_12mp_bus.jpg"
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[jobs]\nbackend = "rabbit"\n', "jobs.backend"),
+        ('[jobs]\nbackend = "redis"\n', "jobs.redis_url: required"),
+        ('[jobs]\nredis_url = "http://127.0.0.1:6379"\n', "jobs.redis_url"),
+        ("[jobs]\nworkers_in_server = -1\n", "jobs.workers_in_server"),
+        ("[jobs]\nlease = 1\n", "jobs.lease"),
+        ("[uploads]\njob_workers = 2\n", r"uploads.job_workers: moved to \[jobs\] workers_in_server"),
+    ],
+)
+def test_bad_jobs_config_names_the_key(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, environ={})
 
 
 # --- the lease rules, on each real store --------------------------------------------------------
