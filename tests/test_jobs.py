@@ -20,8 +20,8 @@ from imgproxy.config import ConfigError, load_config
 from imgproxy.jobs import FINISHED_TTL, LocalJobStore, new_record
 from imgproxy.redisjobs import PREFIX, RedisJobStore
 
-from .conftest import CORPUS, copy_from_corpus, to_toml
-from .redis_server import RedisServer, redis_server  # noqa: F401 (a fixture)
+from .conftest import CORPUS, copy_from_corpus, free_port, to_toml
+from .redis_server import redis_server  # noqa: F401 (a fixture)
 from .test_uploads import MANY_PRESETS, post_file, stored_files, wait_for_job
 
 SMALL_PHOTO = "photos/grayscale_portrait.jpg"
@@ -260,17 +260,25 @@ def test_redis_down_refuses_uploads_and_keeps_serving_pictures(live_server, redi
     assert "Traceback" not in server.log_text()
 
 
-def test_jobs_stats_without_redis_says_so(tmp_path):
-    config = tmp_path / "config.toml"
-    port = RedisServer(tmp_path / "unused", "redis-server").port  # a free port nobody listens on
-    config.write_text(to_toml({"jobs": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0"}}))
+def test_without_redis_the_server_starts_serves_pictures_and_refuses_uploads(live_server, tmp_path):
+    root = tmp_path / "images"
+    copy_from_corpus(SMALL_PHOTO, root)
+    nobody = f"redis://127.0.0.1:{free_port()}/0"  # a port nobody listens on
+    server = live_server(redis_settings(nobody, root, workers=1))
+    with server.client() as client:
+        assert client.get(f"/picture/{SMALL_PHOTO}?width=100").status_code == 200
+        refused = post_file(client, (CORPUS / SMALL_PHOTO).read_bytes(), "a.jpg")
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0, refused.text
+        assert client.get("/health").json()["checks"]["jobs"] is False
+    assert stored_files(root) == [Path(SMALL_PHOTO)]
     result = subprocess.run(
-        [sys.executable, "-m", "imgproxy", "jobs", "stats", "--config", str(config)],
+        [sys.executable, "-m", "imgproxy", "jobs", "stats", "--config", str(server.config_path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 1 and "unavailable" in result.stderr and "Traceback" not in result.stderr
+    assert "Traceback" not in server.log_text()
 
 
 # --- local backend: history does not slow anything down ----------------------------------------
