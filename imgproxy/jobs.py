@@ -119,7 +119,10 @@ def new_record(job_id: str, source: str, presets: list[str], formats: list[str])
 
 
 def public(record: dict) -> dict:
-    return {name: record[name] for name in PUBLIC_FIELDS}
+    """What GET /jobs/<id> answers: the record without its lease, plus `progress` from 0 to 1."""
+    total = record["total"]
+    progress = min(record["done"] / total, 1.0) if total else float(record["status"] == "done")
+    return {**{name: record[name] for name in PUBLIC_FIELDS}, "progress": round(progress, 4)}
 
 
 Change = Callable[[dict | None], dict | None]

@@ -161,7 +161,7 @@ def test_two_servers_share_the_redis_queue(live_server, redis_server, tmp_path):
         assert r.status_code == 201, r.text
         status_url = r.json()["job"]["status_url"]
         job = wait_for_job(a, status_url)
-        assert job["status"] == "done" and job["done"] == job["total"] == 10, job
+        assert job["status"] == "done" and job["done"] == job["total"] == 10 and job["progress"] == 1, job
         assert b.get(status_url).json() == a.get(status_url).json() == job
         assert b.get("/health").json()["checks"]["jobs"] is True
         assert 'imgproxy_jobs{state="queued"} 0.0' in a.get("/metrics").text
@@ -194,7 +194,8 @@ def test_kill_9_mid_job_another_worker_finishes_it_within_the_lease(
         while (job := client.get(f"/jobs/{job_id}").json())["done"] < 2:  # running, some results in
             assert time.monotonic() < deadline, job
             time.sleep(0.05)
-        assert job["status"] == "running" and job["total"] == 48, job
+        assert job["status"] == "running" and job["total"] == 48 and 0 < job["progress"] < 1, job
+        assert job["progress"] == round(job["done"] / 48, 4)
         holder = int(json.loads(redis.get(PREFIX + "job:" + job_id))["owner"].split(":")[1])
         victim = next(w for w in pool if w.process.pid == holder)
         os.kill(holder, signal.SIGKILL)
