@@ -227,9 +227,12 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "sources.remote.trusted_networks": (_networks_valid, "CIDR networks like 10.1.0.0/16"),
     "security.allowed_widths": (lambda v: all(w > 0 for w in v), "positive integers"),
     "jobs.backend": (lambda v: v in ("local", "redis"), "local or redis"),
-    "jobs.redis_url": (lambda v: v == "" or v.split("://")[0] in ("redis", "rediss", "unix"), "redis://host:port/db"),
-    "jobs.workers_in_server": (lambda v: 0 <= v <= 64, "0..64"),
-    "jobs.lease": (lambda v: 4 <= v <= 3600, "4..3600 seconds"),
+    "jobs.redis_url": (
+        lambda v: isinstance(v, str) and (v == "" or v.split("://")[0] in ("redis", "rediss", "unix")),
+        "redis://host:port/db",
+    ),
+    "jobs.workers_in_server": (lambda v: isinstance(v, int) and 0 <= v <= 64, "0..64"),
+    "jobs.lease": (lambda v: isinstance(v, float) and 4 <= v <= 3600, "4..3600 seconds"),
     "uploads.dir": (
         lambda v: bool(v) and not v.startswith("/") and ".." not in v.split("/") and "\\" not in v,
         "a relative path inside [sources.local] root",
@@ -363,7 +366,7 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
         base_dir = path.resolve().parent
     data = _merge(data, _env_overrides(environ))
     presets = data.pop("presets", None)
-    config = _build(Config, data, "")
+    config = typing.cast(Config, _build(Config, data, ""))
     if config.jobs.backend == "redis" and not config.jobs.redis_url:
         raise ConfigError('jobs.redis_url: required with jobs.backend = "redis"')
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets)
