@@ -169,14 +169,31 @@ def test_two_servers_share_the_redis_queue(live_server, redis_server, tmp_path):
     assert jobs_stats(taker.config_path) == {"queued": 0, "running": 0, "failed": 0, "done": 1}
 
 
+def holder_pid(redis, job_id: str) -> int | None:
+    """The PID of the worker holding the job (owner is host:pid:token), from the record in Redis."""
+    owner = json.loads(redis.get(PREFIX + "job:" + job_id))["owner"]
+    return int(owner.split(":")[1]) if owner else None
+
+
+def wait_for_new_holder(redis, job_id: str, old: int, bound: float) -> float:
+    """Seconds until a worker other than `old` holds the job (asserted within `bound`)."""
+    started = time.monotonic()
+    while holder_pid(redis, job_id) in (None, old):
+        assert time.monotonic() - started < bound, f"nobody took the job from {old} within {bound} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
 @pytest.mark.timeout(300)
-def test_kill_9_mid_job_another_worker_finishes_it_within_the_lease(
+def test_a_stalled_or_killed_worker_loses_the_job_within_the_lease_and_it_completes_once(
     live_server,
     redis_server,  # noqa: F811
     workers,
     tmp_path,
 ):
-    """12 presets × 4 formats of a 12-MP photo; the worker holding the job is killed with SIGKILL."""
+    """12 presets × 4 formats of a 12-MP photo. The worker holding the job is frozen (SIGSTOP) past
+    the lease and thawed: the other worker has taken the job, and the thawed one must give it up
+    rather than complete it too. Then the new holder is killed with SIGKILL: taken up again."""
     lease = 12
     root = tmp_path / "images"
     root.mkdir()
@@ -184,36 +201,46 @@ def test_kill_9_mid_job_another_worker_finishes_it_within_the_lease(
     settings["uploads"] = {"pregenerate_formats": ["webp", "avif", "png", "source"]}
     settings["presets"] = MANY_PRESETS
     server = live_server(settings)
-    pool = [workers(tmp_path / f"worker{i}", settings) for i in range(2)]
+    pool = {w.process.pid: w for w in (workers(tmp_path / f"worker{i}", settings) for i in range(2))}
     redis = redis_server.client()
-    with server.client() as client:
-        r = post_file(client, (CORPUS / BIG_PHOTO).read_bytes(), "bus.jpg")
-        assert r.status_code == 201, r.text
-        job_id = r.json()["id"]
-        deadline = time.monotonic() + 120
-        while (job := client.get(f"/jobs/{job_id}").json())["done"] < 2:  # running, some results in
-            assert time.monotonic() < deadline, job
-            time.sleep(0.05)
-        assert job["status"] == "running" and job["total"] == 48 and 0 < job["progress"] < 1, job
-        assert job["progress"] == round(job["done"] / 48, 4)
-        holder = int(json.loads(redis.get(PREFIX + "job:" + job_id))["owner"].split(":")[1])
-        victim = next(w for w in pool if w.process.pid == holder)
-        os.kill(holder, signal.SIGKILL)
-        killed = time.monotonic()
-        victim.process.wait(10)
-        while True:
-            record = json.loads(redis.get(PREFIX + "job:" + job_id))
-            if record["owner"] and int(record["owner"].split(":")[1]) != holder:
-                break
-            assert time.monotonic() - killed < 3 * lease, record
-            time.sleep(0.05)
-        picked_up = time.monotonic() - killed
-        print(f"job taken up by another worker {picked_up:.1f} s after kill -9 (lease {lease} s)")
-        assert picked_up <= lease, picked_up
-        job = wait_for_job(client, f"/jobs/{job_id}", timeout=240)
-        assert job["status"] == "done" and job["done"] == job["total"] == 48 and job["runs"] == 2, job
-    redis.close()
-    assert jobs_stats(server.config_path)["done"] == 1  # completed once
+    try:
+        with server.client() as client:
+            r = post_file(client, (CORPUS / BIG_PHOTO).read_bytes(), "bus.jpg")
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+            deadline = time.monotonic() + 120
+            while (job := client.get(f"/jobs/{job_id}").json())["done"] < 2:  # running, some results in
+                assert time.monotonic() < deadline, job
+                time.sleep(0.05)
+            assert job["status"] == "running" and job["total"] == 48 and 0 < job["progress"] < 1, job
+            assert job["progress"] == round(job["done"] / 48, 4)
+
+            frozen = holder_pid(redis, job_id)
+            assert frozen in pool
+            os.kill(frozen, signal.SIGSTOP)
+            try:
+                taken = wait_for_new_holder(redis, job_id, frozen, 3 * lease)
+            finally:
+                os.kill(frozen, signal.SIGCONT)
+            thawed_log = pool[frozen].log_path
+            deadline = time.monotonic() + 60
+            while "lease lost" not in thawed_log.read_text():  # it noticed, and stopped working on it
+                assert time.monotonic() < deadline, thawed_log.read_text()
+                time.sleep(0.05)
+
+            victim = holder_pid(redis, job_id)
+            assert victim in pool and victim != frozen
+            os.kill(victim, signal.SIGKILL)
+            pool[victim].process.wait(10)
+            picked_up = wait_for_new_holder(redis, job_id, victim, 3 * lease)
+            print(f"lease {lease} s: taken from a frozen worker after {taken:.1f} s, after kill -9 {picked_up:.1f} s")
+            assert taken <= lease and picked_up <= lease, (taken, picked_up)
+
+            job = wait_for_job(client, f"/jobs/{job_id}", timeout=240)
+            assert job["status"] == "done" and job["done"] == job["total"] == 48 and job["runs"] == 3, job
+    finally:
+        redis.close()
+    assert jobs_stats(server.config_path)["done"] == 1  # completed once, though three workers ran it
 
 
 def test_redis_down_refuses_uploads_and_keeps_serving_pictures(live_server, redis_server, tmp_path):  # noqa: F811
