@@ -297,6 +297,16 @@ def config_problems(config: Config) -> list[str]:
             compile_host_pattern(pattern)
         except ValueError as exc:
             problems.append(f"sources.remote.allowed_hosts: {exc}")
+    if config.jobs.backend == "redis":
+        from .jobs import open_store
+
+        store = open_store(config)
+        try:
+            store.ping()
+        except store.errors as exc:
+            problems.append(f"jobs.redis_url: cannot reach Redis ({exc}); uploads would answer 503")
+        finally:
+            store.close()
     return problems
 
 

@@ -306,6 +306,13 @@ def test_without_redis_the_server_starts_serves_pictures_and_refuses_uploads(liv
         timeout=60,
     )
     assert result.returncode == 1 and "unavailable" in result.stderr and "Traceback" not in result.stderr
+    checked = subprocess.run(
+        [sys.executable, "-m", "imgproxy", "check-config", "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 2 and "problem: jobs.redis_url: cannot reach Redis" in checked.stderr, checked.stderr
     assert "Traceback" not in server.log_text()
 
 
