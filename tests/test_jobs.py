@@ -100,12 +100,13 @@ def redis_settings(redis_url: str, root: Path, workers: int, lease: float = 30) 
 
 
 class Worker:
-    """`python -m imgproxy worker` with its own config and cache dir (a host of its own)."""
+    """`python -m imgproxy worker` with its own config; its own cache dir (a host of its own) unless
+    the settings name one."""
 
     def __init__(self, directory: Path, settings: dict):
         directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "config.toml"
-        self.config.write_text(to_toml({**settings, "cache": {"dir": str(directory / "cache")}}))
+        self.config.write_text(to_toml({"cache": {"dir": str(directory / "cache")}, **settings}))
         self.log_path = directory / "worker.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
         with open(self.log_path, "ab") as log:
@@ -314,6 +315,23 @@ def test_without_redis_the_server_starts_serves_pictures_and_refuses_uploads(liv
     )
     assert checked.returncode == 2 and "problem: jobs.redis_url: cannot reach Redis" in checked.stderr, checked.stderr
     assert "Traceback" not in server.log_text()
+
+
+def test_local_backend_with_no_job_worker_in_the_server_and_one_imgproxy_worker(live_server, workers, tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    server = live_server({"sources": {"local": {"root": str(root)}}, "jobs": {"workers_in_server": 0}})
+    with server.client() as client:
+        r = post_file(client, (CORPUS / SMALL_PHOTO).read_bytes(), "a.jpg")
+        assert r.status_code == 201, r.text
+        status_url = r.json()["job"]["status_url"]
+        assert client.get(status_url).json()["status"] == "pending"  # the server itself runs no job
+        workers(tmp_path / "worker", server.settings)  # same host: same cache dir and job store
+        job = wait_for_job(client, status_url)
+        assert job["status"] == "done" and job["runs"] == 1, job
+        assert client.get(r.json()["urls"]["small"]).headers["x-cache"] == "HIT"  # same host, same cache
+        assert client.get("/health").json()["renders"] == 0  # rendered by the worker, not the server
+    assert jobs_stats(server.config_path) == {"queued": 0, "running": 0, "failed": 0, "done": 1}
 
 
 # --- local backend: history does not slow anything down ----------------------------------------
