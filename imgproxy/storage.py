@@ -7,7 +7,8 @@ them knows which backend it has:
 - `source_id(source)`: the id a source's result keys start with (400 for a bad path; no I/O);
 - `load(source)`: the source's `Original` with its version, possibly without its bytes yet;
 - `open(original)`: the same original with its bytes, asked for only on a result-cache miss;
-- `save_upload(temp, upload_id, name)`: keep a checked upload; its `/picture` path and size.
+- `save_upload(temp, upload_id, name)`: keep a checked upload; its `/picture` path and size;
+- `remove_upload(path)`: take a kept upload back (its job could not be queued).
 
 S3 (obstore): the object's ETag is the version. A version learnt from the store is trusted for
 `freshness` seconds (in memory, and in the originals cache for other processes and restarts), so
@@ -25,6 +26,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +60,8 @@ class Storage(Protocol):
     async def open(self, original: Original) -> Original: ...
 
     async def save_upload(self, temp: Path, upload_id: str, name: str) -> tuple[str, int]: ...
+
+    async def remove_upload(self, path: str) -> None: ...
 
     async def check(self) -> bool: ...
 
@@ -118,6 +122,10 @@ class LocalStorage:
             log.warning("cannot store upload in %s: %s", folder, exc)
             raise StorageUnavailable("upload storage is unavailable") from None
         return f"{self.prefix}/{upload_id}/{name}", size
+
+    async def remove_upload(self, path: str) -> None:
+        folder = (self.source.root / path).parent  # <root>/<uploads.dir>/<id>, made by _move
+        await asyncio.to_thread(shutil.rmtree, folder, True)
 
     async def check(self) -> bool:
         root = self.source.root
@@ -368,6 +376,14 @@ class S3Storage:
         version = Version(result["e_tag"] or "", len(data), time.time(), time.time())
         await asyncio.to_thread(self._keep, source_id, version, data)
         return source, len(data)
+
+    async def remove_upload(self, path: str) -> None:
+        source_id = "s3:" + path
+        await asyncio.to_thread(self._forget, source_id)
+        try:
+            await self._request("delete", lambda: self.obstore.delete_async(self.store, self.key(path)))
+        except (NotFound, StorageUnavailable) as exc:  # gone already, or left for the operator
+            log.warning("cannot take back upload %s: %s", path, exc)
 
     async def check(self) -> bool:
         try:

@@ -16,7 +16,6 @@ import hmac
 import logging
 import os
 import secrets
-import shutil
 import string
 import time
 import unicodedata
@@ -257,7 +256,7 @@ class Uploads:
                 stored.id, stored.path, list(self.config.presets), list(self.settings.pregenerate_formats)
             )
         except JobsUnavailable:  # the queue went away since the check: take the upload back
-            await run_in_threadpool(shutil.rmtree, self.directory / stored.id, True)
+            await self.storage.remove_upload(stored.path)
             raise
         body["job"] = {
             "id": job["id"],
