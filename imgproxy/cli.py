@@ -74,7 +74,7 @@ def cmd_serve(args) -> int:
     from .demo import ensure_demo_images
 
     config = _config(args)
-    if config.sources.local.generate_demo:
+    if config.sources.local.generate_demo and config.storage.backend == "local":
         ensure_demo_images(config.path(config.sources.local.root))
     if args.config:
         os.environ["IMGPROXY_CONFIG"] = str(Path(args.config).resolve())
@@ -223,18 +223,19 @@ def config_problems(config: Config) -> list[str]:
 
     problems = []
     root = config.path(config.sources.local.root)
-    if not root.exists() and not config.sources.local.generate_demo:
+    local = config.storage.backend == "local"  # else originals and uploads are in the bucket
+    if local and not root.exists() and not config.sources.local.generate_demo:
         problems.append(f"sources.local.root: {root} does not exist")
-    elif root.exists() and not root.is_dir():
+    elif local and root.exists() and not root.is_dir():
         problems.append(f"sources.local.root: {root} is not a directory")
-    elif root.exists() and not os.access(root, os.R_OK | os.X_OK):
+    elif local and root.exists() and not os.access(root, os.R_OK | os.X_OK):
         problems.append(f"sources.local.root: {root} is not readable")
-    writable = {"sources.local.root": root} if config.sources.local.generate_demo else {}
+    writable = {"sources.local.root": root} if local and config.sources.local.generate_demo else {}
     if config.cache.enabled:
         writable["cache.dir"] = config.path(config.cache.dir)
-    if config.sources.remote.allowed_hosts:
+    if config.sources.remote.allowed_hosts or not local:  # the originals cache
         writable["sources.remote.cache_dir"] = config.path(config.sources.remote.cache_dir)
-    if config.uploads.enabled:
+    if config.uploads.enabled and local:
         writable["uploads.dir"] = root / config.uploads.dir
     for key, path in writable.items():
         if (why := _not_writable(path)) is not None:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from imgproxy.config import ConfigError, load_config
 
-from .conftest import CORPUS
+from .conftest import CORPUS, to_toml
 from .s3_server import SeaweedFS, seaweed  # noqa: F401 (the fixture)
 from .test_uploads import post_file, wait_for_job
 
@@ -276,3 +276,19 @@ def test_s3_backend_needs_a_bucket(tmp_path):
         load_config(None, environ={"IMGPROXY_STORAGE__BACKEND": "ftp"})
     with pytest.raises(ConfigError, match="storage.s3.prefix"):
         load_config(None, environ={"IMGPROXY_STORAGE__S3__PREFIX": "../up"})
+
+
+def test_check_config_with_s3_needs_no_local_root(tmp_path):
+    settings = {
+        "sources": {"local": {"root": str(tmp_path / "missing"), "generate_demo": False}},
+        "cache": {"dir": str(tmp_path / "cache")},
+        "storage": {"backend": "s3", "s3": {"bucket": "b", "endpoint": "http://127.0.0.1:9"}},
+    }
+    for backend, code in (("s3", 0), ("local", 2)):
+        settings["storage"]["backend"] = backend
+        path = tmp_path / f"{backend}.toml"
+        path.write_text(to_toml(settings))
+        run = [sys.executable, "-m", "imgproxy", "check-config", "--config", str(path)]
+        checked = subprocess.run(run, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == code, checked.stderr
+        assert ("sources.local.root" in checked.stderr) == (backend == "local")
