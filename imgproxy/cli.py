@@ -112,9 +112,11 @@ def query_from_args(args) -> list[tuple[str, str]]:
 
 
 def cmd_render(args) -> int:
+    import asyncio
+
     from .options import parse_options
     from .pipeline import render_original
-    from .sources import LocalSource
+    from .storage import open_storage
 
     config = _config(args)
     pairs = query_from_args(args)
@@ -124,9 +126,16 @@ def cmd_render(args) -> int:
             pairs.append(("encoding", suffix))
     limits = config.limits
     options = parse_options(pairs, config.presets, limits.max_output_width, limits.max_output_height)
-    local = LocalSource(config.path(config.sources.local.root), limits.max_source_bytes)
     fmt = options.encoding if options.encoding not in (None, "auto") else "source"
-    body, meta = render_original(local.load(args.source), options, fmt, config)
+    storage = open_storage(config)
+
+    async def original():
+        return await storage.open(await storage.load(args.source))
+
+    try:
+        body, meta = render_original(asyncio.run(original()), options, fmt, config)
+    finally:
+        storage.close()
     Path(args.output).write_bytes(body)
     print(f"{args.output}: {meta.width}x{meta.height} {meta.content_type} {meta.size} bytes in {meta.render_ms:.0f} ms")
     return 0
@@ -307,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
 
     render = command("render", cmd_render, "render one image to a file")
-    render.add_argument("source", help="path under [sources.local] root")
+    render.add_argument("source", help="path in the storage ([sources.local] root or the bucket)")
     render.add_argument("-o", "--output", required=True)
     add_render_flags(render)
 

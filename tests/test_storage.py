@@ -197,7 +197,7 @@ def test_refused_or_cut_off_uploads_leave_no_object(seaweed, live_server):  # no
     assert seaweed.keys(PREFIX + "uploads/") == before
 
 
-def test_cli_warm_and_cache_clear_use_the_bucket(seaweed, photo_key, live_server):  # noqa: F811
+def test_cli_warm_cache_clear_and_render_use_the_bucket(seaweed, photo_key, live_server):  # noqa: F811
     server = live_server(s3_settings(seaweed))
     cli = [sys.executable, "-m", "imgproxy"]
     config = ["--config", str(server.config_path)]
@@ -212,6 +212,11 @@ def test_cli_warm_and_cache_clear_use_the_bucket(seaweed, photo_key, live_server
         assert client.get(f"/picture/{photo_key}?preset=small").headers["x-cache"] == "MISS"
     bad = subprocess.run([*cli, "cache", "clear", "--source", "../x.jpg", *config], capture_output=True, timeout=60)
     assert bad.returncode != 0 and b"bad source path" in bad.stderr
+    out = server.workdir / "out.webp"
+    render = [*cli, "render", photo_key, "--width", "100", "-o", str(out), *config]
+    rendered = subprocess.run(render, capture_output=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr.decode()
+    assert size_of(out.read_bytes()) == (100, 67)
 
 
 def test_store_away_misses_503_hits_200_then_back_without_restart(seaweed, photo_key, live_server):  # noqa: F811
