@@ -154,6 +154,13 @@ def _data_key(source_id: str) -> str:
     return source_id + "|data"
 
 
+def version_of(meta: Any, size: int) -> Version:
+    """The version of an object from its metadata (obstore's ObjectMeta)."""
+    modified = meta["last_modified"].timestamp()
+    etag = meta["e_tag"] or f"m{modified:.6f}-{size}"  # a store without ETags: time and size
+    return Version(etag, size, modified, time.time())
+
+
 def error_kind(exc: BaseException) -> str:
     """What went wrong with a store request, for metrics and the log (obstore says it in text)."""
     if isinstance(exc, TimeoutError):
@@ -238,6 +245,16 @@ class S3Storage:
         self.known[source_id] = version
         self.originals.set(_meta_key(source_id), dataclasses.asdict(version))
 
+    def _kept_version(self, source_id: str) -> Version | None:
+        kept = self.originals.get(_meta_key(source_id))
+        try:
+            version = Version(**kept) if kept is not None else None
+        except TypeError:  # written by another version of this code
+            return None
+        if version is not None:
+            self.known[source_id] = version
+        return version
+
     def _forget(self, source_id: str) -> None:
         self.known.pop(source_id, None)
         self.originals.delete(*self.kept_keys(source_id))
@@ -260,10 +277,7 @@ class S3Storage:
         source_id = "s3:" + source
         version = self.known.get(source_id)
         if version is None:  # another process, or before a restart, may have learnt it
-            kept = await asyncio.to_thread(self.originals.get, _meta_key(source_id))
-            if kept is not None:
-                version = Version(**kept)
-                self.known[source_id] = version
+            version = await asyncio.to_thread(self._kept_version, source_id)
         if version is not None and self._fresh(version):
             return self._original(source_id, version)
         if version is None:  # never seen: fetch it whole, a miss is likely
@@ -295,7 +309,7 @@ class S3Storage:
         except NotFound:
             self._forget(source_id)
             raise
-        version = Version(meta["e_tag"] or "", meta["size"], meta["last_modified"].timestamp(), time.time())
+        version = version_of(meta, meta["size"])
         await asyncio.to_thread(self._remember, source_id, version)
         return version
 
@@ -312,7 +326,7 @@ class S3Storage:
         except NotFound:
             self._forget(source_id)
             raise
-        version = Version(meta["e_tag"] or "", len(data), meta["last_modified"].timestamp(), time.time())
+        version = version_of(meta, len(data))
         await asyncio.to_thread(self._keep, source_id, version, data)
         return version, data
 
@@ -371,10 +385,10 @@ class S3Storage:
         key = self.key(source)
         data = await asyncio.to_thread(temp.read_bytes)  # at most max_bytes; kept for the pre-renders
         timeout = self.cfg.timeout * max(1, math.ceil(len(data) / PUT_CHUNK))
-        result = await self._request("put", lambda: self.obstore.put_async(self.store, key, data), timeout)
-        source_id = "s3:" + source
-        version = Version(result["e_tag"] or "", len(data), time.time(), time.time())
-        await asyncio.to_thread(self._keep, source_id, version, data)
+        await self._request("put", lambda: self.obstore.put_async(self.store, key, data), timeout)
+        # the store's own ETag and Last-Modified, as every replica will see them (one URL, one answer)
+        meta = await self._request("head", lambda: self.obstore.head_async(self.store, key))
+        await asyncio.to_thread(self._keep, "s3:" + source, version_of(meta, len(data)), data)
         return source, len(data)
 
     async def remove_upload(self, path: str) -> None:

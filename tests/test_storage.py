@@ -13,14 +13,15 @@ import subprocess
 import sys
 import time
 
+import diskcache
 import pytest
 from PIL import Image
 
 from imgproxy.config import ConfigError, load_config
 
-from .conftest import CORPUS
+from .conftest import CORPUS, to_toml
 from .s3_server import SeaweedFS, seaweed  # noqa: F401 (the fixture)
-from .test_uploads import post_file
+from .test_uploads import post_file, wait_for_job
 
 PREFIX = "media/"
 PHOTO = "photos/grayscale_portrait.jpg"  # 800x533
@@ -159,8 +160,28 @@ def test_upload_goes_to_the_bucket_and_renders_from_it(seaweed, live_server):  #
         body = response.json()
         assert body["path"].startswith("uploads/") and body["path"].endswith("/My-Photo.jpg")
         assert PREFIX + body["path"] in seaweed.keys(PREFIX + "uploads/")
+        before = seaweed.requests()
+        assert wait_for_job(client, body["job"]["status_url"])["status"] == "done"
+        for url in body["urls"].values():  # pre-rendered from the original kept at upload
+            assert client.get(url).headers["x-cache"] == "HIT"
+        assert seaweed.requests() - before == 0
         picture = client.get(f"/picture/{body['path']}?width=200")
         assert picture.status_code == 200 and size_of(picture.content) == (200, 133)
+
+
+def test_fetched_originals_stay_within_the_originals_cache_limit(seaweed, live_server, tmp_path):  # noqa: F811
+    limit = 400_000  # two or three of the photo
+    originals = tmp_path / "originals"
+    server = live_server(
+        s3_settings(seaweed, sources={"remote": {"cache_dir": str(originals), "cache_size_limit": limit}})
+    )
+    data = (CORPUS / PHOTO).read_bytes()
+    with server.client() as client:
+        for i in range(8):
+            seaweed.put(f"{PREFIX}limit/{i}.jpg", data)
+            assert client.get(f"/picture/limit/{i}.jpg?width=64").status_code == 200
+    with diskcache.Cache(str(originals)) as cache:
+        assert 0 < cache.volume() <= limit + len(data) + 100_000  # culled as it goes: at most one over
 
 
 def test_refused_or_cut_off_uploads_leave_no_object(seaweed, live_server):  # noqa: F811
@@ -176,7 +197,7 @@ def test_refused_or_cut_off_uploads_leave_no_object(seaweed, live_server):  # no
     assert seaweed.keys(PREFIX + "uploads/") == before
 
 
-def test_cli_warm_and_cache_clear_use_the_bucket(seaweed, photo_key, live_server):  # noqa: F811
+def test_cli_warm_cache_clear_and_render_use_the_bucket(seaweed, photo_key, live_server):  # noqa: F811
     server = live_server(s3_settings(seaweed))
     cli = [sys.executable, "-m", "imgproxy"]
     config = ["--config", str(server.config_path)]
@@ -191,6 +212,11 @@ def test_cli_warm_and_cache_clear_use_the_bucket(seaweed, photo_key, live_server
         assert client.get(f"/picture/{photo_key}?preset=small").headers["x-cache"] == "MISS"
     bad = subprocess.run([*cli, "cache", "clear", "--source", "../x.jpg", *config], capture_output=True, timeout=60)
     assert bad.returncode != 0 and b"bad source path" in bad.stderr
+    out = server.workdir / "out.webp"
+    render = [*cli, "render", photo_key, "--width", "100", "-o", str(out), *config]
+    rendered = subprocess.run(render, capture_output=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr.decode()
+    assert size_of(out.read_bytes()) == (100, 67)
 
 
 def test_store_away_misses_503_hits_200_then_back_without_restart(seaweed, photo_key, live_server):  # noqa: F811
@@ -199,6 +225,7 @@ def test_store_away_misses_503_hits_200_then_back_without_restart(seaweed, photo
     with server.client(timeout=60) as client:
         assert client.get(cached).status_code == 200
         assert client.get("/health").json()["checks"]["storage"] is True
+        uploads = seaweed.keys(PREFIX + "uploads/")
         stopped_at = time.monotonic()
         seaweed.stop()
         try:
@@ -211,6 +238,8 @@ def test_store_away_misses_503_hits_200_then_back_without_restart(seaweed, photo
                 assert int(miss.headers["retry-after"]) > 0
             unknown = client.get("/picture/never/seen.jpg?width=100")
             assert unknown.status_code == 503 and "retry-after" in unknown.headers
+            upload = post_file(client, (CORPUS / PHOTO).read_bytes())
+            assert upload.status_code == 503 and "retry-after" in upload.headers
             health = client.get("/health")
             assert health.status_code == 200 and health.json()["checks"]["storage"] is False
             assert health.json()["status"] == "degraded"
@@ -223,6 +252,7 @@ def test_store_away_misses_503_hits_200_then_back_without_restart(seaweed, photo
         back = wait_for(lambda: client.get(f"/picture/{photo_key}?width=257").status_code == 200, what="200 again")
         assert back
         assert client.get("/health").json()["checks"]["storage"] is True
+        assert seaweed.keys(PREFIX + "uploads/") == uploads  # the refused upload left nothing
 
 
 def test_store_that_does_not_answer_is_503_within_the_timeout(seaweed, photo_key, live_server):  # noqa: F811
@@ -251,3 +281,19 @@ def test_s3_backend_needs_a_bucket(tmp_path):
         load_config(None, environ={"IMGPROXY_STORAGE__BACKEND": "ftp"})
     with pytest.raises(ConfigError, match="storage.s3.prefix"):
         load_config(None, environ={"IMGPROXY_STORAGE__S3__PREFIX": "../up"})
+
+
+def test_check_config_with_s3_needs_no_local_root(tmp_path):
+    settings = {
+        "sources": {"local": {"root": str(tmp_path / "missing"), "generate_demo": False}},
+        "cache": {"dir": str(tmp_path / "cache")},
+        "storage": {"backend": "s3", "s3": {"bucket": "b", "endpoint": "http://127.0.0.1:9"}},
+    }
+    for backend, code in (("s3", 0), ("local", 2)):
+        settings["storage"]["backend"] = backend
+        path = tmp_path / f"{backend}.toml"
+        path.write_text(to_toml(settings))
+        run = [sys.executable, "-m", "imgproxy", "check-config", "--config", str(path)]
+        checked = subprocess.run(run, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == code, checked.stderr
+        assert ("sources.local.root" in checked.stderr) == (backend == "local")
