@@ -9,10 +9,13 @@ import random
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import yaml
+
+from imgproxy.config import load_config
 
 from .conftest import LiveServer
 from .edge import ACCEPT_OTHER, DEPLOY, Edge, Hop, require_nginx
@@ -250,23 +253,38 @@ def test_a_stopped_replica_moves_only_its_share(cluster, tmp_path):
     )
 
 
-def test_compose_runs_the_tested_config():
+def test_compose_runs_the_tested_config(tmp_path, monkeypatch):
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
     mounts = dict(v.split(":")[:2] for v in services["nginx"]["volumes"])
-    # nginx resolves upstream.conf and listen.conf next to nginx.conf, like the test's wrapper
+    # nginx resolves upstream.conf, listen.conf and jobs.conf next to nginx.conf, like tests/edge.py
     for name in ("nginx.conf", "imgproxy.conf", "upstream.conf", "listen.conf"):
         assert mounts[f"./nginx/{name}"] == f"/etc/nginx/{name}"
+    assert mounts["./nginx/jobs-redis.conf"] == "/etc/nginx/jobs.conf", "jobs are shared: nothing pinned"
     main_conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
     assert "include imgproxy.conf;" in main_conf and "keys_zone=imgproxy_edge:" in main_conf
 
     upstreams = re.findall(r"^server (\S+):(\d+)", (DEPLOY / "nginx" / "upstream.conf").read_text(), re.M)
     assert len(upstreams) == 3
+    monkeypatch.chdir(tmp_path)  # no ./config.toml: built-in defaults plus the replica's variables
     caches = set()
     for name, port in upstreams:
         replica = services[name]
         assert replica["build"]["context"] == ".." and port == "8080"
+        # no shared directory: each replica mounts its own cache volume and nothing else
         volumes = {target: source for source, target in (v.split(":")[:2] for v in replica["volumes"])}
-        assert volumes["/data/images"] == "images", f"{name} does not share the originals"
+        assert list(volumes) == ["/data/cache"], f"{name} mounts {volumes}"
         caches.add(volumes["/data/cache"])
+        assert not compose["volumes"][volumes["/data/cache"]], "a plain named volume, local to the host"
+        # the replica's variables through the real loader (compose's ${VAR:?} filled in)
+        env = {k: re.sub(r"\$\{\w+:\?[^}]*\}", "set-by-compose", str(v)) for k, v in replica["environment"].items()}
+        config = load_config(environ=env)
+        assert (config.storage.backend, config.jobs.backend) == ("s3", "redis")
+        assert config.uploads.enabled and config.uploads.token, "serve refuses uploads on 0.0.0.0 without a token"
+        endpoint, redis_url = urlsplit(config.storage.s3.endpoint), urlsplit(config.jobs.redis_url)
+        assert endpoint.hostname in services and redis_url.hostname in services
+        store = services[endpoint.hostname]
+        assert f"-s3.port={endpoint.port}" in store["command"] and config.storage.s3.bucket
+        assert f"-name {config.storage.s3.bucket}" in " ".join(services["bucket"]["command"])
+        assert set(replica["depends_on"]) == {"bucket", redis_url.hostname}
     assert len(caches) == 3, "replicas must not share a cache directory"
