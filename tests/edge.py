@@ -127,17 +127,21 @@ class Edge:
             time.sleep(0.05)
         raise RuntimeError(f"nginx did not listen on {self.port} within {STARTUP_SECONDS}s")
 
-    def request(
-        self, method: str, path: str, accept: str = ACCEPT_OTHER, content: bytes | None = None, **headers: str
-    ) -> tuple[httpx.Response, Hop]:
+    def request(self, method: str, path: str, accept: str = ACCEPT_OTHER, **headers: str) -> tuple[httpx.Response, Hop]:
         """One request through the edge, and nginx's log line for it."""
-        response = self.client.request(method, path, headers={"Accept": accept, **headers}, content=content)
-        hop = self.next_hop()
-        assert (hop.uri, hop.status) == (path, response.status_code), "log out of step with requests"
-        return response, hop
+        response = self.client.request(method, path, headers={"Accept": accept, **headers})
+        return response, self.hop_of(response)
 
     def get(self, path: str, accept: str = ACCEPT_OTHER, **headers: str) -> tuple[httpx.Response, Hop]:
-        return self.request("GET", path, accept, None, **headers)
+        return self.request("GET", path, accept, **headers)
+
+    def hop_of(self, response: httpx.Response) -> Hop:
+        """nginx's log line for a response just received through `self.client`."""
+        hop = self.next_hop()
+        assert (hop.uri, hop.status) == (response.request.url.raw_path.decode(), response.status_code), (
+            "log out of step with requests"
+        )
+        return hop
 
     def next_hop(self) -> Hop:
         # nginx writes the line once the response is sent, so it may trail the response a little.
