@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import diskcache
 import pytest
@@ -291,7 +292,7 @@ def test_s3_backend_needs_a_bucket(tmp_path):
 
 
 def test_check_config_with_s3_needs_no_local_root(tmp_path):
-    settings = {
+    settings: dict[str, Any] = {
         "sources": {"local": {"root": str(tmp_path / "missing"), "generate_demo": False}},
         "cache": {"dir": str(tmp_path / "cache")},
         "storage": {"backend": "s3", "s3": {"bucket": "b", "endpoint": "http://127.0.0.1:9"}},
