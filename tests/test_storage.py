@@ -196,6 +196,12 @@ def test_refused_or_cut_off_uploads_leave_no_object(seaweed, live_server):  # no
         body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n' + photo
         headers = {"Content-Type": "multipart/form-data; boundary=b"}
         assert client.post("/upload", content=body, headers=headers).status_code == 400  # no closing boundary
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:  # the client goes away
+            head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            sock.sendall(f"{head}Content-Length: {len(body) + 20}\r\n\r\n".encode() + body[: len(body) // 2])
+        wait_for(
+            lambda: "client disconnected during the upload" in server.log_text(), what="the cut-off upload handled"
+        )
     assert seaweed.keys(PREFIX + "uploads/") == before
 
 
