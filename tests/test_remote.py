@@ -491,7 +491,7 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch(tmp_path, ori
 async def test_fetches_past_max_fetches_and_queue_are_503(tmp_path, origin):
     gate = f"burst-{next(unique)}"
     paths = [f"/gated/{gate}?t={i}" for i in range(5)]
-    async with remote(tmp_path, max_fetches=2, fetch_queue_limit=1) as source:
+    async with remote(tmp_path, max_fetches=2, fetch_queue_limit=1, read_timeout=20, timeout=30) as source:
         loads = [asyncio.create_task(source.load(origin.url(path))) for path in paths]
         try:
             async with asyncio.timeout(10):  # two fetch, one waits, two are turned away at once

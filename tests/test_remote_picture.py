@@ -142,7 +142,8 @@ def test_private_addresses_refused_unless_allowed(origin, live_server):
 
 
 def test_fetches_past_the_limit_are_503_before_reaching_upstream(origin, live_server):
-    server = live_server({"sources": {"remote": {**REMOTE, "max_fetches": 1, "fetch_queue_limit": 0}}})
+    limits = {"max_fetches": 1, "fetch_queue_limit": 0, "read_timeout": 20.0, "timeout": 30.0}  # the gate holds reads
+    server = live_server({"sources": {"remote": {**REMOTE, **limits}}})
     first, second = origin.url("/gated/limit", size=2048, t=1), origin.url("/gated/limit", size=2048, t=2)
     answers = []
     holder = threading.Thread(
