@@ -71,6 +71,8 @@ class RemoteSourceConfig:
     timeout: float = 20.0
     max_redirects: int = 3
     max_bytes: Size = Size(20 * 1024**2)
+    max_fetches: int = 8
+    fetch_queue_limit: int = 64
     cache_dir: str = "cache/originals"
     cache_size_limit: Size = Size(1024**3)
     freshness: float = 300.0
@@ -233,6 +235,8 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "log.format": (lambda v: v in ("text", "json"), "text or json"),
     "log.level": (lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
     "sources.remote.max_redirects": (lambda v: 0 <= v <= 20, "0..20"),
+    "sources.remote.max_fetches": (lambda v: isinstance(v, int) and v >= 1, ">= 1"),
+    "sources.remote.fetch_queue_limit": (lambda v: isinstance(v, int) and v >= 0, ">= 0"),
     "sources.remote.trusted_networks": (_networks_valid, "CIDR networks like 10.1.0.0/16"),
     "security.allowed_widths": (lambda v: all(w > 0 for w in v), "positive integers"),
     "uploads.job_workers": (lambda v: 1 <= v <= 64, "1..64"),

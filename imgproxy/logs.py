@@ -50,6 +50,9 @@ def logging_config(log: LogConfig) -> dict:
         "loggers": {
             "uvicorn": {"handlers": [], "propagate": True},
             "imgproxy.access": {"level": "INFO"},
+            # one INFO line per upstream request otherwise; the access line already covers it
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
 
