@@ -274,7 +274,7 @@ def render(
             frames_plan = make_plan(options, region, options.focal)
             _check(frames_plan, fmt, limits, opened.frames)
             return _render_animation(opened, frames_plan, options, fmt, region, orientation, deadline)
-    _plans_before_decode(opened, options, fmt, limits, 1)
+    plans = _plans_before_decode(opened, options, fmt, limits, 1)
     orientation = region = first = None
     if opened.format in SHRINK_ON_LOAD_FORMATS:
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
@@ -296,7 +296,7 @@ def render(
         else:
             if need != image.size:
                 image.draft(image.mode, need)
-            amount = decoded_bytes(image)
+            amount = decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans)  # the decode and the output
         with budget.hold(amount, deadline):
             if not reused:
                 # getexif() of PNG and others decodes the image; decode first so errors are not

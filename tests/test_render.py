@@ -290,15 +290,23 @@ def test_animation_frames_are_checked_against_max_animation_pixels():
     assert _render_bytes(_gif(40, (16, 16)), dict(width=2048, height=2048, enlarge=1)).size == (2048, 2048)
 
 
-def test_animation_frames_take_room_in_the_memory_budget_before_rendering():
-    """40 output frames of 300x300 take 14.4 MB: with 10 MB of a 20 MB budget held, the render
-    waits (here until its deadline) instead of allocating them beside it."""
+@pytest.mark.parametrize(
+    "fmt, query, frames",
+    [
+        ("gif", dict(width=300, height=300, enlarge=1), 40),  # 40 frames of 300x300: 14.4 MB
+        ("png", dict(width=2000, height=2000, mode="pad", enlarge=1), 1),  # one 2000x2000 canvas: 16 MB
+    ],
+)
+def test_output_frames_take_room_in_the_memory_budget_before_rendering(fmt, query, frames):
+    """With 10 MB of a 20 MB budget held, a render whose output takes more than the rest waits
+    (here until its deadline) instead of allocating its output beside it."""
     budget = MemoryBudget(20 * MB)
     source = _gif(40, (16, 16))
     with budget.hold(10 * MB, Deadline(30)), pytest.raises(Overloaded):
-        _render_bytes(source, dict(width=300, height=300, enlarge=1), fmt="gif", budget=budget, deadline=0.5)
-    rendered = _render_bytes(source, dict(width=300, height=300, enlarge=1), fmt="gif", budget=budget)
-    assert len(rendered.frames) == 40 and rendered.size == (300, 300) and budget.used == 0
+        _render_bytes(source, query, fmt=fmt, budget=budget, deadline=0.5)
+    rendered = _render_bytes(source, query, fmt=fmt, budget=budget)
+    assert len(rendered.frames) == frames and rendered.size == (query["width"], query["height"])
+    assert budget.used == 0
 
 
 def _stored_bytes(mode: str) -> int:
