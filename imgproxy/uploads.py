@@ -113,10 +113,8 @@ def inspect(path: Path, config: Config, budget: MemoryBudget) -> tuple[str, int,
             try:
                 image.load()
             except DECODE_ERRORS:
-                image.close()  # the partly decoded pixels go now, not with the traceback
                 raise UnsupportedMedia("image data is truncated or corrupt") from None
             width, height = oriented_size(opened.width, opened.height, orientation_of(image))
-            image.close()
     return opened.format, width, height
 
 
