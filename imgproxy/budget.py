@@ -137,11 +137,19 @@ class MemoryBudget:
 
 
 UNLIMITED = MemoryBudget(0)
-# Pillow keeps 3-band images in 4 bytes per pixel; the resize's intermediate adds about a third
-BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4}
+# Bytes a decoded pixel takes until the resize: Pillow keeps 2- and 3-band images in 4 bytes a
+# pixel, and a mode the render converts first (render._normalise_mode) holds the stored pixels
+# and the converted ones together: palette -> RGB(A) (1 + 4), 1-bit -> L (1 + 1), 16-bit -> I
+# -> L (2 + 4 + 4), I/F -> L (4 + 1). Modes it takes as they are: L, LA, RGB, RGBA, CMYK.
+BYTES_PER_PIXEL = {
+    **{"L": 1, "LA": 4, "RGB": 4, "RGBA": 4, "CMYK": 4},
+    **{"1": 2, "P": 5, "PA": 8, "I;16": 10, "I;16B": 10, "I;16L": 10, "I": 5, "F": 5},
+}
+OTHER_MODE_BYTES = 8  # anything else (YCbCr, LAB, RGBX, ...) is converted to RGB(A): 4 + 4
+# the resize's intermediate adds about a third
 WORKING_SET = 1.35
 
 
 def decoded_bytes(image: Image.Image, working_set: float = WORKING_SET) -> int:
     """Memory a render of `image` needs at its current (possibly drafted) size."""
-    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, 4) * working_set)
+    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, OTHER_MODE_BYTES) * working_set)

@@ -13,9 +13,11 @@ import functools
 import hashlib
 import os
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from . import metrics
 from .budget import UNLIMITED, Deadline, MemoryBudget
@@ -25,8 +27,10 @@ from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode
 from .errors import Forbidden, GatewayTimeout, Overloaded
 from .loader import open_original
 from .options import RenderOptions, with_encoding
-from .render import render
+from .render import output_bytes, render
 from .sources import LocalSource, Original, is_remote
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,18 +100,41 @@ def render_original(
     """Open, render and encode (blocking; runs in the pool)."""
     started = time.perf_counter()
     opened = open_original(original, config.limits, config.security.allowed_source_formats)
+    deadline = Deadline(config.render.timeout)
     with opened.image:
         has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
         fmt = output_format(requested_format, opened.format, has_alpha)
         rendered = render(
-            opened, options, fmt, config.render, Deadline(config.render.timeout), budget, source_key=original.key
+            opened, options, fmt, config.render, deadline, budget, source_key=original.key, limits=config.limits
         )
-        body = encode(rendered, fmt, options.quality, config.render)
+        # the output frames (all of an animation's) stay in the budget while they are encoded
+        with budget.hold(len(rendered.frames) * output_bytes(rendered.size), deadline):
+            body = encode(rendered, fmt, options.quality, config.render)
     width, height = rendered.size
     ms = (time.perf_counter() - started) * 1000
     meta = ResultMeta(CONTENT_TYPES[fmt], etag_of(body), len(body), width, height, original.last_modified, round(ms, 1))
     metrics.SOURCE_DECODES.labels("kept" if rendered.reused_decode else "decoded").inc()
     return body, meta
+
+
+def release_frames(exc: BaseException) -> None:
+    """Drop the locals of the finished frames `exc` (and the errors it was raised from) passed
+    through. A failed render's pixels are otherwise alive until the cyclic GC runs: the error is
+    kept by the coalescing future, whose frame its traceback holds."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__ or error.__cause__
+
+
+def _releasing(fn: Callable[..., T], *args: object) -> T:
+    try:
+        return fn(*args)
+    except BaseException as exc:
+        release_frames(exc)
+        raise
 
 
 class Renderer:
@@ -168,19 +195,11 @@ class Renderer:
         waiting = self.inflight.get(key)
         if waiting is not None:
             return await asyncio.shield(waiting)
-        if not self.accepting:
-            metrics.SHED.inc()
-            raise Overloaded(f"render queue full ({self.capacity} renders pending)", retry_after=2)
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
-        self.pending += 1
-        metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
         try:
             body, meta = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(
-                    self.pool, self._render_and_store, key, original, options, fmt
-                ),
-                timeout=self.config.render.timeout + 5,
+                self.run(self._render_and_store, key, original, options, fmt), timeout=self.config.render.timeout + 5
             )
             future.set_result((body, meta))
             return body, meta
@@ -193,11 +212,23 @@ class Renderer:
             future.set_exception(exc)
             raise
         finally:
-            self.pending -= 1
-            metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
             del self.inflight[key]
             if not future.cancelled() and future.exception() is not None:
                 future.exception()  # mark retrieved: waiters got it, nobody else needs the warning
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on a render thread, queued with the renders (503 when the queue is full).
+        Pixel work outside `/picture` (upload checks) goes through here too, and holds `memory`."""
+        if not self.accepting:
+            metrics.SHED.inc()
+            raise Overloaded(f"render queue full ({self.capacity} renders pending)", retry_after=2)
+        self.pending += 1
+        metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, _releasing, fn, *args)
+        finally:
+            self.pending -= 1
+            metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
 
     def _render_and_store(
         self, key: str, original: Original, options: RenderOptions, fmt: str

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageCms, ImageFilter, ImageSequence
 
 from .budget import UNLIMITED, Deadline, MemoryBudget, decoded_bytes
-from .config import RenderConfig
-from .errors import UnsupportedMedia
-from .geometry import Plan, plan
+from .config import LimitsConfig, RenderConfig
+from .errors import ImageProxyError, UnsupportedMedia
+from .geometry import Plan, check_output, plan
 from .loader import Opened
 from .options import RenderOptions
 
@@ -258,15 +258,23 @@ def render(
     deadline: Deadline,
     budget: MemoryBudget = UNLIMITED,
     source_key: str | None = None,
+    limits: LimitsConfig = LimitsConfig(),
 ) -> Rendered:
     """`source_key` (the source's id and version) lets the decode be kept in `budget` for the next
-    request of the same source, and reuses one kept by an earlier request."""
+    request of the same source, and reuses one kept by an earlier request. The output canvas is
+    checked against `limits` before anything is decoded (413)."""
     image = opened.image
     if opened.animated and fmt in ANIMATION_FORMATS:
-        with budget.hold(decoded_bytes(image), deadline):
+        plans = _plans_before_decode(opened, options, fmt, limits, opened.frames)
+        # every output frame stays until the encode: room for all of them is taken before the first
+        frames = opened.frames * max(output_bytes(p.canvas) for p in plans)
+        with budget.hold(decoded_bytes(image) + frames, deadline):
             orientation = orientation_of(image)
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
-            return _render_animation(opened, options, fmt, region, orientation, deadline)
+            frames_plan = make_plan(options, region, options.focal)
+            _check(frames_plan, fmt, limits, opened.frames)
+            return _render_animation(opened, frames_plan, options, fmt, region, orientation, deadline)
+    plans = _plans_before_decode(opened, options, fmt, limits, 1)
     orientation = region = first = None
     if opened.format in SHRINK_ON_LOAD_FORMATS:
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
@@ -288,7 +296,7 @@ def render(
         else:
             if need != image.size:
                 image.draft(image.mode, need)
-            amount = decoded_bytes(image)
+            amount = decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans)  # the decode and the output
         with budget.hold(amount, deadline):
             if not reused:
                 # getexif() of PNG and others decodes the image; decode first so errors are not
@@ -302,6 +310,8 @@ def render(
                 kept = budget.keep(keep_key, image, orientation) if keep_key else None
                 if kept is not None:
                     image = kept.image
+            assert first is not None  # planned before the decode, after it or for the kept one
+            _check(first, fmt, limits, 1)  # exact now that the orientation is known
             deadline.check()
             scale = image.width / opened.width
             p = first
@@ -328,6 +338,39 @@ def _normalised(opened: Opened) -> Image.Image:
         raise UnsupportedMedia("source image data is truncated or corrupt") from None
 
 
+def output_bytes(canvas: tuple[int, int]) -> int:
+    """Memory of one output frame (Pillow keeps RGB in 4 bytes a pixel too)."""
+    return canvas[0] * canvas[1] * 4
+
+
+def _check(p: Plan, fmt: str, limits: LimitsConfig, frames: int) -> None:
+    check_output(p.canvas, fmt, limits.max_output_width, limits.max_output_height, frames, limits.max_animation_pixels)
+
+
+def _plans_before_decode(
+    opened: Opened, options: RenderOptions, fmt: str, limits: LimitsConfig, frames: int
+) -> list[Plan]:
+    """The plans the header allows, each within `limits`; 413 (or 400 for a bad crop) when none is.
+
+    One plan, or two for a PNG without an eXIf chunk before its pixels (one may follow them: the
+    orientation is then known after the decode, where the exact plan is checked again).
+    """
+    known = opened.format != "PNG" or "exif" in opened.image.info  # PNG's getexif() would decode
+    plans, refused = [], None
+    for orientation in (orientation_of(opened.image),) if known else (1, 6):
+        try:
+            region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
+            p = make_plan(options, region, options.focal)
+            _check(p, fmt, limits, frames)
+        except ImageProxyError as exc:
+            refused = refused or exc
+            continue
+        plans.append(p)
+    if refused is not None and not plans:
+        raise refused
+    return plans
+
+
 def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, tuple[int, int, int, int], Plan]:
     orientation = orientation_of(opened.image)
     region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
@@ -348,13 +391,13 @@ def _exif_upright(image: Image.Image) -> bytes | None:
 
 def _render_animation(
     opened: Opened,
+    p: Plan,
     options: RenderOptions,
     fmt: str,
     region: tuple[int, int, int, int],
     orientation: int,
     deadline: Deadline,
 ) -> Rendered:
-    p = make_plan(options, region, options.focal)
     frames, durations = [], []
     try:
         for frame in ImageSequence.Iterator(opened.image):

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .budget import Deadline, MemoryBudget, decoded_bytes
 from .config import Config, ConfigError
 from .errors import BadRequest, Forbidden, ImageProxyError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMedia
 from .html import MIME_TYPES, candidates, join_srcset, picture_tag, picture_url, width_steps, width_variants
@@ -100,18 +101,20 @@ def _squeeze(text: str) -> str:
     return "".join(out)
 
 
-def inspect(path: Path, config: Config) -> tuple[str, int, int]:
-    """(Pillow format, width, height after EXIF orientation); 413/415 for what `/picture` refuses."""
+def inspect(path: Path, config: Config, budget: MemoryBudget) -> tuple[str, int, int]:
+    """(Pillow format, width, height after EXIF orientation); 413/415 for what `/picture` refuses.
+    Runs on a render thread: the decode holds its bytes of the renders' memory `budget`."""
     original = Original(id="upload", version="", size=path.stat().st_size, path=str(path))
     opened = open_original(original, config.limits, config.uploads.allowed_formats)
     with opened.image as image:
         if opened.format in SHRINK_ON_LOAD_FORMATS:
             image.draft(image.mode, (1, 1))  # DCT scaling to 1/8: every byte is still checked
-        try:
-            image.load()
-        except DECODE_ERRORS:
-            raise UnsupportedMedia("image data is truncated or corrupt") from None
-        width, height = oriented_size(opened.width, opened.height, orientation_of(image))
+        with budget.hold(decoded_bytes(image, working_set=1.0), Deadline(config.render.timeout)):
+            try:
+                image.load()
+            except DECODE_ERRORS:
+                raise UnsupportedMedia("image data is truncated or corrupt") from None
+            width, height = oriented_size(opened.width, opened.height, orientation_of(image))
     return opened.format, width, height
 
 
@@ -198,6 +201,7 @@ class Uploads:
         self.directory = config.path(config.sources.local.root) / self.prefix
         # what /picture would refuse as a source is refused as an upload already
         self.max_bytes = min(self.settings.max_bytes, config.limits.max_source_bytes)
+        self.renderer = renderer
         self.jobs = JobQueue(renderer)
 
     def routes(self) -> list[Route]:
@@ -246,7 +250,8 @@ class Uploads:
         temp = self.directory / TEMP_DIR / f"{upload_id}.part"
         try:
             part = await self._receive(request, boundary, temp, limit)
-            stored = await run_in_threadpool(self._store, temp, upload_id, part.filename)
+            inspected = await self.renderer.run(inspect, temp, self.config, self.renderer.memory)
+            stored = await run_in_threadpool(self._store, temp, upload_id, part.filename, inspected)
         finally:
             temp.unlink(missing_ok=True)
         body = await run_in_threadpool(self._describe, stored)
@@ -322,9 +327,9 @@ class Uploads:
             raise BadRequest("multipart body ended early")
         return part
 
-    def _store(self, temp: Path, upload_id: str, filename: str | None) -> Stored:
-        """Check the image, then move it into place (blocking; runs in a thread)."""
-        fmt, width, height = inspect(temp, self.config)
+    def _store(self, temp: Path, upload_id: str, filename: str | None, inspected: tuple[str, int, int]) -> Stored:
+        """Move the checked image into place (blocking; runs in a thread)."""
+        fmt, width, height = inspected
         name = safe_name(filename, fmt)
         folder = self.directory / upload_id
         try:
