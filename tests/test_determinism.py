@@ -1,0 +1,107 @@
+"""One URL, one answer: a response's bytes depend only on the source version, the canonical options
+and the config — not on the process that renders it, nor on what that process rendered before."""
+
+import hashlib
+
+import httpx
+import pytest
+
+from imgproxy.budget import Deadline, MemoryBudget
+from imgproxy.config import Config, LimitsConfig, RenderConfig, load_config
+from imgproxy.loader import open_original
+from imgproxy.options import parse_options
+from imgproxy.pipeline import render_original
+from imgproxy.render import render
+from imgproxy.sources import LocalSource
+
+from .conftest import CORPUS
+
+MB = 1024**2
+PHOTOS = [
+    "photos/large_12mp_bus.jpg",
+    "photos/large_9mp_harbour.jpg",
+    "photos/orientation/Landscape_6.jpg",
+    "photos/adobergb_locket.jpg",  # ICC profile
+    "photos/cmyk_park.jpg",
+    "photos/grayscale_portrait.jpg",
+    "photos/alpha_dice.png",
+    "photos/tree.webp",
+]
+MODES = {
+    "fit": "w=240",
+    "crop": "w=180&h=120&mode=crop&g=north",
+    "pad": "w=200&h=200&mode=pad&bg=%23336699",
+    "stretch": "w=220&h=90&mode=stretch",
+    "smart": "w=150&h=150&mode=crop&g=smart",
+}
+FORMATS = ("jpeg", "png", "webp", "avif", "gif")
+# other widths of the same source first: JPEG decodes at 1/1, 1/2 and 1/4 scale are then kept
+WARM_UP = ("w=2000", "w=1000", "w=600&dpr=2", "w=700&h=700&mode=crop&g=smart")
+
+
+def _options(query: str):
+    return parse_options([tuple(pair.split("=")) for pair in query.replace("%23", "#").split("&")], {})
+
+
+def _budget() -> MemoryBudget:
+    defaults = RenderConfig()
+    return MemoryBudget(defaults.memory_budget, defaults.kept_decodes)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_a_url_renders_the_same_bytes_fresh_after_other_widths_and_after_eviction(photo):
+    config = Config()
+    original = LocalSource(CORPUS, 10**9).load(photo)
+    warm = _budget()
+    for query in WARM_UP:
+        render_original(original, _options(query), "jpeg", config, warm)
+    assert warm.kept_bytes > 0
+    fresh = {}
+    for mode, query in MODES.items():
+        for fmt in FORMATS:
+            options = _options(query)
+            fresh[mode, fmt], meta = render_original(original, options, fmt, config, _budget())
+            assert meta.content_type == f"image/{fmt}"
+            after_others, _ = render_original(original, options, fmt, config, warm)
+            again, _ = render_original(original, options, fmt, config, warm)  # from the decode it kept
+            assert fresh[mode, fmt] == after_others == again, (photo, mode, fmt)
+    warm.forget_kept()  # evicted: decoded afresh
+    assert render_original(original, _options(MODES["smart"]), "webp", config, warm)[0] == fresh["smart", "webp"]
+
+
+def _reused(photo: str, budget: MemoryBudget, query: str) -> tuple[bool, bytes]:
+    original = LocalSource(CORPUS, 10**9).load(photo)
+    opened = open_original(original, LimitsConfig(), ("JPEG", "PNG"))
+    with opened.image:
+        rendered = render(opened, _options(query), "png", RenderConfig(), Deadline(30), budget, original.key)
+        return rendered.reused_decode, rendered.frames[0].tobytes()
+
+
+def test_a_kept_decode_is_reused_only_at_the_scale_a_fresh_render_would_decode():
+    photo = "photos/large_12mp_bus.jpg"  # 4032 wide: w=320..504 decode at 1/8, up to 1008 at 1/4
+    budget = _budget()
+    assert _reused(photo, budget, "w=900") == (False, _reused(photo, _budget(), "w=900")[1])  # kept at 1/4
+    assert not _reused(photo, budget, "w=400")[0]  # 1/8: the 1/4 decode would give other pixels
+    for query in ("w=320", "w=480&h=300&mode=crop&g=smart", "w=640", "w=960&mode=pad&h=960"):
+        reused, pixels = _reused(photo, budget, query)
+        assert reused and pixels == _reused(photo, _budget(), query)[1], query
+    assert not _reused(photo, budget, "w=1100")[0]  # 1/2
+
+
+@pytest.mark.timeout(180)
+def test_two_workers_answer_one_url_with_the_bytes_of_a_fresh_render(live_server):
+    server = live_server({}, workers=2)
+    photo = "photos/large_12mp_bus.jpg"
+    with httpx.Client(timeout=60) as warm:  # larger decodes kept in either worker
+        for n in range(6):
+            assert warm.get(f"{server.url}/picture/{photo}?w=1900&v=warm{n}").status_code == 200
+    config = load_config(server.config_path, {})
+    expected = {}
+    for query in ("w=300", "w=300&h=300&mode=crop&g=smart"):
+        body, _ = render_original(LocalSource(CORPUS, 10**9).load(photo), _options(query), "jpeg", config)
+        expected[query] = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    for n in range(8):  # `v` changes the cache key, not the pixels: each is a new render, fresh connections
+        for query, etag in expected.items():
+            response = httpx.get(f"{server.url}/picture/{photo}?{query}&v=t{n}", timeout=60)
+            assert response.headers["x-cache"] == "MISS" and response.headers["etag"] == etag, (query, n)
