@@ -5,9 +5,12 @@ import hashlib
 
 import httpx
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from imgproxy.budget import Deadline, MemoryBudget
 from imgproxy.config import Config, LimitsConfig, RenderConfig, load_config
+from imgproxy.errors import BadRequest
 from imgproxy.loader import open_original
 from imgproxy.options import parse_options
 from imgproxy.pipeline import render_original
@@ -105,3 +108,73 @@ def test_two_workers_answer_one_url_with_the_bytes_of_a_fresh_render(live_server
         for query, etag in expected.items():
             response = httpx.get(f"{server.url}/picture/{photo}?{query}&v=t{n}", timeout=60)
             assert response.headers["x-cache"] == "MISS" and response.headers["etag"] == etag, (query, n)
+
+
+# --- canonical numbers: one cache key, one set of render inputs ---
+
+
+def test_numbers_that_share_a_cache_key_are_one_render_input():
+    a = parse_options([("crop", "10.50001,20,300.4,200"), ("w", "100")], {})
+    b = parse_options([("crop", "10.5,20,300,200"), ("w", "100")], {})
+    assert a.cache_key() == b.cache_key() and a == b
+    assert a.crop.to_pixels(1000, 1000) == b.crop.to_pixels(1000, 1000) == (11, 20, 300, 200)
+    c = parse_options([("crop", "10.00004%,0,50%,50%"), ("g", "fp:0.12345,0.5"), ("mode", "crop")], {})
+    d = parse_options([("crop", "10%,0,50%,50%"), ("g", "fp:0.1235,0.5"), ("mode", "crop")], {})
+    assert c.cache_key() == d.cache_key() and c == d
+
+
+def _number_text(draw, low: int, high: int) -> str:
+    whole = draw(st.integers(low, high))
+    digits = draw(st.text("0123456789", max_size=7))
+    return f"{whole}.{digits}" if digits else str(whole)
+
+
+GRAVITY_SPELLINGS = [["north", "fp:0.5,0", "fp:0.50000,0.00001"], ["center", "centre", "fp:0.5,0.5"], ["smart"]]
+
+
+@st.composite
+def _respelled(draw) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A query whose numbers have up to 7 decimals (more than the key keeps), and the same query with
+    every decimal past the 4th redrawn and gravity spelled another way (the same or another point)."""
+    mode = draw(st.sampled_from(["fit", "crop", "pad", "stretch"]))
+    query = [("mode", mode), ("w", "300"), ("h", "200")]
+    if draw(st.booleans()):
+        query.append(("g", draw(st.sampled_from([g for group in GRAVITY_SPELLINGS for g in group]))))
+    if draw(st.booleans()):
+        pct = "%" if draw(st.booleans()) else ""
+        query.append(("crop", ",".join(_number_text(draw, 0, 20) + pct for _ in "xy")))
+        query[-1] = ("crop", query[-1][1] + "," + ",".join(_number_text(draw, 30, 60) + pct for _ in "wh"))
+    if draw(st.booleans()):
+        query.append(("dpr", _number_text(draw, 1, 3)))
+    if draw(st.booleans()):
+        query.append(("sharpen", _number_text(draw, 1, 9) + draw(st.sampled_from(["", ",100,2", ",50,0"]))))
+    if draw(st.booleans()):
+        query.append(("blur", _number_text(draw, 0, 49)))
+
+    def respell(item: str) -> str:
+        whole, dot, digits = item.rstrip("%").partition(".")
+        if not dot or not whole.isdigit():
+            return item
+        digits = digits[:4] + draw(st.text("0123456789", max_size=3))
+        return whole + "." + digits + ("%" if item.endswith("%") else "")
+
+    other = []
+    for name, raw in query:
+        if name == "g":
+            group = next(group for group in GRAVITY_SPELLINGS if raw in group)
+            raw = draw(st.sampled_from(group if draw(st.booleans()) else ["south", "fp:0.3,0.7", "smart"]))
+        other.append((name, ",".join(respell(item) for item in raw.split(","))))
+    return query, other
+
+
+@settings(max_examples=500, deadline=None)
+@given(_respelled())
+def test_property_options_with_one_cache_key_are_the_same_render_inputs(pair):
+    try:
+        first, second = parse_options(pair[0], {}), parse_options(pair[1], {})
+    except BadRequest:
+        assume(False)
+        return
+    assert (first.cache_key() == second.cache_key()) == (first == second), pair
+    if first == second and first.crop is not None:
+        assert first.crop.to_pixels(1234, 987) == second.crop.to_pixels(1234, 987)
