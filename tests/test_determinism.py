@@ -2,11 +2,13 @@
 and the config — not on the process that renders it, nor on what that process rendered before."""
 
 import hashlib
+import io
 
 import httpx
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from imgproxy.budget import Deadline, MemoryBudget
 from imgproxy.config import Config, LimitsConfig, RenderConfig, load_config
@@ -178,3 +180,43 @@ def test_property_options_with_one_cache_key_are_the_same_render_inputs(pair):
     assert (first.cache_key() == second.cache_key()) == (first == second), pair
     if first == second and first.crop is not None:
         assert first.crop.to_pixels(1234, 987) == second.crop.to_pixels(1234, 987)
+
+
+# --- encoding=auto keeps an animation animated ---
+
+
+def _frames(body: bytes) -> int:
+    with Image.open(io.BytesIO(body)) as image:
+        return getattr(image, "n_frames", 1)
+
+
+CHROME = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("default_format", ["source", "auto"])
+def test_encoding_auto_never_drops_an_animation(live_server, default_format):
+    server = live_server({"render": {"default_format": default_format}})
+    urls = ["/picture/photos/animated_earth.gif?w=80&encoding=auto"]
+    if default_format == "auto":
+        urls.append("/picture/photos/animated_earth.gif?w=80")
+    asks = [  # Accept, the type answered; the avif-only class must not get the WebP cached for Chrome
+        (CHROME, "image/webp"),
+        ("image/avif,*/*", "image/gif"),
+        ("image/webp,*/*", "image/webp"),
+        ("*/*", "image/gif"),
+    ]
+    with server.client() as client:
+        for url in urls:
+            for accept, content_type in asks:
+                for first in (True, False):
+                    response = client.get(url, headers={"Accept": accept})
+                    # without `encoding`, default_format = "auto" is the same request: one cache entry
+                    cache = "MISS" if first and url == urls[0] else "HIT"
+                    assert response.status_code == 200 and response.headers["x-cache"] == cache, (url, accept)
+                    assert response.headers["content-type"] == content_type, (url, accept)
+                    assert response.headers["vary"] == "Accept"
+                    assert _frames(response.content) == 44, (url, accept)
+        # a still source is unchanged: AVIF first
+        still = client.get("/picture/photos/tree.webp?w=80&encoding=auto", headers={"Accept": CHROME})
+        assert still.headers["content-type"] == "image/avif" and still.headers["vary"] == "Accept"
