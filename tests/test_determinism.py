@@ -103,8 +103,9 @@ def test_two_workers_answer_one_url_with_the_bytes_of_a_fresh_render(live_server
             assert warm.get(f"{server.url}/picture/{photo}?w=1900&v=warm{n}").status_code == 200
     config = load_config(server.config_path, {})
     expected = {}
-    for query in ("w=300", "w=300&h=300&mode=crop&g=smart"):
-        body, _ = render_original(LocalSource(CORPUS, 10**9).load(photo), _options(query), "jpeg", config)
+    for query in ("w=300&fm=jpeg", "w=300&h=300&mode=crop&g=smart&fm=avif", "w=250&h=250&mode=pad&fm=webp"):
+        options = _options(query)
+        body, _ = render_original(LocalSource(CORPUS, 10**9).load(photo), options, options.encoding, config)
         expected[query] = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     for n in range(8):  # `v` changes the cache key, not the pixels: each is a new render, fresh connections
         for query, etag in expected.items():
