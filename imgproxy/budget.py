@@ -49,8 +49,8 @@ class MemoryBudget:
 
     Within the budget, up to `keep_limit` bytes of decoded sources stay for the next request of the
     same source at another size decoded at the same scale (srcset widths, lazyloader steps, upload
-    presets), which then skips the decode, the largest part of a cold render. Kept decodes give way to renders: one that needs
-    room evicts the least recently used before it waits.
+    presets), which then skips the decode, the largest part of a cold render. Kept decodes give way
+    to renders: one that needs room evicts the least recently used before it waits.
     """
 
     def __init__(self, limit: int, keep_limit: int = 0):

@@ -44,6 +44,11 @@ def close_body(body: bytes | BinaryIO) -> None:
         body.close()
 
 
+# Formats the client offers, for the render to choose from once the source is known: whether it is
+# animated decides. The cache key holds them, so each Accept class has its own entry (Vary: Accept).
+AUTO = "auto:"
+
+
 def negotiate(accept: str) -> tuple[str, ...]:
     """Which of AVIF and WebP (in this order) the client's Accept lists with q > 0."""
     offered = set()
@@ -74,11 +79,6 @@ def output_format(requested: str, source_format: str, has_alpha: bool, animated:
     if requested != "source":
         return requested
     return SOURCE_FORMATS.get(source_format) or ("png" if has_alpha else "jpeg")
-
-
-# Formats the client offers, for the render to choose from once the source is known: whether it is
-# animated decides. The cache key holds them, so each Accept class has its own entry (Vary: Accept).
-AUTO = "auto:"
 
 
 def etag_of(body: bytes) -> str:
