@@ -33,7 +33,7 @@ class Deadline:
 class KeptDecode:
     """A decoded, mode-normalised source (stored orientation) kept for its next request."""
 
-    key: str  # source id and version
+    key: str  # source id, version and decode scale (JPEG shrink-on-load)
     image: Image.Image
     orientation: int
     nbytes: int
@@ -48,9 +48,9 @@ class MemoryBudget:
     the whole budget still runs, alone.
 
     Within the budget, up to `keep_limit` bytes of decoded sources stay for the next request of the
-    same source at another size (srcset widths, lazyloader steps, upload presets), which then skips
-    the decode, the largest part of a cold render. Kept decodes give way to renders: one that needs
-    room evicts the least recently used before it waits.
+    same source at another size decoded at the same scale (srcset widths, lazyloader steps, upload
+    presets), which then skips the decode, the largest part of a cold render. Kept decodes give way
+    to renders: one that needs room evicts the least recently used before it waits.
     """
 
     def __init__(self, limit: int, keep_limit: int = 0):
@@ -105,22 +105,16 @@ class MemoryBudget:
             self.kept_bytes += nbytes
             return entry
 
-    def find(self, key: str, need: tuple[int, int]) -> KeptDecode | None:
-        """The smallest kept decode of source `key` at least `need` large, pinned for the caller."""
+    def find(self, key: str, size: tuple[int, int]) -> KeptDecode | None:
+        """The kept decode `key` at exactly `size`, pinned for the caller. Never a larger one: a
+        render's pixels must not depend on which decodes earlier renders left behind."""
         with self._changed:
-            best = None
-            for entry in self.kept.values():
-                if (
-                    entry.key == key
-                    and entry.image.width >= need[0]
-                    and entry.image.height >= need[1]
-                    and (best is None or entry.nbytes < best.nbytes)
-                ):
-                    best = entry
-            if best is not None:
-                best.users += 1
-                self.kept.move_to_end(id(best))
-            return best
+            for entry in reversed(self.kept.values()):
+                if entry.key == key and entry.image.size == size:
+                    entry.users += 1
+                    self.kept.move_to_end(id(entry))
+                    return entry
+            return None
 
     def forget_kept(self) -> None:
         """Drop every kept decode (renders reading one keep it until they finish)."""

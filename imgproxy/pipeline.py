@@ -48,8 +48,13 @@ def close_body(body: bytes | BinaryIO) -> None:
         body.close()
 
 
-def negotiate(accept: str) -> str | None:
-    """AVIF, then WebP, when the client's Accept lists it with q > 0."""
+# Formats the client offers, for the render to choose from once the source is known: whether it is
+# animated decides. The cache key holds them, so each Accept class has its own entry (Vary: Accept).
+AUTO = "auto:"
+
+
+def negotiate(accept: str) -> tuple[str, ...]:
+    """Which of AVIF and WebP (in this order) the client's Accept lists with q > 0."""
     offered = set()
     for item in accept.lower().split(",")[:32]:
         media, *params = item.split(";")
@@ -63,14 +68,18 @@ def negotiate(accept: str) -> str | None:
                     quality = 0.0
         if quality > 0:
             offered.add(media.strip())
-    for fmt in ("avif", "webp"):
-        if f"image/{fmt}" in offered:
-            return fmt
-    return None
+    return tuple(fmt for fmt in ("avif", "webp") if f"image/{fmt}" in offered)
 
 
-def output_format(requested: str, source_format: str, has_alpha: bool) -> str:
-    """`source` means: the source's own format when we can write it, else JPEG (PNG with alpha)."""
+def output_format(requested: str, source_format: str, has_alpha: bool, animated: bool) -> str:
+    """`source` means: the source's own format when we can write it, else JPEG (PNG with alpha).
+    `auto:avif,webp` (what negotiate() found) means the first, but an animation stays one: WebP
+    when offered, else GIF (AVIF is first-frame only here)."""
+    if requested.startswith(AUTO):
+        offered = requested[len(AUTO) :].split(",")
+        if animated:
+            return "webp" if "webp" in offered else "gif"
+        return offered[0]
     if requested != "source":
         return requested
     return SOURCE_FORMATS.get(source_format) or ("png" if has_alpha else "jpeg")
@@ -103,7 +112,7 @@ def render_original(
     deadline = Deadline(config.render.timeout)
     with opened.image:
         has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
-        fmt = output_format(requested_format, opened.format, has_alpha)
+        fmt = output_format(requested_format, opened.format, has_alpha, opened.animated)
         rendered = render(
             opened, options, fmt, config.render, deadline, budget, source_key=original.key, limits=config.limits
         )
@@ -158,12 +167,15 @@ class Renderer:
         return self.pending < self.capacity
 
     def requested_format(self, options: RenderOptions, accept: str) -> tuple[str, bool]:
-        """(format or "source", whether it was chosen from Accept)."""
+        """(format, "source" or "auto:" and the offered formats; whether it was chosen from Accept)."""
         default = self.config.render.default_format
         fmt = options.encoding or default
         if fmt != "auto":
             return fmt, False
-        return negotiate(accept) or (default if default != "auto" else "source"), True
+        offered = negotiate(accept)
+        if offered:
+            return AUTO + ",".join(offered), True
+        return (default if default != "auto" else "source"), True
 
     async def load(self, source: str) -> Original:
         if is_remote(source):

@@ -122,6 +122,15 @@ def _decode_size(opened: Opened, target: Plan, gap: float) -> tuple[int, int]:
     return max(1, math.ceil(opened.width * ratio)), max(1, math.ceil(opened.height * ratio))
 
 
+def _draft(image: Image.Image, need: tuple[int, int]) -> int:
+    """Set up JPEG shrink-on-load to at least `need` (nothing is decoded yet); the scale's divisor."""
+    if need == image.size:
+        return 1
+    full_width = image.width
+    drafted = image.draft(image.mode, need)  # (mode, the full image's box in drafted pixels)
+    return 1 if drafted is None else round(full_width / drafted[1][2])
+
+
 def _normalise_mode(image: Image.Image) -> Image.Image:
     """Bring every mode to L, LA, RGB, RGBA or CMYK, which resize well and encode everywhere."""
     mode = image.mode
@@ -280,8 +289,12 @@ def render(
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
         orientation, region, first = _geometry(opened, options)
     need = _decode_size(opened, first, settings.reducing_gap) if first else (opened.width, opened.height)
-    keep_key = None if opened.animated else source_key  # a first frame is not the source's decode
-    kept = budget.find(keep_key, need) if keep_key else None
+    divisor = _draft(image, need)
+    # Reuse only the very decode this render would make itself (same source version and draft
+    # scale): a larger one resamples from another intermediate and gives other bytes, so a URL's
+    # answer would depend on what its worker rendered before. A first frame is not the source's decode.
+    keep_key = None if opened.animated or source_key is None else f"{source_key}|1/{divisor}"
+    kept = budget.find(keep_key, image.size) if keep_key else None
     reused = kept is not None
     try:
         if reused:
@@ -294,8 +307,6 @@ def render(
             output = first.canvas[0] * first.canvas[1] * 4
             amount = output + min(kept.nbytes, int(output * (2 * RESIZE_GAP) ** 2))
         else:
-            if need != image.size:
-                image.draft(image.mode, need)
             amount = decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans)  # the decode and the output
         with budget.hold(amount, deadline):
             if not reused:
