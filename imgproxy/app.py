@@ -181,7 +181,8 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(config: Config) -> PictureFastPath:
+def make_renderer(config: Config) -> Renderer:
+    """The renderer with its result cache and remote source (the server's, and `imgproxy worker`'s)."""
     cache_dir = config.path(config.cache.dir)
     cache = ResultCache(cache_dir, config.cache)
     remote_cfg = config.sources.remote
@@ -193,7 +194,12 @@ def create_app(config: Config) -> PictureFastPath:
             formats=config.security.allowed_source_formats,
             trusted_networks=remote_cfg.trusted_networks,
         )
-    renderer = Renderer(config, cache, remote)
+    return Renderer(config, cache, remote)
+
+
+def create_app(config: Config) -> PictureFastPath:
+    renderer = make_renderer(config)
+    cache, remote = renderer.cache, renderer.remote
     picture = PictureEndpoint(config, renderer)
     uploads = Uploads(config, renderer)
 
@@ -205,8 +211,10 @@ def create_app(config: Config) -> PictureFastPath:
         """
         writable, stats = await run_in_threadpool(lambda: (cache.probe(), cache.stats()))
         checks = {"cache_writable": writable or not config.cache.enabled, "render_pool": renderer.accepting}
+        if config.uploads.enabled:  # a job store that is away stops uploads, not /picture: degraded
+            checks["jobs"] = await uploads.jobs.healthy()
         ready = checks["render_pool"]
-        status = ("ok" if checks["cache_writable"] else "degraded") if ready else "unavailable"
+        status = ("ok" if all(checks.values()) else "degraded") if ready else "unavailable"
         body = {
             "status": status,
             "checks": checks,
@@ -230,7 +238,9 @@ def create_app(config: Config) -> PictureFastPath:
     routes = [
         picture_route,
         Route("/health", health, methods=["GET", "HEAD"]),
-        Route("/metrics", MetricsEndpoint(cache).handle, methods=["GET"]),
+        Route(
+            "/metrics", MetricsEndpoint(cache, uploads.jobs if config.uploads.enabled else None).handle, methods=["GET"]
+        ),
         *uploads.routes(),
         *page_routes(config),
     ]

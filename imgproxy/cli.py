@@ -291,6 +291,59 @@ def cmd_warm(args) -> int:
     return 1 if unusable or errors else 0
 
 
+def cmd_worker(args) -> int:
+    """Run job workers until SIGTERM or SIGINT; a job in hand goes back to the queue on the way out."""
+    import asyncio
+    import logging
+
+    from .app import make_renderer
+    from .jobs import JobQueue
+
+    config = _config(args)
+    logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    renderer = make_renderer(config)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        queue = JobQueue(renderer, args.workers)
+        await queue.start()
+        logging.getLogger("imgproxy.jobs").info("%d job workers on the %s job store", args.workers, config.jobs.backend)
+        try:
+            await stop.wait()
+        finally:
+            await queue.stop()
+            if renderer.remote is not None:
+                await renderer.remote.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        renderer.close()
+    return 0
+
+
+def cmd_jobs_stats(args) -> int:
+    import time
+
+    from .jobs import open_store
+
+    config = _config(args)
+    store = open_store(config)
+    try:
+        stats = store.stats(time.time())
+    except store.errors as exc:
+        print(f"imgproxy: job store ({config.jobs.backend}) unavailable: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    for name in ("queued", "running", "failed", "done"):
+        print(f"{name:<8} {stats[name]}")
+    return 0
+
+
 def _not_writable(path: Path) -> str | None:
     """Why files cannot be created in `path` (or in the directory it would be created in)."""
     existing = path
@@ -332,6 +385,16 @@ def config_problems(config: Config) -> list[str]:
             compile_host_pattern(pattern)
         except ValueError as exc:
             problems.append(f"sources.remote.allowed_hosts: {exc}")
+    if config.jobs.backend == "redis":
+        from .jobs import open_store
+
+        store = open_store(config)
+        try:
+            store.ping()
+        except store.errors as exc:
+            problems.append(f"jobs.redis_url: cannot reach Redis ({exc}); uploads would answer 503")
+        finally:
+            store.close()
     return problems
 
 
@@ -368,6 +431,12 @@ def duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def add_render_flags(parser: argparse.ArgumentParser) -> None:
@@ -415,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("jpeg", "png", "webp", "avif", "gif", "source"),
         help="output format, repeatable (default: [uploads] pregenerate_formats)",
     )
+
+    worker = command("worker", cmd_worker, "run pre-render job workers ([jobs] backend) until stopped")
+    worker.add_argument("--workers", type=positive, default=1, help="jobs at a time in this process (default 1)")
+
+    jobs = sub.add_parser("jobs", help="pre-render jobs: stats").add_subparsers(dest="action", required=True)
+    command("stats", cmd_jobs_stats, "jobs queued, running, failed and done", jobs)
 
     command("check-config", cmd_check_config, "print the effective config (secrets masked) and every problem")
 

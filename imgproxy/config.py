@@ -151,7 +151,14 @@ class UploadsConfig:
     dir: str = "uploads"
     allowed_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP")
     pregenerate_formats: tuple[str, ...] = ("webp", "source")
-    job_workers: int = 1
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    backend: str = "local"
+    redis_url: str = ""
+    workers_in_server: int = 1
+    lease: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     presets: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_PRESETS))
     base_dir: str = "."  # directory relative paths are resolved against (the config file's)
@@ -239,7 +247,13 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "sources.remote.fetch_queue_limit": (lambda v: isinstance(v, int) and v >= 0, ">= 0"),
     "sources.remote.trusted_networks": (_networks_valid, "CIDR networks like 10.1.0.0/16"),
     "security.allowed_widths": (lambda v: all(w > 0 for w in v), "positive integers"),
-    "uploads.job_workers": (lambda v: 1 <= v <= 64, "1..64"),
+    "jobs.backend": (lambda v: v in ("local", "redis"), "local or redis"),
+    "jobs.redis_url": (
+        lambda v: isinstance(v, str) and (v == "" or v.split("://")[0] in ("redis", "rediss", "unix")),
+        "redis://host:port/db",
+    ),
+    "jobs.workers_in_server": (lambda v: isinstance(v, int) and 0 <= v <= 64, "0..64"),
+    "jobs.lease": (lambda v: isinstance(v, float) and 4 <= v <= 3600, "4..3600 seconds"),
     "uploads.dir": (
         lambda v: bool(v) and not v.startswith("/") and ".." not in v.split("/") and "\\" not in v,
         "a relative path inside [sources.local] root",
@@ -293,7 +307,9 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> object:
         return cls()
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in _NOT_FROM_FILE]
-    problems += [f"{_join(prefix, name)}: unknown key" for name in sorted(set(data) - {f.name for f in fields})]
+    unknown = sorted(set(data) - {f.name for f in fields})
+    moved = {("uploads", "job_workers"): "moved to [jobs] workers_in_server"}
+    problems += [f"{_join(prefix, name)}: {moved.get((prefix, name), 'unknown key')}" for name in unknown]
     values = {}
     for f in fields:
         if f.name not in data:
@@ -408,7 +424,9 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
     data = _merge(data, _env_overrides(environ))
     presets = data.pop("presets", None)
     problems: list[str] = []
-    config = _build(Config, data, "", problems)
+    config = typing.cast(Config, _build(Config, data, "", problems))
+    if config.jobs.backend == "redis" and not config.jobs.redis_url:
+        problems.append('jobs.redis_url: required with jobs.backend = "redis"')
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
     if problems:
         raise ConfigError("; ".join(problems), problems)

@@ -1,12 +1,17 @@
 """Background pre-rendering: every preset × format of a source rendered into the result cache.
 
 Renders go through `Renderer.picture`, so they land under the keys `/picture` computes and a later
-request is a HIT. A job is a record in a diskcache at `<cache.dir>/jobs`, shared by worker
-processes and kept across restarts (finished records expire after a week). The process running
-a job holds a lease on it, renewed every few seconds and released on a clean shutdown; a sweep
-queues every unfinished job whose lease is free or lapsed, which is how jobs resume after a
-restart or a crashed worker. A process runs at most `[uploads] job_workers` renders at a time and
-starts one only while a render thread is idle, so live traffic keeps priority.
+request is a HIT. A job is a record in a `JobStore`: `LocalJobStore` (a diskcache at
+`<cache.dir>/jobs`, shared by the processes of one host) or `RedisJobStore` (shared by every host,
+imgproxy/redisjobs.py), chosen by `[jobs] backend`. Both keep an index of the unfinished jobs with
+the expiry of each one's lease, so finding work reads only that index; finished records expire
+after a week. The worker running a job holds a lease on it, renewed every few seconds and released
+on a clean shutdown; every process polls the index for jobs whose lease is free or lapsed, which is
+how a job resumes after a restart or on another host after its worker died. Every change to a
+record checks the lease holder atomically, so a job is completed once, by its current holder.
+A process runs `[jobs] workers_in_server` jobs at a time (`imgproxy worker`: its `--workers`) and
+starts a render only while a render thread is idle, so live traffic keeps priority. Store calls
+run in threads: the event loop never waits on SQLite or the network.
 """
 
 from __future__ import annotations
@@ -20,25 +25,35 @@ import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import diskcache
 
+from .config import Config
 from .errors import ImageProxyError, Overloaded
 from .options import RenderOptions, parse_options, with_encoding
 from .pipeline import Renderer, close_body
 
 log = logging.getLogger("imgproxy.jobs")
 OPEN = ("pending", "running")
-LEASE_SECONDS = 15.0
-SWEEP_SECONDS = 5.0  # lease renewal and the search for jobs to resume
+POLL_SECONDS = 1.0  # how often a process looks for jobs to take
+RENEW_SECONDS = 5.0  # lease renewal, at most this far apart (and four times per lease)
 IDLE_POLL_SECONDS = 0.05
 RETRY_SECONDS = (1.0, 2.0, 4.0)  # after a 503 (queue full in a race, or a render over its budget)
 FINISHED_TTL = 7 * 86400
-STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+RETRY_AFTER = 5
 PUBLIC_FIELDS = ("id", "status", "done", "total", "error", "source", "created", "started", "finished", "runs")
+INDEX = "index:open"  # LocalJobStore: {job id: lease expiry, 0.0 while nobody holds it}
+COUNT = "count:"  # completions by final status: count:done, count:failed
+
+
+class JobsUnavailable(ImageProxyError):
+    status = 503
+
+    def __init__(self, message: str = "the job queue is unavailable, try again later"):
+        super().__init__(message, headers={"Retry-After": str(RETRY_AFTER)})
 
 
 @dataclass(frozen=True)
@@ -104,122 +119,232 @@ def new_record(job_id: str, source: str, presets: list[str], formats: list[str])
 
 
 def public(record: dict) -> dict:
-    return {name: record[name] for name in PUBLIC_FIELDS}
+    """What GET /jobs/<id> answers: the record without its lease, plus `progress` from 0 to 1."""
+    total = record["total"]
+    progress = min(record["done"] / total, 1.0) if total else float(record["status"] == "done")
+    return {**{name: record[name] for name in PUBLIC_FIELDS}, "progress": round(progress, 4)}
+
+
+Change = Callable[[dict | None], dict | None]
 
 
 class JobStore:
-    """Job records by id. Changes are transactions, so several processes can share the store."""
+    """Job records by id plus the index of unfinished ones. A backend provides `change` (read,
+    decide, write as one atomic step), `add`, `get`, `claimable`, `stats`, `ping` and `close`;
+    the lease rules are here, the same for every backend."""
 
-    def __init__(self, directory: Path):
-        # never evicted: an unfinished job must not disappear; finished ones expire instead
-        self.cache = diskcache.Cache(str(directory), eviction_policy="none")
+    errors: tuple[type[BaseException], ...] = ()  # what the backend raises when it is unreachable
+    shared = False  # whether other hosts see the same jobs
 
-    def get(self, job_id: str) -> dict | None:
-        return self.cache.get(job_id)
+    def change(self, job_id: str, decide: Change) -> dict | None:
+        raise NotImplementedError
 
     def add(self, record: dict) -> None:
-        self.cache.set(record["id"], record, expire=None if record["status"] in OPEN else FINISHED_TTL)
+        raise NotImplementedError
 
-    def claim(self, job_id: str, owner: str) -> dict | None:
+    def get(self, job_id: str) -> dict | None:
+        raise NotImplementedError
+
+    def claimable(self, now: float) -> list[str]:
+        """Unfinished jobs whose lease is free or lapsed: read from the index, O(open jobs)."""
+        raise NotImplementedError
+
+    def stats(self, now: float) -> dict[str, int]:
+        """queued (free or lapsed lease), running, and completions: done, failed."""
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def claim(self, job_id: str, owner: str, until: float) -> dict | None:
         """Take an unfinished job whose lease is free, lapsed or ours; None when it is not ours to run."""
         now = time.time()
-        with self.cache.transact():
-            record = self.cache.get(job_id)
+
+        def take(record: dict | None) -> dict | None:
             if record is None or record["status"] not in OPEN:
                 return None
             if record["owner"] not in (None, owner) and record["lease"] > now:
                 return None
             record.update(
-                status="running",
-                owner=owner,
-                lease=now + LEASE_SECONDS,
-                runs=record["runs"] + 1,
-                started=record["started"] or now,
+                status="running", owner=owner, lease=until, runs=record["runs"] + 1, started=record["started"] or now
             )
-            self.cache.set(job_id, record)
             return record
 
-    def update(self, job_id: str, holder: str, **changes) -> bool:
-        """Apply `changes` while `holder` owns the job; False when it lost it."""
-        with self.cache.transact():
-            record = self.cache.get(job_id)
-            if record is None or record["owner"] != holder:
-                return False
-            record.update(changes)
-            self.add(record)
-            return True
+        return self.change(job_id, take)
 
-    def claimable(self) -> list[str]:
-        now = time.time()
-        found = []
-        for job_id in self.cache.iterkeys():
-            record = self.cache.get(job_id)
-            if record and record["status"] in OPEN and (record["owner"] is None or record["lease"] < now):
-                found.append(job_id)
-        return found
+    def update(self, job_id: str, holder: str, **changes) -> bool:
+        """Apply `changes` while `holder` holds the unfinished job; False when it lost it."""
+
+        def apply(record: dict | None) -> dict | None:
+            if record is None or record["owner"] != holder or record["status"] not in OPEN:
+                return None
+            record.update(changes)
+            return record
+
+        return self.change(job_id, apply) is not None
+
+
+def index_entry(record: dict) -> float | None:
+    """The index value of a record: its lease expiry while unfinished, None once finished."""
+    return float(record["lease"]) if record["status"] in OPEN else None
+
+
+class LocalJobStore(JobStore):
+    """A diskcache shared by the processes of one host. Changes are SQLite transactions."""
+
+    errors = (OSError, sqlite3.Error, diskcache.Timeout)
+
+    def __init__(self, directory: Path):
+        # never evicted: an unfinished job must not disappear; finished ones expire instead
+        self.cache = diskcache.Cache(str(directory), eviction_policy="none")
+
+    def change(self, job_id: str, decide: Change) -> dict | None:
+        with self.cache.transact():
+            record = decide(self.cache.get(job_id))
+            if record is not None:
+                self._write(record)
+            return record
+
+    def add(self, record: dict) -> None:
+        with self.cache.transact():
+            self._write(record)
+
+    def _write(self, record: dict) -> None:
+        job_id, lease = record["id"], index_entry(record)
+        self.cache.set(job_id, record, expire=None if lease is not None else FINISHED_TTL)
+        index = self.cache.get(INDEX, {})
+        if lease is not None and index.get(job_id) != lease:
+            index[job_id] = lease
+            self.cache.set(INDEX, index)
+        elif lease is None:
+            if index.pop(job_id, None) is not None:
+                self.cache.set(INDEX, index)
+            self.cache.incr(COUNT + record["status"])
+
+    def get(self, job_id: str) -> dict | None:
+        return self.cache.get(job_id)
+
+    def claimable(self, now: float) -> list[str]:
+        return [job_id for job_id, lease in self.cache.get(INDEX, {}).items() if lease < now]
+
+    def stats(self, now: float) -> dict[str, int]:
+        leases = list(self.cache.get(INDEX, {}).values())
+        queued = sum(1 for lease in leases if lease < now)
+        counts = {status: int(self.cache.get(COUNT + status, 0)) for status in ("done", "failed")}
+        return {"queued": queued, "running": len(leases) - queued, **counts}
+
+    def ping(self) -> None:
+        self.cache.get(INDEX)
 
     def close(self) -> None:
         self.cache.close()
 
 
+def open_store(config: Config) -> JobStore:
+    """The configured backend (no connection is made yet)."""
+    if config.jobs.backend == "redis":
+        from .redisjobs import RedisJobStore
+
+        return RedisJobStore(config.jobs.redis_url)
+    return LocalJobStore(config.path(config.cache.dir) / "jobs")
+
+
 class JobQueue:
-    def __init__(self, renderer: Renderer):
+    """Submits jobs, answers their status, and runs `workers` of them at a time in this process."""
+
+    def __init__(self, renderer: Renderer, workers: int):
         config = renderer.config
         self.renderer = renderer
-        self.directory = config.path(config.cache.dir) / "jobs"
-        self.workers = config.uploads.job_workers
+        self.config = config
+        self.workers = workers
+        self.hold = config.jobs.lease / 2  # a claim lapses this long after its last renewal...
+        self.renew_every = min(
+            RENEW_SECONDS, config.jobs.lease / 4
+        )  # ...so a dead worker's job is taken within the lease
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.store: JobStore | None = None
-        self.temporary: Path | None = None  # the store's directory when the configured one is unusable
+        self.store = JobStore()  # the configured one from start() on
+        self.temporary: Path | None = None  # the local store's directory when the configured one is unusable
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.queued: set[str] = set()
         self.running: set[str] = set()
         self.tasks: list[asyncio.Task] = []
+        self.warned = False
+
+    def open(self) -> None:
+        """Open the store (blocking: run it in a thread)."""
+        try:
+            self.store = open_store(self.config)
+        except LocalJobStore.errors as exc:  # like the result cache: degrade, do not refuse to start
+            self.temporary = Path(tempfile.mkdtemp(prefix="imgproxy-jobs-"))
+            log.warning("job store unusable (%s); jobs kept in %s until restart", exc, self.temporary)
+            self.store = LocalJobStore(self.temporary)
 
     async def start(self) -> None:
-        try:
-            self.store = JobStore(self.directory)
-        except STORAGE_ERRORS as exc:  # like the result cache: degrade, do not refuse to start
-            self.temporary = Path(tempfile.mkdtemp(prefix="imgproxy-jobs-"))
-            log.warning(
-                "job store at %s unusable (%s); jobs kept in %s until restart", self.directory, exc, self.temporary
-            )
-            self.store = JobStore(self.temporary)
-        self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
-        self.tasks.append(asyncio.create_task(self._maintain()))
+        await asyncio.to_thread(self.open)
+        if self.workers > 0:
+            self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+            self.tasks.append(asyncio.create_task(self._maintain()))
 
     async def stop(self) -> None:
-        """Cancel the workers; each releases its job (status back to pending) for the next start."""
+        """Cancel the workers; each releases its job (status back to pending) for another worker."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.store is not None:
-            self.store.close()
+        await asyncio.to_thread(self.store.close)
         if self.temporary is not None:
             shutil.rmtree(self.temporary, ignore_errors=True)
 
-    def submit(self, job_id: str, source: str, presets: list[str], formats: list[str]) -> dict:
+    async def check(self) -> None:
+        """503 now, before an upload is stored, when a shared queue could not take its job."""
+        if self.store.shared:
+            try:
+                await asyncio.to_thread(self.store.ping)
+            except self.store.errors as exc:
+                log.warning("job queue unreachable: %s", exc)
+                raise JobsUnavailable() from None
+
+    async def healthy(self) -> bool:
+        try:
+            await asyncio.to_thread(self.store.ping)
+        except self.store.errors:
+            return False
+        return True
+
+    async def stats(self) -> dict[str, int] | None:
+        try:
+            return await asyncio.to_thread(self.store.stats, time.time())
+        except self.store.errors:
+            return None
+
+    async def submit(self, job_id: str, source: str, presets: list[str], formats: list[str]) -> dict:
+        """Store the job (JobsUnavailable when a shared queue cannot take it) and its public fields."""
         record = new_record(job_id, source, presets, formats)
         try:
             record["total"] = len(plan(self.renderer, presets, formats))
         except ImageProxyError as exc:  # a preset the limits refuse: the job fails, the upload stands
             record.update(status="failed", error=exc.message, finished=time.time())
         try:
-            self.store.add(record)
-        except STORAGE_ERRORS as exc:  # the upload stands; its results render on first request
+            await asyncio.to_thread(self.store.add, record)
+        except self.store.errors as exc:
             log.warning("job %s not stored: %s", job_id, exc)
+            if self.store.shared:
+                raise JobsUnavailable() from None
+            # one host: the upload stands; its results render on first request
             record.update(status="failed", error="job store unavailable", finished=time.time())
             return public(record)
-        if record["status"] == "pending":
+        if record["status"] == "pending" and self.workers > 0:
             self._enqueue(job_id)
         return public(record)
 
-    def status(self, job_id: str) -> dict | None:
+    async def status(self, job_id: str) -> dict | None:
         try:
-            record = self.store.get(job_id)
-        except STORAGE_ERRORS as exc:
+            record = await asyncio.to_thread(self.store.get, job_id)
+        except self.store.errors as exc:
             log.warning("job %s unreadable: %s", job_id, exc)
-            return None
+            raise JobsUnavailable("job status is unavailable, try again later") from None
         return public(record) if record else None
 
     def _enqueue(self, job_id: str) -> None:
@@ -228,29 +353,38 @@ class JobQueue:
             self.queue.put_nowait(job_id)
 
     async def _maintain(self) -> None:
-        warned = False
+        renewed = 0.0
         while True:
             try:
-                lease = time.time() + LEASE_SECONDS
-                for job_id in list(self.running):
-                    self.store.update(job_id, self.owner, lease=lease)
-                for job_id in self.store.claimable():
+                now = time.time()
+                if now - renewed >= self.renew_every:
+                    await asyncio.to_thread(self._renew, list(self.running), now + self.hold)
+                    renewed = now
+                for job_id in await asyncio.to_thread(self.store.claimable, now):
                     self._enqueue(job_id)
-                warned = False
-            except STORAGE_ERRORS as exc:
-                if not warned:
-                    log.warning("job store at %s unusable: %s", self.directory, exc)
-                    warned = True
-            await asyncio.sleep(SWEEP_SECONDS)
+                self.warned = False
+            except self.store.errors as exc:
+                self._warn(exc)
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _renew(self, job_ids: Sequence[str], until: float) -> None:
+        for job_id in job_ids:
+            if not self.store.update(job_id, self.owner, lease=until):
+                log.warning("job %s: lease lost, another worker runs it", job_id)
+
+    def _warn(self, exc: BaseException) -> None:
+        if not self.warned:
+            log.warning("job store unusable: %s", exc)
+            self.warned = True
 
     async def _worker(self) -> None:
         while True:
             job_id = await self.queue.get()
             self.queued.discard(job_id)
             try:
-                record = self.store.claim(job_id, self.owner)
-            except STORAGE_ERRORS as exc:
-                log.warning("job %s: cannot claim: %s", job_id, exc)  # the sweep offers it again
+                record = await asyncio.to_thread(self.store.claim, job_id, self.owner, time.time() + self.hold)
+            except self.store.errors as exc:
+                self._warn(exc)  # the poll offers it again
                 continue
             if record is None:
                 continue
@@ -258,11 +392,16 @@ class JobQueue:
             try:
                 await self._run(record)
             except asyncio.CancelledError:
-                self.store.update(job_id, self.owner, status="pending", owner=None, lease=0.0)
+                try:  # a clean shutdown hands the job back at once (blocking, but brief and only at exit)
+                    self.store.update(job_id, self.owner, status="pending", owner=None, lease=0.0)
+                except self.store.errors:
+                    pass  # its lease lapses instead
                 raise
+            except self.store.errors as exc:  # the lease lapses and a worker takes the job up again
+                self._warn(exc)
             except Exception:  # a bug: this job fails visibly, the worker carries on
                 log.exception("job %s failed", job_id)
-                self._finish(job_id, "failed", "internal error")
+                await self._finish(job_id, "failed", "internal error")
             finally:
                 self.running.discard(job_id)
 
@@ -271,7 +410,7 @@ class JobQueue:
         try:
             tasks = plan(self.renderer, record["presets"], record["formats"])
         except ImageProxyError as exc:
-            self._finish(job_id, "failed", exc.message)
+            await self._finish(job_id, "failed", exc.message)
             return
         done = record["done"]
         errors: list[str] = []
@@ -281,17 +420,19 @@ class JobQueue:
             except ImageProxyError as exc:  # the other results are still worth having
                 errors.append(f"{task.preset} ({task.options.encoding}): {exc.message}")
             done = max(done, index + 1)  # a resumed job counts its cached results again, quickly
-            if not self.store.update(job_id, self.owner, done=done, total=len(tasks)):
-                log.warning("job %s: lease lost, another process runs it", job_id)
+            if not await asyncio.to_thread(self.store.update, job_id, self.owner, done=done, total=len(tasks)):
+                log.warning("job %s: lease lost, another worker runs it", job_id)
                 return
         if errors:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            self._finish(job_id, "failed", errors[0] + more)
+            await self._finish(job_id, "failed", errors[0] + more)
         else:
-            self._finish(job_id, "done", None)
+            await self._finish(job_id, "done", None)
 
-    def _finish(self, job_id: str, status: str, error: str | None) -> None:
-        self.store.update(job_id, self.owner, status=status, error=error, finished=time.time(), owner=None, lease=0.0)
+    async def _finish(self, job_id: str, status: str, error: str | None) -> None:
+        changes = {"status": status, "error": error, "finished": time.time(), "owner": None, "lease": 0.0}
+        if not await asyncio.to_thread(self.store.update, job_id, self.owner, **changes):
+            log.warning("job %s: lease lost before it finished; its holder finishes it", job_id)
 
     async def _render(self, source: str, task: Task) -> None:
         for delay in RETRY_SECONDS + (None,):

@@ -157,6 +157,24 @@ class CacheCollector:
         yield GaugeMetricFamily("imgproxy_cache_entries", "Results in the result cache", value=stats["entries"])
 
 
+class JobsCollector:
+    """imgproxy_jobs{state}: queued and running jobs of the (shared) job store at each scrape."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+    def collect(self):
+        store = self.jobs.store
+        try:
+            stats = store.stats(time.time())
+        except store.errors:  # the store is away: /health says so; no figures rather than wrong ones
+            return
+        family = GaugeMetricFamily("imgproxy_jobs", "Pre-render jobs by state (queue length: queued)", labels=["state"])
+        for state in ("queued", "running"):
+            family.add_metric([state], stats[state])
+        yield family
+
+
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
 
 
@@ -178,9 +196,11 @@ def _forget_dead_processes(directory: Path) -> None:
 class MetricsEndpoint:
     """GET /metrics: every worker's figures plus the cache's, in the Prometheus text format."""
 
-    def __init__(self, cache):
+    def __init__(self, cache, jobs=None):
         self.cache_registry = CollectorRegistry(auto_describe=False)
         self.cache_registry.register(CacheCollector(cache))
+        if jobs is not None:
+            self.cache_registry.register(JobsCollector(jobs))
 
     def exposition(self) -> bytes:
         directory = os.environ.get(MULTIPROC_ENV)

@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import secrets
+import shutil
 import string
 import time
 import unicodedata
@@ -34,7 +35,7 @@ from .budget import Deadline, MemoryBudget, decoded_bytes
 from .config import Config, ConfigError
 from .errors import BadRequest, Forbidden, ImageProxyError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMedia
 from .html import MIME_TYPES, candidates, join_srcset, picture_tag, picture_url, width_steps, width_variants
-from .jobs import JobQueue
+from .jobs import JobQueue, JobsUnavailable
 from .loader import open_original
 from .pages import width_presets
 from .pipeline import Renderer
@@ -202,7 +203,7 @@ class Uploads:
         # what /picture would refuse as a source is refused as an upload already
         self.max_bytes = min(self.settings.max_bytes, config.limits.max_source_bytes)
         self.renderer = renderer
-        self.jobs = JobQueue(renderer)
+        self.jobs = JobQueue(renderer, config.jobs.workers_in_server)
 
     def routes(self) -> list[Route]:
         return [
@@ -242,6 +243,7 @@ class Uploads:
             raise NotFound("uploads are off")
         self._check_token(request)
         boundary = self._boundary(request)
+        await self.jobs.check()  # a shared queue that is down: 503 before anything is stored
         limit = self.max_bytes + MULTIPART_OVERHEAD
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -255,9 +257,13 @@ class Uploads:
         finally:
             temp.unlink(missing_ok=True)
         body = await run_in_threadpool(self._describe, stored)
-        job = self.jobs.submit(
-            stored.id, stored.path, list(self.config.presets), list(self.settings.pregenerate_formats)
-        )
+        try:
+            job = await self.jobs.submit(
+                stored.id, stored.path, list(self.config.presets), list(self.settings.pregenerate_formats)
+            )
+        except JobsUnavailable:  # the queue went away since the check: take the upload back
+            await run_in_threadpool(shutil.rmtree, self.directory / stored.id, True)
+            raise
         body["job"] = {
             "id": job["id"],
             "status_url": f"/jobs/{job['id']}",
@@ -270,7 +276,7 @@ class Uploads:
     async def job(self, request: Request) -> Response:
         job_id = request.path_params["id"]
         known = self.settings.enabled and len(job_id) == 2 * ID_BYTES and all(c in "0123456789abcdef" for c in job_id)
-        record = self.jobs.status(job_id) if known else None
+        record = await self.jobs.status(job_id) if known else None
         if record is None:
             raise NotFound("no such job")
         return JSONResponse(record, headers={"Cache-Control": "no-store"})

@@ -307,7 +307,8 @@ MANY_PRESETS = {f"w{w}": {"width": w} for w in (200, 300, 400, 500, 600, 700, 80
 def test_restart_mid_job_resumes_it(tmp_path):
     """One job worker and 12 presets × 4 formats of a 12-MP photo; SIGTERM while it runs."""
     settings = {
-        "uploads": {"job_workers": 1, "pregenerate_formats": ["webp", "avif", "png", "source"]},
+        "uploads": {"pregenerate_formats": ["webp", "avif", "png", "source"]},
+        "jobs": {"workers_in_server": 1},
         "presets": MANY_PRESETS,
     }
     first = upload_server(tmp_path / "srv", extra=settings)
