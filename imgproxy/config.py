@@ -209,7 +209,7 @@ def _between(low: float, high: float) -> typing.Callable[[object], bool]:
 
 
 # Checks beyond the type: (section.key) -> (predicate, what is allowed)
-_RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
+_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "server.port": (lambda v: 0 <= v <= 65535, "0..65535"),
     "server.workers": (lambda v: 1 <= v <= 64, "1..64"),
     "server.max_header_bytes": (_between(1024, 1024**2), "1KB..1MB"),
@@ -316,7 +316,7 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> object:
             continue
         key = _join(prefix, f.name)
         hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[f.name] = _build(hint, data[f.name], key, problems)
             continue
         try:

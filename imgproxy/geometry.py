@@ -34,6 +34,7 @@ def _box(sw: int, sh: int, width: int | None, height: int | None, dpr: float) ->
     if width is None and height is None:
         return sw * dpr, sh * dpr
     if height is None:
+        assert width is not None
         return width * dpr, width * dpr * sh / sw
     if width is None:
         return height * dpr * sw / sh, height * dpr

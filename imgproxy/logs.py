@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import typing
 from datetime import UTC, datetime
 
 from starlette.requests import ClientDisconnect
@@ -133,7 +134,7 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        response = {"status": 0, "bytes": 0, "headers": []}
+        response: dict[str, typing.Any] = {"status": 0, "bytes": 0, "headers": []}
         failure: Exception | None = None
         recorded = False
 

@@ -60,8 +60,9 @@ def _parse_ipv4(host: str) -> ipaddress.IPv4Address | None:
         parts.pop()
     if not 1 <= len(parts) <= 4 or "" in parts:
         return None
-    numbers = [_parse_ipv4_part(p) for p in parts]
-    if None in numbers:
+    parsed = [_parse_ipv4_part(p) for p in parts]
+    numbers = [n for n in parsed if n is not None]
+    if len(numbers) != len(parsed):
         return None
     *head, last = numbers
     if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):

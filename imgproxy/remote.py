@@ -348,7 +348,7 @@ class RemoteSource:
             "max_age": freshness(response.headers, self.cfg.freshness),
         }
 
-    def _sniff(self, head: bytes) -> None:
+    def _sniff(self, head: bytes | bytearray) -> None:
         if sniff_format(bytes(head[:SNIFF_BYTES]), self.formats) is None:
             raise UnsupportedMedia("remote source is not a supported image")
 

@@ -196,7 +196,9 @@ def _colour(image: Image.Image, icc: bytes | None, settings: RenderConfig) -> tu
         return image, icc if settings.keep_icc else None
     if icc:
         try:
-            return ImageCms.applyTransform(image, _to_srgb(icc, image.mode)), None
+            converted = ImageCms.applyTransform(image, _to_srgb(icc, image.mode))
+            if converted is not None:  # None only for an in-place transform
+                return converted, None
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # unusable profile: fall back to Pillow's plain conversion
     return (image.convert("RGB") if image.mode == "CMYK" else image), None
@@ -273,6 +275,9 @@ def render(
     request of the same source, and reuses one kept by an earlier request. The output canvas is
     checked against `limits` before anything is decoded (413)."""
     image = opened.image
+    orientation: int | None
+    region: tuple[int, int, int, int] | None
+    first: Plan | None
     if opened.animated and fmt in ANIMATION_FORMATS:
         plans = _plans_before_decode(opened, options, fmt, limits, opened.frames)
         # every output frame stays until the encode: room for all of them is taken before the first
@@ -297,7 +302,7 @@ def render(
     kept = budget.find(keep_key, image.size) if keep_key else None
     reused = kept is not None
     try:
-        if reused:
+        if kept is not None:
             image, orientation = kept.image, kept.orientation
             if first is None:
                 region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
@@ -316,18 +321,20 @@ def render(
                 orientation, region, first = _geometry(opened, options)
             icc = opened.image.info.get("icc_profile") or None
             exif = None if settings.strip_metadata else _exif_upright(opened.image)
+            # planned before the decode, after it or for the kept one
+            assert first is not None and region is not None and orientation is not None
             if not reused:
                 image = _normalised(opened)
                 kept = budget.keep(keep_key, image, orientation) if keep_key else None
                 if kept is not None:
                     image = kept.image
-            assert first is not None  # planned before the decode, after it or for the kept one
             _check(first, fmt, limits, 1)  # exact now that the orientation is known
             deadline.check()
             scale = image.width / opened.width
             p = first
             if options.gravity == "smart" and options.mode == "crop":
-                box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
+                x, y, w, h = (v * scale for v in region)
+                box = (x, y, x + w, y + h)
                 p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
             deadline.check()
             resized = _resize(image, p, scale, region, orientation)
