@@ -16,7 +16,9 @@ source's version), so they are never stale; `imgproxy cache clear` rewrites the 
 from __future__ import annotations
 
 import email.utils
+import fcntl
 import functools
+import hashlib
 import json
 import logging
 import mmap
@@ -44,6 +46,11 @@ PROBE_SECONDS = 2.0  # /health's write probe is reused this long
 TOUCH_SECONDS = 60.0
 GENERATION_FILE = "generation"  # rewritten by `imgproxy cache clear`
 LOOKUPS_DIR = "lookups"  # one file of hit and miss counters per server process
+# A body read from disk is checked against its ETag (a SHA-256 prefix) before it is answered: a
+# damaged file (cut short, bytes flipped) is dropped and rendered again, never served. Bodies
+# streamed from their file are hashed too up to this size (in a thread, before the headers go
+# out); above it only their length is checked: hashing costs ~1.4 ms per MB.
+HASH_LIMIT = 32 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,20 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     return not isinstance(exc, sqlite3.OperationalError)
 
 
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def file_etag(file: BinaryIO) -> str:
+    """etag_of a file's bytes, read from its start; leaves the file at its start."""
+    digest = hashlib.sha256()
+    file.seek(0)
+    while chunk := file.read(1024**2):
+        digest.update(chunk)
+    file.seek(0)
+    return '"' + digest.hexdigest()[:32] + '"'
+
+
 def etag_matches(header: str, etag: str) -> bool:
     """If-None-Match uses weak comparison: W/"x" matches "x"."""
     candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
@@ -107,20 +128,31 @@ def mark_cleared(directory: Path) -> None:
 
 class LookupCounters:
     """This process's hits and misses: two 64-bit counters in a memory-mapped file of the cache
-    directory, so `imgproxy cache stats` adds up every worker's without a database write per hit."""
+    directory, so `imgproxy cache stats` adds up every worker's without a database write per hit.
+    The file stays open with a shared lock while the process lives: that is how reset_lookups
+    tells a running server's counters from those a finished one left behind."""
 
     def __init__(self, directory: Path):
         directory.mkdir(exist_ok=True)
-        fd = os.open(directory / str(os.getpid()), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if os.fstat(fd).st_size < 16:
-                os.ftruncate(fd, 16)
-            self._map = mmap.mmap(fd, 16)
-        finally:
-            os.close(fd)
+        path = directory / str(os.getpid())
+        while True:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            try:
+                if os.stat(path).st_ino == os.fstat(self._fd).st_ino:
+                    break  # not removed by a reset between our open and our lock
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+        if os.fstat(self._fd).st_size < 16:
+            os.ftruncate(self._fd, 16)
+        self._map = mmap.mmap(self._fd, 16)
         self.values = memoryview(self._map).cast("Q")  # [hits, misses]
 
-    def count(self, hit: bool) -> None:
+    def count(self, hit: bool, undo_hit: bool = False) -> None:
+        """`undo_hit`: the last hit turned out damaged, so it was a miss."""
+        if undo_hit:
+            self.values[0] -= 1
         self.values[0 if hit else 1] += 1
 
 
@@ -139,8 +171,19 @@ def read_lookups(directory: Path) -> tuple[int, int]:
 
 
 def reset_lookups(directory: Path) -> None:
+    """Remove the counters of processes that ended; a running server's stay (it holds a lock on them)."""
     for path in (directory / LOOKUPS_DIR).glob("[0-9]*"):
-        path.unlink(missing_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)  # still locked by us: no process can take it up meanwhile
+        except BlockingIOError:
+            pass  # a live process's counters
+        finally:
+            os.close(fd)
 
 
 class HotResults:
@@ -282,6 +325,13 @@ class ResultCache:
             if body is None or tag is None:
                 return None
             meta = ResultMeta.from_tag(tag)
+            # the length is checked on every answer (a 200's Content-Length comes from meta)
+            length = len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
+            if length != meta.size:
+                if not isinstance(body, bytes):
+                    body.close()
+                self._discard(cache, key, f"{length} bytes stored, {meta.size} expected")
+                return None
             if if_none_match and etag_matches(if_none_match, meta.etag):
                 if not isinstance(body, bytes):
                     body.close()
@@ -295,8 +345,36 @@ class ResultCache:
             self._fail(exc)
             return None
         if isinstance(body, bytes):
-            self.hot.put(key, meta, body, now)
+            if etag_of(body) != meta.etag:
+                self._discard(cache, key, "its bytes do not match its ETag")
+                return None
+            self.hot.put(key, meta, body, now)  # checked: memory only ever holds verified bytes
         return meta, body
+
+    def verify_file(self, key: str, meta: ResultMeta, file: BinaryIO) -> BinaryIO | None:
+        """A body streamed from its file, hashed before its headers are sent (up to HASH_LIMIT; its
+        length was checked already). None: damaged, so removed and counted as a miss."""
+        try:
+            if meta.size > HASH_LIMIT or file_etag(file) == meta.etag:
+                return file
+            why = "its bytes do not match its ETag"
+        except OSError as exc:
+            why = f"unreadable: {exc}"
+        file.close()
+        if self._counters is not None:
+            self._counters.count(hit=False, undo_hit=True)
+        cache = self._usable()
+        if cache is not None:
+            self._discard(cache, key, why)
+        return None
+
+    def _discard(self, cache: diskcache.Cache, key: str, why: str) -> None:
+        """A damaged entry is a miss: removed (so it is rendered and stored again) and logged once."""
+        log.warning("result cache entry %s is damaged (%s); removed, it will be rendered again", key, why)
+        try:
+            cache.delete(key)
+        except STORAGE_ERRORS as exc:
+            self._fail(exc)
 
     def put(self, key: str, body: bytes, meta: ResultMeta) -> bool:
         cache = self._usable()

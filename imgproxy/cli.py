@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -68,12 +69,30 @@ def metrics_directory():
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port, found before anything is reset or started (a
+    second `serve` on a busy port must leave the running server's cache statistics alone)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn picks it
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}"
+    return None
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
     from .demo import ensure_demo_images
 
     config = _config(args)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    if (problem := listen_problem(host, port)) is not None:
+        print(f"imgproxy: {problem}", file=sys.stderr)
+        return 1
     if config.sources.local.generate_demo:
         ensure_demo_images(config.path(config.sources.local.root))
     if args.config:
@@ -88,8 +107,8 @@ def cmd_serve(args) -> int:
         uvicorn.run(
             "imgproxy.app:create_app_from_env",
             factory=True,
-            host=args.host or config.server.host,
-            port=args.port if args.port is not None else config.server.port,
+            host=host,
+            port=port,
             workers=args.workers or config.server.workers,
             log_level=config.log.level,
             log_config=logs.logging_config(config.log),
