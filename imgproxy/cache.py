@@ -51,6 +51,17 @@ LOOKUPS_DIR = "lookups"  # one file of hit and miss counters per server process
 # streamed from their file are hashed too up to this size (in a thread, before the headers go
 # out); above it only their length is checked: hashing costs ~1.4 ms per MB.
 HASH_LIMIT = 32 * 1024**2
+# [cache] size_limit bounds the whole directory, as `du` counts it: SQLite's index and WAL, block
+# rounding, the job store and originals kept there too. The directory is measured now and then
+# (taking at most this share of the time puts take, however many files it holds) and the results
+# get what is left less a margin (1 %, at least 512 KB) for what is written between two
+# measurements (the next result's file blocks and directories, job updates), so they shrink when the
+# rest grows.
+MEASURE_SHARE = 0.02
+MARGIN = (0.01, 512 * 1024)
+# SQLite checkpoints its WAL into the index every 256 pages (1 MB) and truncates it back to 1 MB
+# (its default lets it reach 4 MB and keeps it at its largest size forever).
+SQLITE_SETTINGS = {"sqlite_wal_autocheckpoint": 256, "sqlite_journal_size_limit": 1024**2}
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,28 @@ def etag_matches(header: str, etag: str) -> bool:
     """If-None-Match uses weak comparison: W/"x" matches "x"."""
     candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
     return "*" in candidates or etag in candidates
+
+
+def disk_usage(directory: Path) -> int:
+    """Bytes allocated to `directory` and everything in it, as `du` counts them (0 if it is gone)."""
+    total, pending = 0, [str(directory)]
+    try:
+        total = os.stat(directory).st_blocks * 512
+    except OSError:
+        return 0
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    try:
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                    except OSError:
+                        continue  # removed meanwhile
+        except OSError:
+            continue
+    return total
 
 
 def generation(path: str) -> tuple[int, int] | None:
@@ -232,7 +265,11 @@ class ResultCache:
     def __init__(self, directory: Path, config: CacheConfig):
         self.directory = directory
         self.generation_file = str(directory / GENERATION_FILE)
-        self.settings = {"size_limit": config.size_limit, "eviction_policy": config.eviction_policy}
+        self.settings = {"size_limit": config.size_limit, "eviction_policy": config.eviction_policy, **SQLITE_SETTINGS}
+        self.size_limit = config.size_limit
+        self.min_free_space = config.min_free_space
+        self._share = 0  # bytes the results may take (diskcache's own size_limit), set by _measure
+        self._measure_at = 0.0
         self.enabled = config.enabled
         self.memory_body_limit = config.memory_body_limit
         self.hot = HotResults(config.memory_size, config.memory_body_limit)
@@ -386,6 +423,10 @@ class ResultCache:
             if cache is None:
                 return False
         try:
+            if time.monotonic() >= self._measure_at:
+                self._measure(cache)
+            if len(body) >= self._share:
+                return False  # no room within size_limit and min_free_space
             # diskcache does not count evictions; inside one transaction no other worker writes,
             # so the entry count before and after set() tells how many entries it culled
             with cache.transact():
@@ -398,6 +439,23 @@ class ResultCache:
         if evicted > 0:
             metrics.CACHE_EVICTIONS.inc(evicted)
         return bool(stored)
+
+    def _measure(self, cache: diskcache.Cache) -> None:
+        """The results' share: size_limit less everything else the directory holds, and no more than
+        leaves min_free_space free on its filesystem (the results give space back when it gets short)."""
+        started = time.thread_time()  # CPU time: a busy machine does not stretch the interval
+        volume = cache.volume()  # the index and the results' bytes
+        others = disk_usage(self.directory) - volume
+        stat = os.statvfs(self.directory)
+        self._measure_at = time.monotonic() + (time.thread_time() - started) / MEASURE_SHARE
+        free = stat.f_bavail * stat.f_frsize
+        margin = max(int(self.size_limit * MARGIN[0]), MARGIN[1])
+        self._share = max(0, min(self.size_limit - others, volume + free - self.min_free_space) - margin)
+        cache.reset("size_limit", self._share, update=False)  # this process's culling limit
+        if volume > self._share:
+            before = len(cache)
+            cache.cull()
+            metrics.CACHE_EVICTIONS.inc(max(0, before - len(cache)))
 
     def probe(self) -> bool:
         """Whether a tiny entry can be committed (remembered for PROBE_SECONDS)."""
