@@ -51,12 +51,12 @@ LOOKUPS_DIR = "lookups"  # one file of hit and miss counters per server process
 # streamed from their file are hashed too up to this size (in a thread, before the headers go
 # out); above it only their length is checked: hashing costs ~1.4 ms per MB.
 HASH_LIMIT = 32 * 1024**2
-# [cache] size_limit bounds the whole directory, as `du` counts it: SQLite's index and WAL, block
-# rounding, the job store and originals kept there too. The directory is measured now and then
-# (taking at most this share of the time puts take, however many files it holds) and the results
-# get what is left less a margin (1 %, at least 512 KB) for what is written between two
-# measurements (the next result's file blocks and directories, job updates), so they shrink when the
-# rest grows.
+# [cache] size_limit bounds the whole directory, as `du` counts it: SQLite's index and WAL, the job
+# store and originals kept there too. The results' files are counted by diskcache (ResultDisk:
+# the blocks each takes); the rest is measured now and then, taking at most this share of the
+# time puts take, however many files it holds. The results get what is left less a margin (1 %,
+# at least 512 KB) for what is written between two measurements (WAL growth, job updates), so
+# they shrink when the rest grows.
 MEASURE_SHARE = 0.02
 MARGIN = (0.01, 512 * 1024)
 # SQLite checkpoints its WAL into the index every 256 pages (1 MB) and truncates it back to 1 MB
@@ -122,6 +122,44 @@ def etag_matches(header: str, etag: str) -> bool:
     """If-None-Match uses weak comparison: W/"x" matches "x"."""
     candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
     return "*" in candidates or etag in candidates
+
+
+class ResultDisk(diskcache.Disk):
+    """diskcache's Disk with one level of subdirectories, so at most 256 (two levels make one
+    per file, 4 KB each), and each file's size counted as the blocks it takes."""
+
+    def filename(self, key: object = diskcache.core.UNKNOWN, value: object = diskcache.core.UNKNOWN):
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
+
+    def store(self, value: object, read: bool, key: object = diskcache.core.UNKNOWN):
+        size, mode, filename, db_value = super().store(value, read, key)
+        if filename is not None:
+            size = max(size, os.stat(os.path.join(self._directory, filename)).st_blocks * 512)
+        return size, mode, filename, db_value
+
+
+def _is_results_subdirectory(name: str) -> bool:
+    return len(name) == 2 and all(c in "0123456789abcdef" for c in name)
+
+
+def others_usage(directory: Path) -> int:
+    """Bytes `directory` takes on disk besides what diskcache counts (the index and the results'
+    files): the WAL, the job store, originals kept there, the subdirectories themselves."""
+    total = os.stat(directory).st_blocks * 512
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name == "cache.db":
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False) and not _is_results_subdirectory(entry.name):
+                    total += disk_usage(Path(entry.path))  # lookups, jobs, originals
+                else:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue  # removed meanwhile
+    return total
 
 
 def disk_usage(directory: Path) -> int:
@@ -287,7 +325,7 @@ class ResultCache:
     def _open(self) -> diskcache.Cache | None:
         for attempt in range(2):
             try:
-                self._cache = diskcache.Cache(str(self.directory), **self.settings)
+                self._cache = diskcache.Cache(str(self.directory), disk=ResultDisk, **self.settings)
                 if generation(self.generation_file) is None:
                     mark_cleared(self.directory)
                 self._generation = generation(self.generation_file)
@@ -444,8 +482,8 @@ class ResultCache:
         """The results' share: size_limit less everything else the directory holds, and no more than
         leaves min_free_space free on its filesystem (the results give space back when it gets short)."""
         started = time.thread_time()  # CPU time: a busy machine does not stretch the interval
-        volume = cache.volume()  # the index and the results' bytes
-        others = disk_usage(self.directory) - volume
+        volume = cache.volume()  # the index and the results' files
+        others = others_usage(self.directory)
         stat = os.statvfs(self.directory)
         self._measure_at = time.monotonic() + (time.thread_time() - started) / MEASURE_SHARE
         free = stat.f_bavail * stat.f_frsize

@@ -3,11 +3,12 @@
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from imgproxy.cache import disk_usage
-from imgproxy.config import load_config
+from imgproxy.cache import ResultCache, ResultMeta, disk_usage, etag_of
+from imgproxy.config import CacheConfig, load_config
 
 from .conftest import CORPUS, copy_from_corpus, to_toml
 
@@ -69,3 +70,16 @@ def test_originals_kept_inside_the_cache_directory_get_half_its_limit(tmp_path):
     assert originals_limit(inside) == 15 * 1024**2
     beside = {"cache": {"dir": "cache/results", "size_limit": "30MB"}, "sources": {"remote": {"cache_dir": "cache/o"}}}
     assert originals_limit(beside) == 1024**3
+
+
+def test_result_files_count_the_blocks_they_take_in_one_level_of_directories(tmp_path):
+    cache = ResultCache(tmp_path / "results", CacheConfig())
+    try:
+        body = os.urandom(40 * 1024 + 1)
+        assert cache.put("k", body, ResultMeta("image/png", etag_of(body), len(body), 1, 1))
+        ((filename, size),) = cache._cache._sql("SELECT filename, size FROM Cache WHERE key = 'k'").fetchall()
+        assert len(Path(filename).parts) == 2  # ab/<30 hex>.val
+        assert size == (tmp_path / "results" / filename).stat().st_blocks * 512 > len(body)
+        assert cache.get("k") == (ResultMeta("image/png", etag_of(body), len(body), 1, 1), body)
+    finally:
+        cache.close()
