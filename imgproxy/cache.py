@@ -3,9 +3,11 @@ used of them in each process's memory.
 
 The body is the value (diskcache keeps large ones as files and commits the SQLite row only after
 the file is written, so a crash mid-write never leaves an entry that is served); the response
-metadata rides in the entry's `tag`. Any storage failure degrades to serving uncached, logged
-once, and the cache is reopened (rebuilt) when its directory went away or its database is
-corrupt (the corrupt directory is set aside, never deleted: the path may be misconfigured).
+metadata rides in the entry's `tag`. A body read back is checked against its length and its
+ETag (its hash): a damaged one is a miss, removed and rendered again, never served. Any storage
+failure degrades to serving uncached, logged once, and the cache is reopened (rebuilt) when its
+directory went away or its database is corrupt (the corrupt directory is set aside, never
+deleted: the path may be misconfigured).
 
 A hit answered from memory skips SQLite and the file read, the two biggest costs of a hit.
 Memory entries are only ever copies of disk entries under the same key (the key holds the
@@ -220,6 +222,11 @@ class LookupCounters:
         self._map = mmap.mmap(self._fd, 16)
         self.values = memoryview(self._map).cast("Q")  # [hits, misses]
 
+    def close(self) -> None:
+        self.values.release()
+        self._map.close()
+        os.close(self._fd)  # and with it the lock: a reset may now remove the file
+
     def count(self, hit: bool, undo_hit: bool = False) -> None:
         """`undo_hit`: the last hit turned out damaged, so it was a miss."""
         if undo_hit:
@@ -329,6 +336,8 @@ class ResultCache:
                 if generation(self.generation_file) is None:
                     mark_cleared(self.directory)
                 self._generation = generation(self.generation_file)
+                if self._counters is not None:  # reopened (rebuilt): a new directory, a new file
+                    self._counters.close()
                 self._counters = LookupCounters(self.directory / LOOKUPS_DIR)
                 self._warned = False
                 break
@@ -521,5 +530,8 @@ class ResultCache:
 
     def close(self) -> None:
         self.hot.clear()
+        if self._counters is not None:
+            self._counters.close()
+            self._counters = None
         if self._cache is not None:
             self._cache.close()

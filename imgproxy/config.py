@@ -351,7 +351,7 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
         base_dir = path.resolve().parent
     data = _merge(data, _env_overrides(environ))
     presets = data.pop("presets", None)
-    config = _build(Config, data, "")
+    config = typing.cast(Config, _build(Config, data, ""))
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets)
     return _cap_nested_originals(dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir)))
 
