@@ -8,6 +8,7 @@ import dataclasses
 import ipaddress
 import os
 import signal
+import socket
 import sys
 import tempfile
 import typing
@@ -100,6 +101,19 @@ def risky_settings(config: Config, host: str) -> list[str]:
     return risks
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port, found before anything is reset or started (a
+    second `serve` on a busy port must leave the running server's cache statistics alone)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn picks it
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}"
+    return None
+
+
 def cmd_serve(args) -> int:
     import functools
 
@@ -110,6 +124,7 @@ def cmd_serve(args) -> int:
 
     config = _config(args)
     host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
     if config.uploads.enabled and not config.uploads.token and not is_loopback(host):
         print(
             f"imgproxy: refusing to accept uploads without a token on {host}: set [uploads] token "
@@ -119,6 +134,9 @@ def cmd_serve(args) -> int:
         return 2
     for risk in risky_settings(config, host):
         print(f"imgproxy: warning: {risk}", file=sys.stderr)
+    if (problem := listen_problem(host, port)) is not None:
+        print(f"imgproxy: {problem}", file=sys.stderr)
+        return 1
     if config.sources.local.generate_demo:
         try:
             ensure_demo_images(config.path(config.sources.local.root))
@@ -141,7 +159,7 @@ def cmd_serve(args) -> int:
             "imgproxy.app:create_app_from_env",
             factory=True,
             host=host,
-            port=args.port if args.port is not None else config.server.port,
+            port=port,
             workers=args.workers or config.server.workers,
             # header limits and timeout; uvicorn calls the factory as it would the class
             http=functools.partial(GuardedHttpProtocol, server=config.server),  # type: ignore[arg-type]

@@ -95,6 +95,7 @@ class CacheConfig:
     eviction_policy: str = "least-recently-used"
     memory_body_limit: Size = Size(1024**2)
     memory_size: Size = Size(32 * 1024**2)
+    min_free_space: Size = Size(1024**3)
 
 
 @dataclass(frozen=True)
@@ -430,4 +431,15 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
     if problems:
         raise ConfigError("; ".join(problems), problems)
-    return dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir))
+    return _cap_nested_originals(dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir)))
+
+
+def _cap_nested_originals(config: Config) -> Config:
+    """Fetched originals kept inside [cache] dir count against its size_limit: they get at most half."""
+    remote = config.sources.remote
+    if not config.path(remote.cache_dir).is_relative_to(config.path(config.cache.dir)):
+        return config
+    capped = dataclasses.replace(
+        remote, cache_size_limit=Size(min(remote.cache_size_limit, config.cache.size_limit // 2))
+    )
+    return dataclasses.replace(config, sources=dataclasses.replace(config.sources, remote=capped))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import os
 import time
 import traceback
@@ -21,7 +20,7 @@ from typing import BinaryIO, TypeVar
 
 from . import metrics
 from .budget import UNLIMITED, Deadline, MemoryBudget
-from .cache import ResultCache, ResultMeta
+from .cache import ResultCache, ResultMeta, etag_of
 from .config import Config
 from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode
 from .errors import Forbidden, GatewayTimeout, Overloaded
@@ -83,10 +82,6 @@ def output_format(requested: str, source_format: str, has_alpha: bool, animated:
     if requested != "source":
         return requested
     return SOURCE_FORMATS.get(source_format) or ("png" if has_alpha else "jpeg")
-
-
-def etag_of(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
 def usable_cores() -> int:
@@ -194,6 +189,9 @@ class Renderer:
         original = await self.load(source)
         key = self.cache_key(original, options, fmt)
         hit = self.cache.get(key, if_none_match)
+        if hit is not None and not isinstance(hit[1], bytes):  # streamed from its file: hashed first
+            file = await asyncio.to_thread(self.cache.verify_file, key, hit[0], hit[1])
+            hit = None if file is None else (hit[0], file)
         if hit is not None:
             metrics.CACHE_HITS.inc()
             return Result(hit[0], hit[1], "HIT", vary)

@@ -74,11 +74,11 @@ def test_figures_follow_requests(live_server, workers):
 @pytest.mark.timeout(120)
 def test_evictions_are_the_entries_set_lost(live_server, writable_root):
     copy_from_corpus("photos/large_9mp_harbour.jpg", writable_root, "a.jpg")
-    # ~20-30 KB per result: 200 KB holds a handful, so storing 16 evicts some
+    # ~200 KB per PNG: the 0.4-1.4 MB a 2 MB directory leaves results holds a handful of the 16
     server = live_server(
         {
             "sources": {"local": {"root": str(writable_root)}},
-            "cache": {"size_limit": "200KB"},
+            "cache": {"size_limit": "2MB"},
             "render": {"jpeg_quality": 95},
         }
     )
@@ -86,8 +86,8 @@ def test_evictions_are_the_entries_set_lost(live_server, writable_root):
     entries_before = len(cache)
     with server.client() as client:
         before, _ = scrape(client)
-        for width in range(300, 316):
-            assert client.get(f"/picture/a.jpg?w={width}").headers["x-cache"] == "MISS"
+        for width in range(600, 616):
+            assert client.get(f"/picture/a.jpg?w={width}&encoding=png").headers["x-cache"] == "MISS"
         after, _ = scrape(client)
     evicted = delta(before, after, "imgproxy_cache_evictions_total")
     assert evicted > 0
