@@ -132,11 +132,11 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
         return 2
-    for risk in risky_settings(config, host):
-        print(f"imgproxy: warning: {risk}", file=sys.stderr)
     if (problem := listen_problem(host, port)) is not None:
         print(f"imgproxy: {problem}", file=sys.stderr)
         return 1
+    for risk in risky_settings(config, host):
+        print(f"imgproxy: warning: {risk}", file=sys.stderr)
     if config.sources.local.generate_demo:
         try:
             ensure_demo_images(config.path(config.sources.local.root))
