@@ -36,9 +36,11 @@ lint: $(TEST_STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-# Self-only benchmark: server pinned to core 0, wrk on core 1 (BENCH_SECONDS=15 per workload).
+# Self-only benchmark: server pinned to core 0, wrk on core 1 (BENCH_SECONDS=15 per workload);
+# then the same photos from local disk vs a SeaweedFS bucket ([storage] backend = "s3").
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/run.py --storage s3
 
 # imgproxy vs thumbor vs ipx (+ nginx for hits); peers install into /tmp/imgproxy-bench/peers.
 bench-peers: $(BENCH_STAMP)

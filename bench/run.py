@@ -1,6 +1,6 @@
 """Benchmark of the image proxy: cold renders and cache hits, server on one core, wrk on another.
 
-    python bench/run.py [--corpus DIR] [--workers N] [--seconds S]
+    python bench/run.py [--corpus DIR] [--workers N] [--seconds S] [--storage s3]
 
 The server runs under `taskset -c 0`, wrk under `taskset -c 1` with rotate.lua walking a list of
 URL paths. Workloads: cold renders of the large corpus JPEGs to unique widths 300-1999 (quality
@@ -8,6 +8,11 @@ URL paths. Workloads: cold renders of the large corpus JPEGs to unique widths 30
 successful requests/s, p50/p99 latency, the peak RSS of the server's process tree over that
 workload (sampled every 100 ms) and the mean size of that format's output (a fixed sample of
 URLs fetched once with httpx, the same for every server).
+
+`--storage s3` compares the storage backends instead: the same photos read from local disk and
+from a SeaweedFS bucket (tests/s3_server.py, pinned to wrk's core like a store on another host),
+for cold renders of photos never seen (every request fetches its original from the store), misses
+of known photos, and cache hits, which must not touch the store (goal: within 5 % of local).
 
 A server is a `Server` (command + URL form), so bench/peers.py drives thumbor, ipx and nginx
 through the same code. Env: BENCH_SECONDS (per workload, default 15), BENCH_THREADS (wrk
@@ -93,23 +98,28 @@ NEW_SOURCE_COPIES = int(os.environ.get("BENCH_NEW_SOURCE_COPIES", "50"))
 COLD_PARTS = 2
 
 
-def imgproxy_server(corpus: Path, render_workers: int | None = None) -> Server:
-    """Our server from the repo's .venv with a temp config: fresh cache, no access log."""
+def imgproxy_server(
+    corpus: Path, render_workers: int | None = None, storage: str = "", name: str = "imgproxy"
+) -> Server:
+    """Our server from the repo's .venv with a temp config: fresh cache, no access log.
+    `storage`: extra TOML ([storage] sections) for another backend than the local root."""
 
     def command(port: int, scratch: Path) -> list[str]:
         render = f"[render]\nworkers = {render_workers}\n" if render_workers is not None else ""
-        config = scratch / "imgproxy.toml"
+        config = scratch / f"{name}.toml"
         config.write_text(
             f'[server]\nhost = "127.0.0.1"\nport = {port}\nworkers = 1\n'
             f'[sources.local]\nroot = "{corpus}"\ngenerate_demo = false\n'
-            f'[cache]\ndir = "{scratch / "cache"}"\n'
+            f'[sources.remote]\ncache_dir = "{scratch / name / "originals"}"\n'
+            f'[cache]\ndir = "{scratch / name / "cache"}"\n'
             f"{render}"
+            f"{storage}"
             f"[log]\naccess_log = false\n"
         )
         return [str(REPO / ".venv/bin/python"), "-m", "imgproxy", "serve", "--config", str(config), "--port", str(port)]
 
     return Server(
-        name="imgproxy",
+        name=name,
         command=command,
         url=lambda image, width, fmt: f"/picture/{image}?scalex={width}&encoding={fmt}&quality=80",
         ready_path="/health",
@@ -442,12 +452,50 @@ def parse_args(description: str) -> argparse.Namespace:
         default=float(os.environ.get("BENCH_SECONDS", "15")),
         help="duration of each workload (env BENCH_SECONDS, default 15)",
     )
+    parser.add_argument(
+        "--storage", choices=("local", "s3"), default="local", help="s3: compare the local and s3 storage backends"
+    )
     args = parser.parse_args()
     args.corpus = args.corpus.resolve()
     missing = [image for image in IMAGES if not (args.corpus / image).is_file()]
     if missing:
         parser.error(f"{args.corpus} lacks {', '.join(missing)}")
     return args
+
+
+STORAGE_WORKLOADS = (
+    Workload("new source jpeg c=2", 2, "jpeg", new_sources=True),  # every original fetched from the store
+    Workload("miss jpeg c=2", 2, "jpeg", 0),
+    Workload("hit c=32", 32),
+)
+
+
+def bench_storage(corpus: Path, workers: int | None, seconds: float, scratch: Path) -> None:
+    """The same workloads with originals on local disk and in a SeaweedFS bucket."""
+    sys.path.insert(0, str(REPO))
+    from tests.s3_server import SeaweedFS  # the store the tests use
+
+    store = SeaweedFS(scratch / "seaweed", wrapper=("taskset", "-c", CLIENT_CPUS))
+    store.start()
+    try:
+        client = store.client()
+        import obstore
+
+        for path in sorted(p for p in corpus.rglob("*") if p.is_file()):
+            obstore.put(client, path.relative_to(corpus).as_posix(), path.read_bytes())
+        s3 = store.settings["s3"]
+        storage = '[storage]\nbackend = "s3"\n[storage.s3]\n' + "".join(f'{k} = "{v}"\n' for k, v in s3.items())
+        rows = []
+        for server in (imgproxy_server(corpus, workers, name="local"), imgproxy_server(corpus, workers, storage, "s3")):
+            rows += bench_server(server, STORAGE_WORKLOADS, seconds, scratch)[0]
+    finally:
+        store.stop()
+    print(f"storage backends, server on core {SERVER_CPUS}, wrk and SeaweedFS on core {CLIENT_CPUS}, {seconds:g} s")
+    table = [[r["workload"], r["server"], *row_cells(r)[:4], row_cells(r)[-1]] for r in rows]
+    print(format_table(["workload", "storage", *ROW_HEADERS[:4], "failed"], sorted(table, key=lambda t: t[0])))
+    local, remote = ({r["workload"]: r["rps"] for r in rows if r["server"] == name} for name in ("local", "s3"))
+    for workload in local:
+        print(f"{workload}: s3 at {remote[workload] / local[workload]:.1%} of local req/s")
 
 
 def main() -> None:
@@ -457,6 +505,9 @@ def main() -> None:
     scratch = scratch_dir("self-")
     try:
         corpus = prepare_corpus(args.corpus, scratch)
+        if args.storage == "s3":
+            bench_storage(corpus, args.workers, args.seconds, scratch)
+            return
         rows, _ = bench_server(imgproxy_server(corpus, args.workers), WORKLOADS, args.seconds, scratch, corpus)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -207,11 +207,16 @@ def create_app(config: Config) -> PictureFastPath:
     async def health(request: Request) -> Response:
         """Liveness is answering at all; ready (200) while the render queue has room.
 
-        An unwritable cache is reported as "degraded" but stays ready: the service still serves,
-        uncached, and restarting it would not free a full disk.
+        An unwritable cache or an unreachable storage is reported as "degraded" but stays ready: the
+        service still serves (uncached; cached results while the object store is away), and
+        restarting it would neither free a full disk nor bring the store back.
         """
         writable, stats = await run_in_threadpool(lambda: (cache.probe(), cache.stats()))
-        checks = {"cache_writable": writable or not config.cache.enabled, "render_pool": renderer.accepting}
+        checks = {
+            "cache_writable": writable or not config.cache.enabled,
+            "storage": await renderer.storage.check(),
+            "render_pool": renderer.accepting,
+        }
         if config.uploads.enabled:  # a job store that is away stops uploads, not /picture: degraded
             checks["jobs"] = await uploads.jobs.healthy()
         ready = checks["render_pool"]

@@ -3,7 +3,7 @@
 Safe while servers run: diskcache is shared between processes. Entries are picked by reading
 diskcache's SQLite index (its `Cache` table: `key`, `store_time`) read-only, and removed through
 diskcache's own `delete`, so files and the size accounting stay right. Result keys start with the
-source's id (`local:<path>|…`, or the remote URL followed by `|`), so a source's variants share
+source's id (`local:<path>|…`, `s3:<key>|…`, or the remote URL followed by `|`), so a source's variants share
 a prefix. Hits and misses are the servers' own counters (one small file per process under
 `lookups/`); a clear rewrites the `generation` file so servers drop the results they keep in memory.
 """
@@ -20,7 +20,8 @@ import diskcache
 
 from .cache import PROBE_KEY, disk_usage, mark_cleared, read_lookups, reset_lookups
 from .config import Config
-from .sources import LocalSource, is_remote
+from .sources import is_remote
+from .storage import Storage, open_storage
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -33,14 +34,13 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * DURATION_UNITS[match[2] or "s"]
 
 
-def source_id(source: str, config: Config) -> str:
+def source_id(source: str, storage: Storage) -> str:
     """The id a source's cache keys start with, as the server computes it."""
     if is_remote(source):
         from .remote import parse_remote_url
 
         return str(parse_remote_url(source))
-    local = LocalSource(config.path(config.sources.local.root), config.limits.max_source_bytes)
-    return "local:" + local.resolve(source).relative_to(local.root).as_posix()
+    return storage.source_id(source)
 
 
 @dataclass
@@ -93,18 +93,26 @@ def reset_statistics(config: Config) -> None:
 
 def clear(config: Config, older_than: float | None = None, sources: list[str] = ()) -> int:
     """Remove results (all of them, or those stored longer ago than `older_than` seconds and/or of
-    `sources`); returns how many. A remote source's fetched original goes too, so it is fetched again."""
+    `sources`); returns how many."""
     directory = config.path(config.cache.dir)
-    prefixes = [source_id(s, config) + "|" for s in sources]
+    storage = open_storage(config)
+    try:
+        ids = [source_id(s, storage) for s in sources]
+        # a fetched original goes too, so it is fetched again: a remote one by URL, a stored one by its keys
+        kept = [
+            key for i, s in zip(ids, sources, strict=True) for key in ([i] if is_remote(s) else storage.kept_keys(i))
+        ]
+    finally:
+        storage.close()
     if not _exists(directory):
         return 0
     try:
-        return _clear(directory, older_than, prefixes, config)
+        return _clear(directory, older_than, [i + "|" for i in ids], kept, config)
     finally:
         mark_cleared(directory)
 
 
-def _clear(directory: Path, older_than: float | None, prefixes: list[str], config: Config) -> int:
+def _clear(directory: Path, older_than: float | None, prefixes: list[str], kept: list[str], config: Config) -> int:
     if older_than is None and not prefixes:
         with diskcache.Cache(str(directory)) as cache:
             return cache.clear()
@@ -120,12 +128,11 @@ def _clear(directory: Path, older_than: float | None, prefixes: list[str], confi
         keys = [key for (key,) in index.execute(f"SELECT key FROM Cache WHERE {' AND '.join(conditions)}", params)]
     with diskcache.Cache(str(directory)) as cache:
         removed = sum(cache.delete(key) for key in keys)
-    remote_dir = config.path(config.sources.remote.cache_dir)
-    remote_ids = [p.removesuffix("|") for p in prefixes if not p.startswith("local:")]
-    if remote_ids and _exists(remote_dir):
-        with diskcache.Cache(str(remote_dir)) as originals:
-            for url in remote_ids:
-                originals.delete(url)
+    originals_dir = config.path(config.sources.remote.cache_dir)
+    if kept and _exists(originals_dir):
+        with diskcache.Cache(str(originals_dir)) as originals:
+            for key in kept:
+                originals.delete(key)
     return removed
 
 

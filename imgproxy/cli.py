@@ -20,7 +20,7 @@ from .errors import BadRequest, ImageProxyError
 if typing.TYPE_CHECKING:
     from .options import RenderOptions
 
-SECRET_KEYS = {"key", "keys", "token"}
+SECRET_KEYS = {"key", "keys", "token", "secret_access_key"}
 # CLI flag -> canonical query parameter, for `render` (and `url`)
 RENDER_FLAGS = (
     "width",
@@ -137,7 +137,7 @@ def cmd_serve(args) -> int:
         return 1
     for risk in risky_settings(config, host):
         print(f"imgproxy: warning: {risk}", file=sys.stderr)
-    if config.sources.local.generate_demo:
+    if config.sources.local.generate_demo and config.storage.backend == "local":
         try:
             ensure_demo_images(config.path(config.sources.local.root))
         except OSError as exc:  # a read-only or unwritable root: serve what is there
@@ -209,8 +209,10 @@ def options_from_args(args: argparse.Namespace, config: Config, pairs: list[tupl
 
 
 def cmd_render(args) -> int:
+    import asyncio
+
     from .pipeline import render_original
-    from .sources import LocalSource
+    from .storage import open_storage
 
     config = _config(args)
     pairs = query_from_args(args)
@@ -220,11 +222,17 @@ def cmd_render(args) -> int:
             known = ", ".join(f".{s}" for s in OUTPUT_SUFFIXES)
             raise BadRequest(f"-o {args.output}: unknown image suffix (use {known}, or give --format)")
         pairs.append(("encoding", OUTPUT_SUFFIXES[suffix]))
-    limits = config.limits
     options = options_from_args(args, config, pairs)
-    local = LocalSource(config.path(config.sources.local.root), limits.max_source_bytes)
     fmt = options.encoding if options.encoding not in (None, "auto") else "source"
-    body, meta = render_original(local.load(args.source), options, fmt, config)
+    storage = open_storage(config)
+
+    async def original():
+        return await storage.open(await storage.load(args.source))
+
+    try:
+        body, meta = render_original(asyncio.run(original()), options, fmt, config)
+    finally:
+        storage.close()
     Path(args.output).write_bytes(body)
     print(f"{args.output}: {meta.width}x{meta.height} {meta.content_type} {meta.size} bytes in {meta.render_ms:.0f} ms")
     return 0
@@ -280,7 +288,7 @@ def progress_bar(total: int, stream=sys.stderr):
 
 
 def cmd_warm(args) -> int:
-    """Render presets × formats of local sources into the cache, as an upload's job does."""
+    """Render presets × formats of stored sources into the cache, as an upload's job does."""
     import asyncio
 
     from .cache import ResultCache
@@ -290,19 +298,24 @@ def cmd_warm(args) -> int:
     config = _config(args)
     cache = ResultCache(config.path(config.cache.dir), config.cache)
     renderer = Renderer(config, cache)
-    unusable, sources = [], []
-    for source in dict.fromkeys(args.sources):  # a missing source is one error, not one per variant
-        try:
-            renderer.local.load(source)
-            sources.append(source)
-        except ImageProxyError as exc:
-            unusable.append(f"{source}: {exc.message}")
+    unusable: list[str] = []
+    sources: list[str] = []
+    tasks = plan(renderer, args.preset or list(config.presets), args.format or config.uploads.pregenerate_formats)
+
+    async def run() -> list[str]:
+        for source in dict.fromkeys(args.sources):  # a missing source is one error, not one per variant
+            try:
+                await renderer.load(source)
+                sources.append(source)
+            except ImageProxyError as exc:
+                unusable.append(f"{source}: {exc.message}")
+        return await warm(renderer, sources, tasks, renderer.workers, progress_bar(len(sources) * len(tasks)))
+
     try:
-        tasks = plan(renderer, args.preset or list(config.presets), args.format or config.uploads.pregenerate_formats)
-        total = len(sources) * len(tasks)
-        errors = asyncio.run(warm(renderer, sources, tasks, renderer.workers, progress_bar(total)))
+        errors = asyncio.run(run())
     finally:
         renderer.close()
+    total = len(sources) * len(tasks)
     for line in unusable + errors:
         print(f"imgproxy: {line}", file=sys.stderr)
     print(f"warmed {total - len(errors)} of {total} results ({len(sources)} sources x {len(tasks)} variants)")
@@ -382,18 +395,19 @@ def config_problems(config: Config) -> list[str]:
 
     problems = []
     root = config.path(config.sources.local.root)
-    if not root.exists() and not config.sources.local.generate_demo:
+    local = config.storage.backend == "local"  # else originals and uploads are in the bucket
+    if local and not root.exists() and not config.sources.local.generate_demo:
         problems.append(f"sources.local.root: {root} does not exist")
-    elif root.exists() and not root.is_dir():
+    elif local and root.exists() and not root.is_dir():
         problems.append(f"sources.local.root: {root} is not a directory")
-    elif root.exists() and not os.access(root, os.R_OK | os.X_OK):
+    elif local and root.exists() and not os.access(root, os.R_OK | os.X_OK):
         problems.append(f"sources.local.root: {root} is not readable")
-    writable = {"sources.local.root": root} if config.sources.local.generate_demo else {}
+    writable = {"sources.local.root": root} if local and config.sources.local.generate_demo else {}
     if config.cache.enabled:
         writable["cache.dir"] = config.path(config.cache.dir)
-    if config.sources.remote.allowed_hosts:
+    if config.sources.remote.allowed_hosts or not local:  # the originals cache
         writable["sources.remote.cache_dir"] = config.path(config.sources.remote.cache_dir)
-    if config.uploads.enabled:
+    if config.uploads.enabled and local:
         writable["uploads.dir"] = root / config.uploads.dir
     for key, path in writable.items():
         if (why := _not_writable(path)) is not None:
@@ -481,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
 
     render = command("render", cmd_render, "render one image to a file")
-    render.add_argument("source", help="path under [sources.local] root")
+    render.add_argument("source", help="path in the storage ([sources.local] root or the bucket)")
     render.add_argument("-o", "--output", required=True)
     add_render_flags(render)
 
@@ -493,8 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     url.add_argument("--base", help="prefix such as https://img.example.com")
     add_render_flags(url)
 
-    warm_parser = command("warm", cmd_warm, "render presets of local sources into the cache")
-    warm_parser.add_argument("sources", nargs="+", help="paths under [sources.local] root")
+    warm_parser = command("warm", cmd_warm, "render presets of stored sources into the cache")
+    warm_parser.add_argument("sources", nargs="+", help="paths in the storage ([sources.local] root or the bucket)")
     warm_parser.add_argument("--preset", action="append", help="preset name, repeatable (default: all)")
     warm_parser.add_argument(
         "--format",
@@ -515,7 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("stats", cmd_cache_stats, "entries, bytes, hit ratio, oldest entry", cache)
     clear = command("clear", cmd_cache_clear, "remove results: all, or by age and/or source", cache)
     clear.add_argument("--older-than", type=duration, metavar="AGE", help="stored longer ago than AGE (7d, 12h, 30m)")
-    clear.add_argument("--source", action="append", help="a local path or remote URL whose results go (repeatable)")
+    clear.add_argument(
+        "--source",
+        action="append",
+        help="a stored path (local or in the bucket) or remote URL whose results go (repeatable)",
+    )
     return parser
 
 

@@ -163,6 +163,25 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class S3StorageConfig:
+    endpoint: str = ""
+    bucket: str = ""
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    freshness: float = 60.0
+    connect_timeout: float = 2.0
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "local"
+    s3: S3StorageConfig = field(default_factory=S3StorageConfig)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
@@ -188,6 +207,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
     presets: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_PRESETS))
     base_dir: str = "."  # directory relative paths are resolved against (the config file's)
@@ -207,6 +227,19 @@ def _networks_valid(values: tuple[str, ...]) -> bool:
 
 def _between(low: float, high: float) -> typing.Callable[[object], bool]:
     return lambda v: isinstance(v, (int, float)) and low <= v <= high
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def _key_prefix_valid(value: object) -> bool:
+    text = str(value)
+    return not text.startswith("/") and "\\" not in text and "\x00" not in text and ".." not in text.split("/")
+
+
+def _endpoint_valid(value: object) -> bool:
+    return value == "" or str(value).startswith(("http://", "https://"))
 
 
 # Checks beyond the type: (section.key) -> (predicate, what is allowed)
@@ -259,6 +292,12 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
         lambda v: bool(v) and not v.startswith("/") and ".." not in v.split("/") and "\\" not in v,
         "a relative path inside [sources.local] root",
     ),
+    "storage.backend": (lambda v: v in ("local", "s3"), "local or s3"),
+    "storage.s3.prefix": (_key_prefix_valid, "a key prefix without a leading '/', '..' segments, backslashes or NUL"),
+    "storage.s3.endpoint": (_endpoint_valid, "empty (AWS) or an http(s) URL"),
+    "storage.s3.freshness": (lambda v: _number(v) >= 0, ">= 0"),
+    "storage.s3.connect_timeout": (lambda v: _number(v) > 0, "> 0"),
+    "storage.s3.timeout": (lambda v: _number(v) > 0, "> 0"),
     "uploads.pregenerate_formats": (
         lambda v: all(f in WRITABLE_FORMATS + ("source",) for f in v),
         "jpeg, png, webp, avif, gif or source",
@@ -428,6 +467,8 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
     config = typing.cast(Config, _build(Config, data, "", problems))
     if config.jobs.backend == "redis" and not config.jobs.redis_url:
         problems.append('jobs.redis_url: required with jobs.backend = "redis"')
+    if config.storage.backend == "s3" and not config.storage.s3.bucket:
+        problems.append('storage.s3.bucket: required when storage.backend = "s3"')
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
     if problems:
         raise ConfigError("; ".join(problems), problems)

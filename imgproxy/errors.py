@@ -65,3 +65,12 @@ class Overloaded(ImageProxyError):
 
 class GatewayTimeout(ImageProxyError):
     status = 504
+
+
+class StorageUnavailable(ImageProxyError):
+    """The object store (or the upload directory) cannot be reached or failed: try again later."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})

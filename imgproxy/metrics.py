@@ -93,6 +93,19 @@ FETCH_SECONDS = Histogram(
 FETCH_ERRORS = Counter(
     "imgproxy_upstream_fetch_errors", "Failed fetches of remote originals, by kind", ["kind"], registry=REGISTRY
 )
+STORE_SECONDS = Histogram(
+    "imgproxy_store_request_duration_seconds",
+    "Requests to the object store ([storage] backend = s3), errors included, by operation",
+    ["op"],
+    buckets=SECONDS,
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter(
+    "imgproxy_store_errors",
+    "Failed object store requests, by kind (not_found, timeout, unreachable, server_error, denied, other)",
+    ["kind"],
+    registry=REGISTRY,
+)
 
 FETCH_ERROR_KINDS = (
     (TimeoutError, "timeout"),
@@ -118,9 +131,9 @@ def observe_request(route: str, status: int, seconds: float, size: int) -> None:
     RESPONSE_BYTES.inc(size)
 
 
-def observe_render(content_type: str, render_ms: float, remote: bool, source_size: int) -> None:
+def observe_render(content_type: str, render_ms: float, source_kind: str, source_size: int) -> None:
     RENDER_SECONDS.labels(content_type.removeprefix("image/")).observe(render_ms / 1000)
-    SOURCE_BYTES.labels("remote" if remote else "local").inc(source_size)
+    SOURCE_BYTES.labels(source_kind).inc(source_size)
 
 
 def fetch_error_kind(error: BaseException) -> str:

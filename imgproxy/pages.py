@@ -33,6 +33,8 @@ PAGE_CSP = (
 
 def demo_images(config: Config) -> list[str]:
     """Sources (relative to the local root) of the sample images, sorted by name."""
+    if config.storage.backend != "local":
+        return []  # the samples are drawn into the local root, which /picture does not read then
     folder = config.path(config.sources.local.root) / DEMO_DIR
     try:
         names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -27,7 +27,8 @@ from .errors import Forbidden, GatewayTimeout, Overloaded
 from .loader import open_original
 from .options import RenderOptions, with_encoding
 from .render import output_bytes, render
-from .sources import LocalSource, Original, is_remote
+from .sources import Original, is_remote
+from .storage import Storage, open_storage
 
 T = TypeVar("T")
 
@@ -142,10 +143,10 @@ def _releasing(fn: Callable[..., T], *args: object) -> T:
 
 
 class Renderer:
-    def __init__(self, config: Config, cache: ResultCache, remote=None):
+    def __init__(self, config: Config, cache: ResultCache, remote=None, storage: Storage | None = None):
         self.config = config
         self.cache = cache
-        self.local = LocalSource(config.path(config.sources.local.root), config.limits.max_source_bytes)
+        self.storage = storage if storage is not None else open_storage(config)
         self.remote = remote
         self.workers = config.render.workers or usable_cores()
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="render")
@@ -177,21 +178,32 @@ class Renderer:
             if self.remote is None:
                 raise Forbidden("remote sources are off (no [sources.remote] allowed_hosts)")
             return await self.remote.load(source)
-        return self.local.load(source)
+        return await self.storage.load(source)
 
     @staticmethod
     def cache_key(original: Original, options: RenderOptions, fmt: str) -> str:
         return f"{original.key}|{options_key(options, fmt)}"
+
+    async def _lookup(self, key: str, if_none_match: str) -> tuple[ResultMeta, bytes | BinaryIO] | None:
+        """A cache hit, or None; a body streamed from its file is hashed first (off the loop)."""
+        hit = self.cache.get(key, if_none_match)
+        if hit is not None and not isinstance(hit[1], bytes):
+            file = await asyncio.to_thread(self.cache.verify_file, key, hit[0], hit[1])
+            return None if file is None else (hit[0], file)
+        return hit
 
     async def picture(self, source: str, options: RenderOptions, accept: str = "", if_none_match: str = "") -> Result:
         """A hit whose ETag matches `if_none_match` comes with an empty body (for a 304)."""
         fmt, vary = self.requested_format(options, accept)
         original = await self.load(source)
         key = self.cache_key(original, options, fmt)
-        hit = self.cache.get(key, if_none_match)
-        if hit is not None and not isinstance(hit[1], bytes):  # streamed from its file: hashed first
-            file = await asyncio.to_thread(self.cache.verify_file, key, hit[0], hit[1])
-            hit = None if file is None else (hit[0], file)
+        hit = await self._lookup(key, if_none_match)
+        if hit is None and original.path is None and original.data is None:
+            opened = await self.storage.open(original)  # the bytes, fetched only for a miss
+            if opened.key != original.key:  # the object changed since its version was learnt
+                key = self.cache_key(opened, options, fmt)
+                hit = await self._lookup(key, if_none_match)
+            original = opened
         if hit is not None:
             metrics.CACHE_HITS.inc()
             return Result(hit[0], hit[1], "HIT", vary)
@@ -245,7 +257,7 @@ class Renderer:
     ) -> tuple[bytes, ResultMeta]:
         with metrics.RENDERS_IN_FLIGHT.track_inprogress():
             body, meta = render_original(original, options, fmt, self.config, self.memory)
-        metrics.observe_render(meta.content_type, meta.render_ms, original.data is not None, original.size)
+        metrics.observe_render(meta.content_type, meta.render_ms, original.kind, original.size)
         self.cache.put(key, body, meta)
         self.renders += 1
         return body, meta
@@ -253,3 +265,4 @@ class Renderer:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.cache.close()
+        self.storage.close()

@@ -21,16 +21,13 @@ import asyncio
 import contextlib
 import hashlib
 import http.cookiejar
-import logging
 import re
-import sqlite3
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-import diskcache
 import httpx
 from PIL import Image
 
@@ -55,9 +52,8 @@ from .netguard import (
     host_allowed,
     is_host_shaped,
 )
+from .originals import OriginalsCache
 from .sources import Original
-
-log = logging.getLogger("imgproxy.remote")
 
 SNIFF_BYTES = 16  # what Pillow's format checks look at
 MAX_URL_LENGTH = 2048
@@ -208,9 +204,7 @@ class RemoteSource:
             cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
             headers=REQUEST_HEADERS,
         )
-        self.cache = diskcache.Cache(
-            str(cache_dir), size_limit=cfg.cache_size_limit, eviction_policy="least-recently-used"
-        )
+        self.cache = OriginalsCache(cache_dir, cfg.cache_size_limit)
         self.inflight: dict[str, asyncio.Task[Original]] = {}
         self.fetches = FetchSlots(cfg.max_fetches, cfg.fetch_queue_limit)
 
@@ -258,7 +252,7 @@ class RemoteSource:
                 except TimeoutError:
                     message = f"upstream {host_of(url)} did not answer within {self.cfg.timeout:g} s"
                     raise GatewayTimeout(message) from None
-            await asyncio.to_thread(self._store, key, entry)
+            await asyncio.to_thread(self.cache.set, key, entry)
         return Original(
             id=key,
             version=entry["version"],
@@ -266,12 +260,6 @@ class RemoteSource:
             last_modified=_epoch(entry["last_modified"]),
             data=entry["data"],
         )
-
-    def _store(self, key: str, entry: dict) -> None:
-        try:
-            self.cache.set(key, entry)
-        except (OSError, sqlite3.Error) as exc:  # a full disk degrades to fetching every time
-            log.warning("cannot cache remote original: %s", exc)
 
     async def _fetch(self, url: httpx.URL, cached: dict | None) -> dict:
         headers = {}

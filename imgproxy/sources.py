@@ -31,6 +31,12 @@ class Original:
     data: bytes | None = None
 
     @property
+    def kind(self) -> str:
+        """local, s3 or remote (metrics label)."""
+        prefix = self.id.partition(":")[0]
+        return prefix if prefix in ("local", "s3") else "remote"
+
+    @property
     def key(self) -> str:
         """This version of this source: the start of its result keys, and its kept decodes' key."""
         return f"{self.id}|{self.version}"
@@ -39,6 +45,22 @@ class Original:
 def is_remote(source: str) -> bool:
     head = source[:8].lower()
     return head.startswith("http:/") or head.startswith("https:/")
+
+
+MAX_PATH = 1024  # characters; S3 keys end at 1024 bytes
+
+
+def path_parts(source: str) -> list[str]:
+    """The segments of a source path (local file or object key), or 400 for names that could climb
+    out of the root or the prefix. Checked before anything is looked up."""
+    if not source or len(source) > MAX_PATH:
+        raise BadRequest(f"bad source path: empty or longer than {MAX_PATH} characters")
+    if "\x00" in source or "\\" in source or source.startswith("/"):
+        raise BadRequest("bad source path: absolute paths, backslashes and NUL are not allowed")
+    parts = source.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise BadRequest("bad source path: empty, '.' and '..' segments are not allowed")
+    return parts
 
 
 @dataclass(frozen=True)
@@ -61,14 +83,7 @@ class LocalSource:
 
     def _joined(self, source: str) -> str:
         """The path under the root a source names, or 400 for names that could climb out of it."""
-        if not source or len(source) > 1024:
-            raise BadRequest("bad source path: empty or longer than 1024 characters")
-        if "\x00" in source or "\\" in source or source.startswith("/"):
-            raise BadRequest("bad source path: absolute paths, backslashes and NUL are not allowed")
-        parts = source.split("/")
-        if any(p in ("", ".", "..") for p in parts):
-            raise BadRequest("bad source path: empty, '.' and '..' segments are not allowed")
-        return os.path.join(self.root, *parts)
+        return os.path.join(self.root, *path_parts(source))
 
     def resolve(self, source: str) -> Path:
         """The real path of `source` inside the root, or a 400/404. Never reads outside the root."""

@@ -3,10 +3,10 @@
 The body is parsed while it streams in (python-multipart's push parser); the one file part goes
 straight to a temporary file while its bytes are counted, so nothing past `[uploads] max_bytes` is
 read or buffered. Pillow then decides the format from the bytes (the header limits of
-`/picture`, plus a decode, JPEG at 1/8 scale, that catches truncated data) before the file is
-renamed to `<root>/<uploads.dir>/<random id>/<sanitised name>`. Temporary files live in
-`<uploads.dir>/.tmp` on the same filesystem, so the rename is atomic and a crash never leaves a
-partial file under a path that is handed out.
+`/picture`, plus a decode, JPEG at 1/8 scale, that catches truncated data) before the storage
+(storage.py) keeps it as `<uploads.dir>/<random id>/<sanitised name>`: renamed into the local
+root from a temporary file on the same filesystem (atomic), or put into the bucket in one request
+after the check, so a crash or a refused upload never leaves a partial file or object behind.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import hmac
 import logging
 import os
 import secrets
-import shutil
 import string
 import time
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from PIL import Image
 from python_multipart.exceptions import FormParserError
@@ -32,8 +31,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .budget import Deadline, MemoryBudget, decoded_bytes
-from .config import Config, ConfigError
-from .errors import BadRequest, Forbidden, ImageProxyError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMedia
+from .config import Config
+from .errors import (
+    BadRequest,
+    Forbidden,
+    ImageProxyError,
+    NotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
+    Unauthorized,
+    UnsupportedMedia,
+)
 from .html import MIME_TYPES, candidates, join_srcset, picture_tag, picture_url, width_steps, width_variants
 from .jobs import JobQueue, JobsUnavailable
 from .loader import open_original
@@ -45,7 +53,6 @@ from .sources import Original
 log = logging.getLogger("imgproxy.uploads")
 FIELD = "image"
 ID_BYTES = 16  # 128 random bits, hex in paths and job ids
-TEMP_DIR = ".tmp"
 STALE_TEMP_SECONDS = 3600  # temp files older than this are left over from a crash
 MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the file
 BODY_SECONDS = 300  # a whole upload; a slower client gets 408 instead of holding a temp file
@@ -66,10 +73,6 @@ SAME_FORMAT = {"MPO": "JPEG"}  # phones write MPO into .jpg files
 
 class RequestTimeout(ImageProxyError):
     status = 408
-
-
-class StorageUnavailable(ImageProxyError):
-    status = 503
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -195,11 +198,7 @@ class Uploads:
     def __init__(self, config: Config, renderer: Renderer):
         self.config = config
         self.settings = config.uploads
-        parts = PurePosixPath(self.settings.dir).parts
-        if not parts or self.settings.dir.startswith("/") or any(p in (".", "..") or "\\" in p for p in parts):
-            raise ConfigError("uploads.dir: expected a relative path inside [sources.local] root, without '..'")
-        self.prefix = "/".join(parts)
-        self.directory = config.path(config.sources.local.root) / self.prefix
+        self.storage = renderer.storage
         # what /picture would refuse as a source is refused as an upload already
         self.max_bytes = min(self.settings.max_bytes, config.limits.max_source_bytes)
         self.renderer = renderer
@@ -223,7 +222,7 @@ class Uploads:
     def _remove_stale_temp_files(self) -> None:
         cutoff = time.time() - STALE_TEMP_SECONDS
         try:
-            for entry in os.scandir(self.directory / TEMP_DIR):
+            for entry in os.scandir(self.storage.temp_dir):
                 if entry.name.endswith(".part") and entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
         except OSError:  # no temp dir yet, or a read-only root: nothing to tidy
@@ -249,11 +248,11 @@ class Uploads:
         if declared.isdigit() and int(declared) > limit:
             raise too_large(self.max_bytes)
         upload_id = secrets.token_hex(ID_BYTES)
-        temp = self.directory / TEMP_DIR / f"{upload_id}.part"
+        temp = self.storage.temp_dir / f"{upload_id}.part"
         try:
             part = await self._receive(request, boundary, temp, limit)
             inspected = await self.renderer.run(inspect, temp, self.config, self.renderer.memory)
-            stored = await run_in_threadpool(self._store, temp, upload_id, part.filename, inspected)
+            stored = await self._store(temp, upload_id, part.filename, inspected)
         finally:
             temp.unlink(missing_ok=True)
         body = await run_in_threadpool(self._describe, stored)
@@ -262,7 +261,7 @@ class Uploads:
                 stored.id, stored.path, list(self.config.presets), list(self.settings.pregenerate_formats)
             )
         except JobsUnavailable:  # the queue went away since the check: take the upload back
-            await run_in_threadpool(shutil.rmtree, self.directory / stored.id, True)
+            await self.storage.remove_upload(stored.path)
             raise
         body["job"] = {
             "id": job["id"],
@@ -322,7 +321,7 @@ class Uploads:
         except ClientDisconnect:
             raise BadRequest("client disconnected during the upload") from None
         except OSError as exc:
-            log.warning("cannot write uploads under %s: %s", self.directory, exc)
+            log.warning("cannot write uploads under %s: %s", self.storage.temp_dir, exc)
             raise StorageUnavailable("upload storage is unavailable") from None
         finally:
             if part.file is not None:
@@ -333,24 +332,12 @@ class Uploads:
             raise BadRequest("multipart body ended early")
         return part
 
-    def _store(self, temp: Path, upload_id: str, filename: str | None, inspected: tuple[str, int, int]) -> Stored:
-        """Move the checked image into place (blocking; runs in a thread)."""
+    async def _store(self, temp: Path, upload_id: str, filename: str | None, inspected: tuple[str, int, int]) -> Stored:
+        """Hand the checked image to the storage: nothing is stored unchecked."""
         fmt, width, height = inspected
         name = safe_name(filename, fmt)
-        folder = self.directory / upload_id
-        try:
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the bytes are on disk before the name appears
-            finally:
-                os.close(fd)
-            folder.mkdir(parents=True)
-            os.replace(temp, folder / name)
-            size = (folder / name).stat().st_size
-        except OSError as exc:
-            log.warning("cannot store upload in %s: %s", folder, exc)
-            raise StorageUnavailable("upload storage is unavailable") from None
-        return Stored(upload_id, f"{self.prefix}/{upload_id}/{name}", fmt, width, height, size)
+        path, size = await self.storage.save_upload(temp, upload_id, name)
+        return Stored(upload_id, path, fmt, width, height, size)
 
     def _describe(self, stored: Stored) -> dict:
         """The 201 body: where the image is and the markup that shows it (header reads: a thread)."""

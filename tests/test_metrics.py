@@ -204,7 +204,7 @@ def test_health_reports_readiness(live_server, tmp_path):
         r = client.get("/health")
         body = r.json()
         assert r.status_code == 200 and body["status"] == "ok"
-        assert body["checks"] == {"cache_writable": True, "render_pool": True, "jobs": True}
+        assert body["checks"] == {"cache_writable": True, "storage": True, "render_pool": True, "jobs": True}
         assert {"renders", "pending", "capacity", "cache"} <= set(body)
     blocker = tmp_path / "a-file"
     blocker.write_text("where the cache directory should be")
