@@ -37,19 +37,33 @@ def track(process: subprocess.Popen, what: str) -> subprocess.Popen:
     return process
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group `pgid`, from /proc."""
-    members = []
+def live_processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live (non-zombie) process, from /proc."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            state, _ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            state, ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
         except (OSError, ValueError):
             continue  # gone meanwhile
-        if int(group) == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
+        if state != "Z":
+            found[int(entry.name)] = (int(ppid), int(group))
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    return [pid for pid, (_, group) in live_processes().items() if group == pgid]
+
+
+def descendants(root: int) -> list[int]:
+    processes = live_processes()
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, (ppid, _) in processes.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def kill_group(pgid: int) -> list[int]:
@@ -80,6 +94,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The safety net: nothing a test started may outlive the session."""
     leaks = [f"{what}: pids {members}" for pid, what in STARTED.items() if (members := kill_group(pid))]
     leaks += [f"thread {t.name} still running" for t in threading.enumerate() if t.name.startswith("origin:")]
+    for pid in descendants(os.getpid()):  # untracked children too (a browser, a CLI run)
+        try:
+            leaks.append(f"child process {pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}")
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass  # exited meanwhile
     if leaks:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter:
