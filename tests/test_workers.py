@@ -15,7 +15,8 @@ from imgproxy.cache import PROBE_KEY, ResultMeta
 from imgproxy.pipeline import etag_of
 
 SLOW = "/picture/photos/large_12mp_bus.jpg?w=4000&encoding=avif&q=90"  # 2-3 s of AVIF encoding at SLOW_AVIF
-SLOW_AVIF = {"render": {"avif_speed": 8}}
+# timeout: the render budget, which also bounds the graceful shutdown; a busy machine needs more than 30 s
+SLOW_AVIF = {"render": {"avif_speed": 8, "timeout": 120}}
 
 
 def metric(server, name: str) -> float:
