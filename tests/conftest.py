@@ -47,7 +47,7 @@ def live_processes() -> dict[int, tuple[int, int]]:
             state, ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
         except (OSError, ValueError):
             continue  # gone meanwhile
-        if state != "Z":
+        if state not in "ZX":  # zombies and dead ones have exited already
             found[int(entry.name)] = (int(ppid), int(group))
     return found
 
@@ -74,6 +74,9 @@ def kill_group(pgid: int) -> list[int]:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + 60  # a killed process takes a moment to exit (longer on a busy machine)
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
     return members
 
 
