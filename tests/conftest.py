@@ -28,13 +28,22 @@ def manifest_rows() -> list[dict[str, str]]:
 # Every process a test starts, by pid (each leads its own process group): what it is and which test
 # started it. A test must stop what it starts; pytest_sessionfinish kills any group still alive and
 # fails the run, naming the test, so a leak is visible instead of lingering for minutes.
-STARTED: dict[int, str] = {}
+STARTED: dict[int, tuple[str, int | None]] = {}  # pid -> (what, its start time, to tell a reused pid)
 
 
 def track(process: subprocess.Popen, what: str) -> subprocess.Popen:
     """Record a process started with start_new_session=True for the end-of-session check."""
-    STARTED[process.pid] = f"{what} (started by {os.environ.get('PYTEST_CURRENT_TEST', 'a fixture')})"
+    started_by = os.environ.get("PYTEST_CURRENT_TEST", "a fixture")
+    STARTED[process.pid] = (f"{what} (started by {started_by})", start_time(process.pid))
     return process
+
+
+def start_time(pid: int) -> int | None:
+    """When the process with this pid started (clock ticks after boot); None once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError):
+        return None
 
 
 def live_processes() -> dict[int, tuple[int, int]]:
@@ -80,11 +89,11 @@ def kill_group(pgid: int) -> list[int]:
     return members
 
 
-def stop_process(process: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> int:
-    """`sig` to the group leader and wait for it; then SIGKILL the rest of its group, or all of it
+def stop_process(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM to the group leader and wait for it; then SIGKILL the rest of its group, or all of it
     if the leader did not exit in time. Returns the leader's exit code."""
     if process.poll() is None:
-        process.send_signal(sig)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -95,7 +104,10 @@ def stop_process(process: subprocess.Popen, timeout: float, sig: int = signal.SI
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The safety net: nothing a test started may outlive the session."""
-    leaks = [f"{what}: pids {members}" for pid, what in STARTED.items() if (members := kill_group(pid))]
+    leaks = []
+    for pid, (what, started) in STARTED.items():
+        if start_time(pid) in (None, started) and (members := kill_group(pid)):  # not if the pid was reused
+            leaks.append(f"{what}: pids {members}")
     leaks += [f"thread {t.name} still running" for t in threading.enumerate() if t.name.startswith("origin:")]
     for pid in descendants(os.getpid()):  # untracked children too (a browser, a CLI run)
         try:
@@ -238,7 +250,7 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30), **kwargs)
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     def stop(self, timeout: float = 60) -> int | None:
         if self.process is None:

@@ -6,7 +6,7 @@ from .conftest import STARTED, LiveServer, group_members
 
 
 def started_in(server: LiveServer) -> list[int]:
-    return [pid for pid, what in STARTED.items() if str(server.workdir) in what]
+    return [pid for pid, (what, _) in STARTED.items() if str(server.workdir) in what]
 
 
 @pytest.mark.timeout(120)
