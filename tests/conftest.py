@@ -46,6 +46,12 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def still_ours(pid: int) -> bool:
+    """False once a tracked pid names another process: pids are reused (pid_max may be 32768)."""
+    now = start_time(pid)
+    return now is None or pid not in STARTED or now == STARTED[pid][1]
+
+
 def live_processes() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, process group) of every live (non-zombie) process, from /proc."""
     found = {}
@@ -98,15 +104,16 @@ def stop_process(process: subprocess.Popen, timeout: float) -> int:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
-    kill_group(process.pid)
+    if still_ours(process.pid):  # also when stopped before: a second stop must not hit a reused pid
+        kill_group(process.pid)
     return process.wait(30)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The safety net: nothing a test started may outlive the session."""
     leaks = []
-    for pid, (what, started) in STARTED.items():
-        if start_time(pid) in (None, started) and (members := kill_group(pid)):  # not if the pid was reused
+    for pid, (what, _) in STARTED.items():
+        if still_ours(pid) and (members := kill_group(pid)):
             leaks.append(f"{what}: pids {members}")
     leaks += [f"thread {t.name} still running" for t in threading.enumerate() if t.name.startswith("origin:")]
     for pid in descendants(os.getpid()):  # untracked children too (a browser, a CLI run)
