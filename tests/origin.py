@@ -110,7 +110,7 @@ class Origin:
 
     # --- control -------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 10.0) -> Origin:
+    def start(self, timeout: float = 60.0) -> Origin:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -124,11 +124,15 @@ class Origin:
             timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        # the name lets conftest's end-of-session check find an origin a test forgot to stop
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"origin:{self.port}"
+        )
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError("origin server did not start")
             time.sleep(0.01)
         return self
@@ -136,7 +140,9 @@ class Origin:
     def stop(self) -> None:
         if self.server and self.thread:
             self.server.should_exit = True
-            self.thread.join(timeout=10)
+            self.thread.join(timeout=60)
+            if self.thread.is_alive():
+                raise RuntimeError("origin server did not stop")
 
     @property
     def base(self) -> str:
