@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
+import math
 import os
 import signal
 import socket
@@ -170,7 +171,9 @@ def cmd_serve(args) -> int:
             log_config=logs.logging_config(config.log),
             access_log=False,  # imgproxy.logs.AccessLog writes the access lines
             server_header=False,
-            timeout_graceful_shutdown=int(config.render.timeout),  # in-flight renders may finish
+            # in-flight renders may finish, or end with their own 503 at the render timeout, before
+            # uvicorn cancels what is left (which would answer 500)
+            timeout_graceful_shutdown=math.ceil(config.render.timeout) + 5,
         )
     return 0
 
