@@ -6,8 +6,9 @@ Runs in this process, pinned to one core (BENCH_SERVER_CPUS, default 0). Part 1 
 large corpus JPEGs to a spread of widths with:
 - reference: the full decode, one LANCZOS pass (what every pipeline is compared against);
 - thumbor's way: JPEG draft straight to the target size, then LANCZOS;
-- ours: imgproxy.render with each `reducing_gap`, cold (decode included) and from a decode kept
-  by an earlier request at another width (what the kept-decode cache serves).
+- ours: imgproxy.render with each `reducing_gap`, cold (decode included) and after an earlier
+  request at another width (a kept decode is reused only at its own scale, so the pixels are the
+  cold ones; only the time differs).
 Part 2 encodes one 1280-px render of each 12-MP photo with the JPEG, WebP and AVIF settings
 config.toml offers, and prints time, bytes and SSIM against the unencoded render per setting.
 Part 3 times whole cold renders (decode, resize, encode) of those photos to 1280 px per format.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import typing
 from collections.abc import Iterator
 from typing import BinaryIO
 from urllib.parse import parse_qsl
@@ -253,7 +254,9 @@ def create_app(config: Config) -> PictureFastPath:
     async def client_error(request: Request, exc: ImageProxyError) -> Response:
         return error_response(exc, request.scope, config, request.headers.get("accept", ""))
 
-    handlers = {ImageProxyError: client_error}  # anything else is a bug: AccessLog answers 500 and logs it
+    handlers: dict[typing.Any, typing.Any] = {
+        ImageProxyError: client_error
+    }  # anything else is a bug: AccessLog answers 500 and logs it
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.add_middleware(AccessLog, enabled=config.log.access_log)
     app.add_middleware(SecurityHeaders)

@@ -33,7 +33,7 @@ class Deadline:
 class KeptDecode:
     """A decoded, mode-normalised source (stored orientation) kept for its next request."""
 
-    key: str  # source id and version
+    key: str  # source id, version and decode scale (JPEG shrink-on-load)
     image: Image.Image
     orientation: int
     nbytes: int
@@ -48,9 +48,9 @@ class MemoryBudget:
     the whole budget still runs, alone.
 
     Within the budget, up to `keep_limit` bytes of decoded sources stay for the next request of the
-    same source at another size (srcset widths, lazyloader steps, upload presets), which then skips
-    the decode, the largest part of a cold render. Kept decodes give way to renders: one that needs
-    room evicts the least recently used before it waits.
+    same source at another size decoded at the same scale (srcset widths, lazyloader steps, upload
+    presets), which then skips the decode, the largest part of a cold render. Kept decodes give way
+    to renders: one that needs room evicts the least recently used before it waits.
     """
 
     def __init__(self, limit: int, keep_limit: int = 0):
@@ -105,22 +105,16 @@ class MemoryBudget:
             self.kept_bytes += nbytes
             return entry
 
-    def find(self, key: str, need: tuple[int, int]) -> KeptDecode | None:
-        """The smallest kept decode of source `key` at least `need` large, pinned for the caller."""
+    def find(self, key: str, size: tuple[int, int]) -> KeptDecode | None:
+        """The kept decode `key` at exactly `size`, pinned for the caller. Never a larger one: a
+        render's pixels must not depend on which decodes earlier renders left behind."""
         with self._changed:
-            best = None
-            for entry in self.kept.values():
-                if (
-                    entry.key == key
-                    and entry.image.width >= need[0]
-                    and entry.image.height >= need[1]
-                    and (best is None or entry.nbytes < best.nbytes)
-                ):
-                    best = entry
-            if best is not None:
-                best.users += 1
-                self.kept.move_to_end(id(best))
-            return best
+            for entry in reversed(self.kept.values()):
+                if entry.key == key and entry.image.size == size:
+                    entry.users += 1
+                    self.kept.move_to_end(id(entry))
+                    return entry
+            return None
 
     def forget_kept(self) -> None:
         """Drop every kept decode (renders reading one keep it until they finish)."""
@@ -137,11 +131,19 @@ class MemoryBudget:
 
 
 UNLIMITED = MemoryBudget(0)
-# Pillow keeps 3-band images in 4 bytes per pixel; the resize's intermediate adds about a third
-BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4}
+# Bytes a decoded pixel takes until the resize: Pillow keeps 2- and 3-band images in 4 bytes a
+# pixel, and a mode the render converts first (render._normalise_mode) holds the stored pixels
+# and the converted ones together: palette -> RGB(A) (1 + 4), 1-bit -> L (1 + 1), 16-bit -> I
+# -> L (2 + 4 + 4), I/F -> L (4 + 1). Modes it takes as they are: L, LA, RGB, RGBA, CMYK.
+BYTES_PER_PIXEL = {
+    **{"L": 1, "LA": 4, "RGB": 4, "RGBA": 4, "CMYK": 4},
+    **{"1": 2, "P": 5, "PA": 8, "I;16": 10, "I;16B": 10, "I;16L": 10, "I": 5, "F": 5},
+}
+OTHER_MODE_BYTES = 8  # anything else (YCbCr, LAB, RGBX, ...) is converted to RGB(A): 4 + 4
+# the resize's intermediate adds about a third
 WORKING_SET = 1.35
 
 
 def decoded_bytes(image: Image.Image, working_set: float = WORKING_SET) -> int:
     """Memory a render of `image` needs at its current (possibly drafted) size."""
-    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, 4) * working_set)
+    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, OTHER_MODE_BYTES) * working_set)

@@ -3,9 +3,11 @@ used of them in each process's memory.
 
 The body is the value (diskcache keeps large ones as files and commits the SQLite row only after
 the file is written, so a crash mid-write never leaves an entry that is served); the response
-metadata rides in the entry's `tag`. Any storage failure degrades to serving uncached, logged
-once, and the cache is reopened (rebuilt) when its directory went away or its database is
-corrupt (the corrupt directory is set aside, never deleted: the path may be misconfigured).
+metadata rides in the entry's `tag`. A body read back is checked against its length and its
+ETag (its hash): a damaged one is a miss, removed and rendered again, never served. Any storage
+failure degrades to serving uncached, logged once, and the cache is reopened (rebuilt) when its
+directory went away or its database is corrupt (the corrupt directory is set aside, never
+deleted: the path may be misconfigured).
 
 A hit answered from memory skips SQLite and the file read, the two biggest costs of a hit.
 Memory entries are only ever copies of disk entries under the same key (the key holds the
@@ -16,7 +18,9 @@ source's version), so they are never stale; `imgproxy cache clear` rewrites the 
 from __future__ import annotations
 
 import email.utils
+import fcntl
 import functools
+import hashlib
 import json
 import logging
 import mmap
@@ -44,6 +48,22 @@ PROBE_SECONDS = 2.0  # /health's write probe is reused this long
 TOUCH_SECONDS = 60.0
 GENERATION_FILE = "generation"  # rewritten by `imgproxy cache clear`
 LOOKUPS_DIR = "lookups"  # one file of hit and miss counters per server process
+# A body read from disk is checked against its ETag (a SHA-256 prefix) before it is answered: a
+# damaged file (cut short, bytes flipped) is dropped and rendered again, never served. Bodies
+# streamed from their file are hashed too up to this size (in a thread, before the headers go
+# out); above it only their length is checked: hashing costs ~1.4 ms per MB.
+HASH_LIMIT = 32 * 1024**2
+# [cache] size_limit bounds the whole directory, as `du` counts it: SQLite's index and WAL, the job
+# store and originals kept there too. The results' files are counted by diskcache (ResultDisk:
+# the blocks each takes); the rest is measured now and then, taking at most this share of the
+# time puts take, however many files it holds. The results get what is left less a margin (1 %,
+# at least 512 KB) for what is written between two measurements (WAL growth, job updates), so
+# they shrink when the rest grows.
+MEASURE_SHARE = 0.02
+MARGIN = (0.01, 512 * 1024)
+# SQLite checkpoints its WAL into the index every 256 pages (1 MB) and truncates it back to 1 MB
+# (its default lets it reach 4 MB and keeps it at its largest size forever).
+SQLITE_SETTINGS = {"sqlite_wal_autocheckpoint": 256, "sqlite_journal_size_limit": 1024**2}
 
 
 @dataclass(frozen=True)
@@ -86,10 +106,84 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     return not isinstance(exc, sqlite3.OperationalError)
 
 
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def file_etag(file: BinaryIO) -> str:
+    """etag_of a file's bytes, read from its start; leaves the file at its start."""
+    digest = hashlib.sha256()
+    file.seek(0)
+    while chunk := file.read(1024**2):
+        digest.update(chunk)
+    file.seek(0)
+    return '"' + digest.hexdigest()[:32] + '"'
+
+
 def etag_matches(header: str, etag: str) -> bool:
     """If-None-Match uses weak comparison: W/"x" matches "x"."""
     candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
     return "*" in candidates or etag in candidates
+
+
+class ResultDisk(diskcache.Disk):
+    """diskcache's Disk with one level of subdirectories, so at most 256 (two levels make one
+    per file, 4 KB each), and each file's size counted as the blocks it takes."""
+
+    def filename(self, key: object = diskcache.core.UNKNOWN, value: object = diskcache.core.UNKNOWN):
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
+
+    def store(self, value: object, read: bool, key: object = diskcache.core.UNKNOWN):
+        size, mode, filename, db_value = super().store(value, read, key)
+        if filename is not None:
+            size = max(size, os.stat(os.path.join(self._directory, filename)).st_blocks * 512)
+        return size, mode, filename, db_value
+
+
+def _is_results_subdirectory(name: str) -> bool:
+    return len(name) == 2 and all(c in "0123456789abcdef" for c in name)
+
+
+def others_usage(directory: Path) -> int:
+    """Bytes `directory` takes on disk besides what diskcache counts (the index and the results'
+    files): the WAL, the job store, originals kept there, the subdirectories themselves."""
+    total = os.stat(directory).st_blocks * 512
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name == "cache.db":
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False) and not _is_results_subdirectory(entry.name):
+                    total += disk_usage(Path(entry.path))  # lookups, jobs, originals
+                else:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue  # removed meanwhile
+    return total
+
+
+def disk_usage(directory: Path) -> int:
+    """Bytes allocated to `directory` and everything in it, as `du` counts them (0 if it is gone)."""
+    total, pending = 0, [str(directory)]
+    try:
+        total = os.stat(directory).st_blocks * 512
+    except OSError:
+        return 0
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    try:
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                    except OSError:
+                        continue  # removed meanwhile
+        except OSError:
+            continue
+    return total
 
 
 def generation(path: str) -> tuple[int, int] | None:
@@ -107,20 +201,36 @@ def mark_cleared(directory: Path) -> None:
 
 class LookupCounters:
     """This process's hits and misses: two 64-bit counters in a memory-mapped file of the cache
-    directory, so `imgproxy cache stats` adds up every worker's without a database write per hit."""
+    directory, so `imgproxy cache stats` adds up every worker's without a database write per hit.
+    The file stays open with a shared lock while the process lives: that is how reset_lookups
+    tells a running server's counters from those a finished one left behind."""
 
     def __init__(self, directory: Path):
         directory.mkdir(exist_ok=True)
-        fd = os.open(directory / str(os.getpid()), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if os.fstat(fd).st_size < 16:
-                os.ftruncate(fd, 16)
-            self._map = mmap.mmap(fd, 16)
-        finally:
-            os.close(fd)
+        path = directory / str(os.getpid())
+        while True:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            try:
+                if os.stat(path).st_ino == os.fstat(self._fd).st_ino:
+                    break  # not removed by a reset between our open and our lock
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+        if os.fstat(self._fd).st_size < 16:
+            os.ftruncate(self._fd, 16)
+        self._map = mmap.mmap(self._fd, 16)
         self.values = memoryview(self._map).cast("Q")  # [hits, misses]
 
-    def count(self, hit: bool) -> None:
+    def close(self) -> None:
+        self.values.release()
+        self._map.close()
+        os.close(self._fd)  # and with it the lock: a reset may now remove the file
+
+    def count(self, hit: bool, undo_hit: bool = False) -> None:
+        """`undo_hit`: the last hit turned out damaged, so it was a miss."""
+        if undo_hit:
+            self.values[0] -= 1
         self.values[0 if hit else 1] += 1
 
 
@@ -139,8 +249,19 @@ def read_lookups(directory: Path) -> tuple[int, int]:
 
 
 def reset_lookups(directory: Path) -> None:
+    """Remove the counters of processes that ended; a running server's stay (it holds a lock on them)."""
     for path in (directory / LOOKUPS_DIR).glob("[0-9]*"):
-        path.unlink(missing_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)  # still locked by us: no process can take it up meanwhile
+        except BlockingIOError:
+            pass  # a live process's counters
+        finally:
+            os.close(fd)
 
 
 class HotResults:
@@ -189,7 +310,11 @@ class ResultCache:
     def __init__(self, directory: Path, config: CacheConfig):
         self.directory = directory
         self.generation_file = str(directory / GENERATION_FILE)
-        self.settings = {"size_limit": config.size_limit, "eviction_policy": config.eviction_policy}
+        self.settings = {"size_limit": config.size_limit, "eviction_policy": config.eviction_policy, **SQLITE_SETTINGS}
+        self.size_limit = config.size_limit
+        self.min_free_space = config.min_free_space
+        self._share = 0  # bytes the results may take (diskcache's own size_limit), set by _measure
+        self._measure_at = 0.0
         self.enabled = config.enabled
         self.memory_body_limit = config.memory_body_limit
         self.hot = HotResults(config.memory_size, config.memory_body_limit)
@@ -207,10 +332,12 @@ class ResultCache:
     def _open(self) -> diskcache.Cache | None:
         for attempt in range(2):
             try:
-                self._cache = diskcache.Cache(str(self.directory), **self.settings)
+                self._cache = diskcache.Cache(str(self.directory), disk=ResultDisk, **self.settings)
                 if generation(self.generation_file) is None:
                     mark_cleared(self.directory)
                 self._generation = generation(self.generation_file)
+                if self._counters is not None:  # reopened (rebuilt): a new directory, a new file
+                    self._counters.close()
                 self._counters = LookupCounters(self.directory / LOOKUPS_DIR)
                 self._warned = False
                 break
@@ -282,6 +409,13 @@ class ResultCache:
             if body is None or tag is None:
                 return None
             meta = ResultMeta.from_tag(tag)
+            # the length is checked on every answer (a 200's Content-Length comes from meta)
+            length = len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
+            if length != meta.size:
+                if not isinstance(body, bytes):
+                    body.close()
+                self._discard(cache, key, f"{length} bytes stored, {meta.size} expected")
+                return None
             if if_none_match and etag_matches(if_none_match, meta.etag):
                 if not isinstance(body, bytes):
                     body.close()
@@ -295,8 +429,36 @@ class ResultCache:
             self._fail(exc)
             return None
         if isinstance(body, bytes):
-            self.hot.put(key, meta, body, now)
+            if etag_of(body) != meta.etag:
+                self._discard(cache, key, "its bytes do not match its ETag")
+                return None
+            self.hot.put(key, meta, body, now)  # checked: memory only ever holds verified bytes
         return meta, body
+
+    def verify_file(self, key: str, meta: ResultMeta, file: BinaryIO) -> BinaryIO | None:
+        """A body streamed from its file, hashed before its headers are sent (up to HASH_LIMIT; its
+        length was checked already). None: damaged, so removed and counted as a miss."""
+        try:
+            if meta.size > HASH_LIMIT or file_etag(file) == meta.etag:
+                return file
+            why = "its bytes do not match its ETag"
+        except OSError as exc:
+            why = f"unreadable: {exc}"
+        file.close()
+        if self._counters is not None:
+            self._counters.count(hit=False, undo_hit=True)
+        cache = self._usable()
+        if cache is not None:
+            self._discard(cache, key, why)
+        return None
+
+    def _discard(self, cache: diskcache.Cache, key: str, why: str) -> None:
+        """A damaged entry is a miss: removed (so it is rendered and stored again) and logged once."""
+        log.warning("result cache entry %s is damaged (%s); removed, it will be rendered again", key, why)
+        try:
+            cache.delete(key)
+        except STORAGE_ERRORS as exc:
+            self._fail(exc)
 
     def put(self, key: str, body: bytes, meta: ResultMeta) -> bool:
         cache = self._usable()
@@ -308,6 +470,10 @@ class ResultCache:
             if cache is None:
                 return False
         try:
+            if time.monotonic() >= self._measure_at:
+                self._measure(cache)
+            if len(body) >= self._share:
+                return False  # no room within size_limit and min_free_space
             # diskcache does not count evictions; inside one transaction no other worker writes,
             # so the entry count before and after set() tells how many entries it culled
             with cache.transact():
@@ -320,6 +486,23 @@ class ResultCache:
         if evicted > 0:
             metrics.CACHE_EVICTIONS.inc(evicted)
         return bool(stored)
+
+    def _measure(self, cache: diskcache.Cache) -> None:
+        """The results' share: size_limit less everything else the directory holds, and no more than
+        leaves min_free_space free on its filesystem (the results give space back when it gets short)."""
+        started = time.thread_time()  # CPU time: a busy machine does not stretch the interval
+        volume = cache.volume()  # the index and the results' files
+        others = others_usage(self.directory)
+        stat = os.statvfs(self.directory)
+        self._measure_at = time.monotonic() + (time.thread_time() - started) / MEASURE_SHARE
+        free = stat.f_bavail * stat.f_frsize
+        margin = max(int(self.size_limit * MARGIN[0]), MARGIN[1])
+        self._share = max(0, min(self.size_limit - others, volume + free - self.min_free_space) - margin)
+        cache.reset("size_limit", self._share, update=False)  # this process's culling limit
+        if volume > self._share:
+            before = len(cache)
+            cache.cull()
+            metrics.CACHE_EVICTIONS.inc(max(0, before - len(cache)))
 
     def probe(self) -> bool:
         """Whether a tiny entry can be committed (remembered for PROBE_SECONDS)."""
@@ -347,5 +530,8 @@ class ResultCache:
 
     def close(self) -> None:
         self.hot.clear()
+        if self._counters is not None:
+            self._counters.close()
+            self._counters = None
         if self._cache is not None:
             self._cache.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import diskcache
 
-from .cache import PROBE_KEY, mark_cleared, read_lookups, reset_lookups
+from .cache import PROBE_KEY, disk_usage, mark_cleared, read_lookups, reset_lookups
 from .config import Config
 from .sources import is_remote
 from .storage import Storage, open_storage
@@ -49,6 +49,7 @@ class CacheStats:
     entries: int
     bytes: int
     size_limit: int
+    disk: int  # the whole directory as `du` counts it (index, WAL, job store, originals kept there)
     hits: int  # since the last `imgproxy serve` start (its processes' counters, reset then)
     misses: int
     oldest: float | None  # store time (epoch seconds) of the oldest entry
@@ -70,13 +71,14 @@ def _exists(directory: Path) -> bool:
 def stats(config: Config) -> CacheStats:
     directory = config.path(config.cache.dir)
     if not _exists(directory):  # nothing cached yet; opening it would create it
-        return CacheStats(directory, 0, 0, config.cache.size_limit, 0, 0, None)
+        return CacheStats(directory, 0, 0, config.cache.size_limit, 0, 0, 0, None)
     with diskcache.Cache(str(directory)) as cache:
         entries, volume = len(cache) - (PROBE_KEY in cache), cache.volume()
     hits, misses = read_lookups(directory)
     with _index(directory) as index:
         (oldest,) = index.execute("SELECT MIN(store_time) FROM Cache WHERE key != ?", (PROBE_KEY,)).fetchone()
-    return CacheStats(directory, entries, volume, config.cache.size_limit, hits, misses, oldest)
+    disk = disk_usage(directory)
+    return CacheStats(directory, entries, volume, config.cache.size_limit, disk, hits, misses, oldest)
 
 
 def reset_statistics(config: Config) -> None:
@@ -159,7 +161,8 @@ def describe(s: CacheStats) -> str:
         [
             f"directory:  {s.directory}",
             f"entries:    {s.entries}",
-            f"bytes:      {s.bytes} ({_size(s.bytes)} of {_size(s.size_limit)})",
+            f"bytes:      {s.bytes} ({_size(s.bytes)})",
+            f"on disk:    {s.disk} ({_size(s.disk)} of {_size(s.size_limit)}, whole directory)",
             f"hits:       {s.hits}",
             f"misses:     {s.misses}",
             f"hit ratio:  {ratio}",

@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
+import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 import typing
@@ -100,6 +102,19 @@ def risky_settings(config: Config, host: str) -> list[str]:
     return risks
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port, found before anything is reset or started (a
+    second `serve` on a busy port must leave the running server's cache statistics alone)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn picks it
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}"
+    return None
+
+
 def cmd_serve(args) -> int:
     import functools
 
@@ -110,6 +125,7 @@ def cmd_serve(args) -> int:
 
     config = _config(args)
     host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
     if config.uploads.enabled and not config.uploads.token and not is_loopback(host):
         print(
             f"imgproxy: refusing to accept uploads without a token on {host}: set [uploads] token "
@@ -117,6 +133,9 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
         return 2
+    if (problem := listen_problem(host, port)) is not None:
+        print(f"imgproxy: {problem}", file=sys.stderr)
+        return 1
     for risk in risky_settings(config, host):
         print(f"imgproxy: warning: {risk}", file=sys.stderr)
     if config.sources.local.generate_demo and config.storage.backend == "local":
@@ -141,7 +160,7 @@ def cmd_serve(args) -> int:
             "imgproxy.app:create_app_from_env",
             factory=True,
             host=host,
-            port=args.port if args.port is not None else config.server.port,
+            port=port,
             workers=args.workers or config.server.workers,
             # header limits and timeout; uvicorn calls the factory as it would the class
             http=functools.partial(GuardedHttpProtocol, server=config.server),  # type: ignore[arg-type]
@@ -152,7 +171,9 @@ def cmd_serve(args) -> int:
             log_config=logs.logging_config(config.log),
             access_log=False,  # imgproxy.logs.AccessLog writes the access lines
             server_header=False,
-            timeout_graceful_shutdown=int(config.render.timeout),  # in-flight renders may finish
+            # in-flight renders may finish, or end with their own 503 at the render timeout, before
+            # uvicorn cancels what is left (which would answer 500)
+            timeout_graceful_shutdown=math.ceil(config.render.timeout) + 5,
         )
     return 0
 
@@ -282,22 +303,22 @@ def cmd_warm(args) -> int:
     renderer = Renderer(config, cache)
     unusable: list[str] = []
     sources: list[str] = []
+    tasks = plan(renderer, args.preset or list(config.presets), args.format or config.uploads.pregenerate_formats)
 
     async def run() -> list[str]:
         for source in dict.fromkeys(args.sources):  # a missing source is one error, not one per variant
             try:
-                await renderer.storage.load(source)
+                await renderer.load(source)
                 sources.append(source)
             except ImageProxyError as exc:
                 unusable.append(f"{source}: {exc.message}")
         return await warm(renderer, sources, tasks, renderer.workers, progress_bar(len(sources) * len(tasks)))
 
     try:
-        tasks = plan(renderer, args.preset or list(config.presets), args.format or config.uploads.pregenerate_formats)
         errors = asyncio.run(run())
-        total = len(sources) * len(tasks)
     finally:
         renderer.close()
+    total = len(sources) * len(tasks)
     for line in unusable + errors:
         print(f"imgproxy: {line}", file=sys.stderr)
     print(f"warmed {total - len(errors)} of {total} results ({len(sources)} sources x {len(tasks)} variants)")

@@ -71,6 +71,8 @@ class RemoteSourceConfig:
     timeout: float = 20.0
     max_redirects: int = 3
     max_bytes: Size = Size(20 * 1024**2)
+    max_fetches: int = 8
+    fetch_queue_limit: int = 64
     cache_dir: str = "cache/originals"
     cache_size_limit: Size = Size(1024**3)
     freshness: float = 300.0
@@ -93,6 +95,7 @@ class CacheConfig:
     eviction_policy: str = "least-recently-used"
     memory_body_limit: Size = Size(1024**2)
     memory_size: Size = Size(32 * 1024**2)
+    min_free_space: Size = Size(1024**3)
 
 
 @dataclass(frozen=True)
@@ -203,8 +206,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
     presets: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_PRESETS))
     base_dir: str = "."  # directory relative paths are resolved against (the config file's)
@@ -226,6 +229,10 @@ def _between(low: float, high: float) -> typing.Callable[[object], bool]:
     return lambda v: isinstance(v, (int, float)) and low <= v <= high
 
 
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
 def _key_prefix_valid(value: object) -> bool:
     text = str(value)
     return not text.startswith("/") and "\\" not in text and "\x00" not in text and ".." not in text.split("/")
@@ -236,7 +243,7 @@ def _endpoint_valid(value: object) -> bool:
 
 
 # Checks beyond the type: (section.key) -> (predicate, what is allowed)
-_RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
+_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "server.port": (lambda v: 0 <= v <= 65535, "0..65535"),
     "server.workers": (lambda v: 1 <= v <= 64, "1..64"),
     "server.max_header_bytes": (_between(1024, 1024**2), "1KB..1MB"),
@@ -270,6 +277,8 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "log.format": (lambda v: v in ("text", "json"), "text or json"),
     "log.level": (lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
     "sources.remote.max_redirects": (lambda v: 0 <= v <= 20, "0..20"),
+    "sources.remote.max_fetches": (lambda v: isinstance(v, int) and v >= 1, ">= 1"),
+    "sources.remote.fetch_queue_limit": (lambda v: isinstance(v, int) and v >= 0, ">= 0"),
     "sources.remote.trusted_networks": (_networks_valid, "CIDR networks like 10.1.0.0/16"),
     "security.allowed_widths": (lambda v: all(w > 0 for w in v), "positive integers"),
     "jobs.backend": (lambda v: v in ("local", "redis"), "local or redis"),
@@ -286,9 +295,9 @@ _RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
     "storage.backend": (lambda v: v in ("local", "s3"), "local or s3"),
     "storage.s3.prefix": (_key_prefix_valid, "a key prefix without a leading '/', '..' segments, backslashes or NUL"),
     "storage.s3.endpoint": (_endpoint_valid, "empty (AWS) or an http(s) URL"),
-    "storage.s3.freshness": (_between(0, math.inf), ">= 0"),
-    "storage.s3.connect_timeout": (_between(0.001, math.inf), "> 0"),
-    "storage.s3.timeout": (_between(0.001, math.inf), "> 0"),
+    "storage.s3.freshness": (lambda v: _number(v) >= 0, ">= 0"),
+    "storage.s3.connect_timeout": (lambda v: _number(v) > 0, "> 0"),
+    "storage.s3.timeout": (lambda v: _number(v) > 0, "> 0"),
     "uploads.pregenerate_formats": (
         lambda v: all(f in WRITABLE_FORMATS + ("source",) for f in v),
         "jpeg, png, webp, avif, gif or source",
@@ -339,17 +348,15 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> object:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in _NOT_FROM_FILE]
     unknown = sorted(set(data) - {f.name for f in fields})
-    if prefix == "uploads" and "job_workers" in unknown:
-        problems.append("uploads.job_workers: moved to [jobs] workers_in_server")
-        unknown.remove("job_workers")
-    problems += [f"{_join(prefix, name)}: unknown key" for name in unknown]
+    moved = {("uploads", "job_workers"): "moved to [jobs] workers_in_server"}
+    problems += [f"{_join(prefix, name)}: {moved.get((prefix, name), 'unknown key')}" for name in unknown]
     values = {}
     for f in fields:
         if f.name not in data:
             continue
         key = _join(prefix, f.name)
         hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[f.name] = _build(hint, data[f.name], key, problems)
             continue
         try:
@@ -457,12 +464,23 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
     data = _merge(data, _env_overrides(environ))
     presets = data.pop("presets", None)
     problems: list[str] = []
-    config = _build(Config, data, "", problems)
-    preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
-    if config.storage.backend == "s3" and not config.storage.s3.bucket:
-        problems.append('storage.s3.bucket: required when storage.backend = "s3"')
+    config = typing.cast(Config, _build(Config, data, "", problems))
     if config.jobs.backend == "redis" and not config.jobs.redis_url:
         problems.append('jobs.redis_url: required with jobs.backend = "redis"')
+    if config.storage.backend == "s3" and not config.storage.s3.bucket:
+        problems.append('storage.s3.bucket: required when storage.backend = "s3"')
+    preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
     if problems:
         raise ConfigError("; ".join(problems), problems)
-    return dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir))
+    return _cap_nested_originals(dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir)))
+
+
+def _cap_nested_originals(config: Config) -> Config:
+    """Fetched originals kept inside [cache] dir count against its size_limit: they get at most half."""
+    remote = config.sources.remote
+    if not config.path(remote.cache_dir).is_relative_to(config.path(config.cache.dir)):
+        return config
+    capped = dataclasses.replace(
+        remote, cache_size_limit=Size(min(remote.cache_size_limit, config.cache.size_limit // 2))
+    )
+    return dataclasses.replace(config, sources=dataclasses.replace(config.sources, remote=capped))

@@ -11,6 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .errors import PayloadTooLarge
+
+# Largest side each encoder can write (libwebp; libjpeg; GIF's 16-bit header fields; libavif).
+# PNG's limit (2^31 - 1) is far past any max_output_* that fits in memory.
+ENCODER_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "gif": 65535, "avif": 65536}
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -28,6 +34,7 @@ def _box(sw: int, sh: int, width: int | None, height: int | None, dpr: float) ->
     if width is None and height is None:
         return sw * dpr, sh * dpr
     if height is None:
+        assert width is not None
         return width * dpr, width * dpr * sh / sw
     if width is None:
         return height * dpr * sw / sh, height * dpr
@@ -78,3 +85,31 @@ def output_size(sw: int, sh: int, options) -> tuple[int, int]:
     if options.crop is not None:
         _, _, sw, sh = options.crop.to_pixels(sw, sh)
     return plan(sw, sh, options.width, options.height, options.mode, options.dpr, options.enlarge, options.focal).canvas
+
+
+def check_output(
+    canvas: tuple[int, int],
+    fmt: str,
+    max_width: int,
+    max_height: int,
+    frames: int = 1,
+    max_frames_pixels: int = 0,
+) -> None:
+    """413 when an output canvas (every frame of it) is past `[limits]` or what `fmt` can encode.
+
+    Called with the plan, before any pixel of the render is allocated. `max_frames_pixels` bounds
+    frames x canvas pixels of an animated output (0: no limit).
+    """
+    width, height = canvas
+    if width > max_width or height > max_height:
+        raise PayloadTooLarge(
+            f"output would be {width}x{height}; the limit is {max_width}x{max_height} px (ask for a smaller size)"
+        )
+    side = ENCODER_MAX_SIDE.get(fmt)
+    if side is not None and max(width, height) > side:
+        raise PayloadTooLarge(f"output would be {width}x{height}; {fmt.upper()} allows at most {side} px a side")
+    if frames > 1 and max_frames_pixels and frames * width * height > max_frames_pixels:
+        raise PayloadTooLarge(
+            f"output would be {frames} frames of {width}x{height}; the limit is {max_frames_pixels} pixels "
+            "over all frames (ask for a smaller size)"
+        )

@@ -87,7 +87,7 @@ def _check(image: Image.Image, limits: LimitsConfig, formats: tuple[str, ...]) -
     frames = 1
     if animated:
         try:
-            frames = image.n_frames
+            frames = int(getattr(image, "n_frames", 1))
         except (OSError, ValueError, EOFError, SyntaxError):
             raise UnsupportedMedia("source animation is corrupt") from None
         if frames > limits.max_frames:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import typing
 from datetime import UTC, datetime
 
 from starlette.requests import ClientDisconnect
@@ -50,6 +51,9 @@ def logging_config(log: LogConfig) -> dict:
         "loggers": {
             "uvicorn": {"handlers": [], "propagate": True},
             "imgproxy.access": {"level": "INFO"},
+            # one INFO line per upstream request otherwise; the access line already covers it
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
 
@@ -130,7 +134,7 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        response = {"status": 0, "bytes": 0, "headers": []}
+        response: dict[str, typing.Any] = {"status": 0, "bytes": 0, "headers": []}
         failure: Exception | None = None
         recorded = False
 

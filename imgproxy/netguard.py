@@ -4,12 +4,18 @@ The host check runs on the host httpx parsed (so it is the host that will be con
 address check runs inside the connection pool's network backend, on the very address the socket
 then connects to. That pins every connection — redirect hops included — to an address that was
 checked, so DNS answers that change between check and connect (rebinding) cannot slip through.
+
+What a client learns: an IP literal that is not allowed is refused as such (403, the client wrote
+the address). A name that resolves only to such addresses fails like one that does not resolve or
+does not answer (a connect error, 502): a status or message of its own would let anyone probe
+which names point inside the network. The difference goes to the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
 import typing
@@ -22,12 +28,13 @@ import idna
 
 from .errors import Forbidden
 
+log = logging.getLogger("imgproxy.netguard")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
 class AddressNotAllowed(Forbidden):
-    """The host resolves only to addresses the remote source must not connect to."""
+    """The host is an IP literal the remote source must not connect to."""
 
 
 def _parse_ipv4_part(part: str) -> int | None:
@@ -53,8 +60,9 @@ def _parse_ipv4(host: str) -> ipaddress.IPv4Address | None:
         parts.pop()
     if not 1 <= len(parts) <= 4 or "" in parts:
         return None
-    numbers = [_parse_ipv4_part(p) for p in parts]
-    if None in numbers:
+    parsed = [_parse_ipv4_part(p) for p in parts]
+    numbers = [n for n in parsed if n is not None]
+    if len(numbers) != len(parsed):
         return None
     *head, last = numbers
     if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
@@ -138,6 +146,14 @@ def is_public_address(ip: IPAddress) -> bool:
             return all(is_public_address(v4) for v4 in inner)
         return ip in _GLOBAL_UNICAST_V6 and not any(ip in net for net in _NON_PUBLIC_V6)
     return not any(ip in net for net in _NON_PUBLIC_V4)
+
+
+def is_host_shaped(host: str) -> bool:
+    """An IP literal, or a name DNS can carry: labels of 1 to 63 characters, 253 in all."""
+    if parse_ip_literal(host) is not None:
+        return True
+    name = host.removesuffix(".")
+    return len(name) <= 253 and all(0 < len(label) <= 63 for label in name.split("."))
 
 
 def _a_label(label: str) -> str:
@@ -224,7 +240,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 return await self.resolver(host, port)
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: not a DNS name (empty or 64+ character label)
             raise httpcore.ConnectError(f"cannot resolve {host}") from exc
 
     async def connect_tcp(
@@ -235,9 +251,14 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = [ip for ip in await self.resolve(host, port, timeout) if self.policy.allows(ip)]
+        resolved = await self.resolve(host, port, timeout)
+        addresses = [ip for ip in resolved if self.policy.allows(ip)]
         if not addresses:
-            raise AddressNotAllowed(f"address not allowed: {host} points to a private or reserved address")
+            if parse_ip_literal(host) is not None:
+                raise AddressNotAllowed(f"address not allowed: {host} is a private or reserved address")
+            shown = ", ".join(str(ip) for ip in resolved)
+            log.warning("refused upstream %s: it resolves only to addresses not allowed (%s)", host, shown)
+            raise httpcore.ConnectError(f"{host} resolves only to addresses not allowed")
         *others, last = addresses
         for ip in others:
             try:

@@ -66,11 +66,12 @@ FALSE_WORDS = ("0", "false", "no", "off")
 VERSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
 NUMBER_CHARS = frozenset("0123456789.")
 WHITE = (255, 255, 255, 255)
+PLACES = 4  # decimals kept of a fractional parameter, once at parse time: the key and the render see one value
 
 
 @dataclass(frozen=True)
 class CropRegion:
-    """x, y, w, h each in pixels or, where the flag is set, percent of the source."""
+    """x, y, w, h each in whole pixels or, where the flag is set, percent of the source (4 decimals)."""
 
     values: tuple[float, float, float, float]
     percent: tuple[bool, bool, bool, bool]
@@ -93,7 +94,7 @@ class RenderOptions:
     encoding: str | None = None  # None: the configured default; "auto": from Accept
     quality: int | None = None  # None: per-format default from config
     mode: str = "fit"
-    gravity: str = "center"  # a GRAVITIES name, "smart" or "fp"
+    gravity: str = "fp"  # "fp": around `focal` (crop and pad); "smart": content-aware (crop only)
     focal: tuple[float, float] = (0.5, 0.5)
     enlarge: bool = False
     background: tuple[int, int, int, int] = WHITE
@@ -104,7 +105,8 @@ class RenderOptions:
     version: str | None = None
 
     def cache_key(self) -> str:
-        """Canonical text: every spelling of the same request gives the same key."""
+        """Canonical text: every spelling of the same request gives the same key, and since parsing
+        already canonicalised every number (PLACES), two options with one key render the same."""
         parts = [
             f"w={self.width or ''}",
             f"h={self.height or ''}",
@@ -131,8 +133,13 @@ class RenderOptions:
 
 def _num(value: float) -> str:
     """Shortest stable text for a number: 800.0 -> "800", 0.25 -> "0.25"."""
-    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    text = f"{value:.{PLACES}f}".rstrip("0").rstrip(".")
     return text or "0"
+
+
+def _decimal(param: str, raw: str, low: float, high: float, allowed: str, places: int = PLACES) -> float:
+    """A fractional parameter, rounded once here to what the cache key can tell apart."""
+    return round(_number(param, raw, low, high, allowed), places)
 
 
 def _number(param: str, raw: str, low: float, high: float, allowed: str) -> float:
@@ -188,15 +195,15 @@ def parse_color(param: str, raw: str) -> tuple[int, int, int, int]:
 def _gravity(param: str, raw: str) -> tuple[str, tuple[float, float]]:
     text = raw.strip().lower()
     if text in GRAVITIES:
-        return text.replace("centre", "center"), GRAVITIES[text]
+        return "fp", GRAVITIES[text]  # a name is its focal point: `north` and `fp:0.5,0` are one request
     if text == "smart":
         return "smart", (0.5, 0.5)
     if text.startswith("fp:"):
         xy = text[3:].split(",")
         if len(xy) == 2:
-            fx = _number(param, xy[0], 0, 1, "fp:X,Y with X and Y in 0..1")
-            fy = _number(param, xy[1], 0, 1, "fp:X,Y with X and Y in 0..1")
-            return "fp", (round(fx, 4), round(fy, 4))
+            fx = _decimal(param, xy[0], 0, 1, "fp:X,Y with X and Y in 0..1")
+            fy = _decimal(param, xy[1], 0, 1, "fp:X,Y with X and Y in 0..1")
+            return "fp", (fx, fy)
     raise BadRequest(
         f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a gravity (allowed: center, north, south, east, west, "
         "northeast, northwest, southeast, southwest, smart, fp:X,Y)"
@@ -208,11 +215,14 @@ def _crop(param: str, raw: str) -> CropRegion:
     if len(items) != 4:
         raise BadRequest(f"{param}: expected x,y,w,h in pixels or percent")
     values, percent = [], []
+    allowed = "x,y,w,h in pixels or 0..100%"
     for item in items:
         item = item.strip()
         pct = item.endswith("%")
-        limit = 100 if pct else MAX_DIMENSION
-        values.append(_number(param, item[:-1] if pct else item, 0, limit, "x,y,w,h in pixels or 0..100%"))
+        if pct:
+            values.append(_decimal(param, item[:-1], 0, 100, allowed))
+        else:  # whole pixels, rounded like width and height
+            values.append(float(math.floor(_number(param, item, 0, MAX_DIMENSION, allowed) + 0.5)))
         percent.append(pct)
     return CropRegion(tuple(values), tuple(percent))  # type: ignore[arg-type]
 
@@ -220,14 +230,14 @@ def _crop(param: str, raw: str) -> CropRegion:
 def _sharpen(param: str, raw: str) -> tuple[float, int, int] | None:
     items = raw.split(",")
     if len(items) == 1:
-        radius = _number(param, items[0], 0, 10, "an amount 0..10 or radius,percent,threshold")
-        return (round(radius, 4), 100, 2) if radius else None
+        radius = _decimal(param, items[0], 0, 10, "an amount 0..10 or radius,percent,threshold")
+        return (radius, 100, 2) if radius else None
     if len(items) != 3:
         raise BadRequest(f"{param}: expected an amount or radius,percent,threshold")
-    radius = _number(param, items[0], 0.1, 10, "radius 0.1..10")
+    radius = _decimal(param, items[0], 0.1, 10, "radius 0.1..10")
     percent = _integer(param, items[1], 1, 500)
     threshold = _integer(param, items[2], 0, 255)
-    return (round(radius, 4), percent, threshold)
+    return (radius, percent, threshold)
 
 
 def _version(param: str, raw: str) -> str:
@@ -261,16 +271,26 @@ def _apply(values: dict, name: str, raw: str, param: str) -> None:
     elif name == "background":
         values["background"] = parse_color(param, raw)
     elif name == "dpr":
-        values["dpr"] = round(_number(param, raw, 1, 4, "1..4"), 2)
+        values["dpr"] = _decimal(param, raw, 1, 4, "1..4", places=2)
     elif name == "crop":
         values["crop"] = _crop(param, raw)
     elif name == "sharpen":
         values["sharpen"] = _sharpen(param, raw)
     elif name == "blur":
-        blur = round(_number(param, raw, 0, 50, "0..50"), 2)
-        values["blur"] = blur or None
+        values["blur"] = _decimal(param, raw, 0, 50, "0..50", places=2) or None
     elif name == "version":
         values["version"] = _version(param, raw)
+
+
+def _canonical(values: dict) -> RenderOptions:
+    """Reset what the mode ignores, so options that render alike are equal (and share one key)."""
+    mode = values.get("mode", "fit")
+    if mode in ("fit", "stretch"):  # nothing to place
+        values.pop("gravity", None)
+        values.pop("focal", None)
+    elif mode == "pad" and values.get("gravity") == "smart":  # content-aware is for crop; pad centres
+        values["gravity"], values["focal"] = "fp", GRAVITIES["center"]
+    return RenderOptions(**values)
 
 
 def parse_preset(name: str, params: Mapping[str, object]) -> RenderOptions:
@@ -284,7 +304,7 @@ def parse_preset(name: str, params: Mapping[str, object]) -> RenderOptions:
             _apply(values, key, raw, f"presets.{name}.{key}")
         except BadRequest as exc:
             raise ConfigError(exc.message) from None
-    return RenderOptions(**values)
+    return _canonical(values)
 
 
 def parse_options(
@@ -318,7 +338,7 @@ def parse_options(
             _apply(values, key, str(value).lower() if isinstance(value, bool) else str(value), f"preset {raw}")
     for name, (param, raw) in explicit.items():
         _apply(values, name, raw, param)
-    options = RenderOptions(**values)
+    options = _canonical(values)
 
     for size, limit, param in ((options.width, max_width, "width"), (options.height, max_height, "height")):
         if size is not None and size * options.dpr > limit:

@@ -46,7 +46,7 @@ def demo_images(config: Config) -> list[str]:
 def width_presets(config: Config) -> list[str]:
     """Presets that only set a width (aspect kept), smallest first: the `<picture>` candidates."""
     plain = [name for name, params in config.presets.items() if "width" in params and set(params) <= PLAIN_KEYS]
-    return sorted(plain, key=lambda name: parse_preset(name, config.presets[name]).width)
+    return sorted(plain, key=lambda name: parse_preset(name, config.presets[name]).width or 0)
 
 
 def page_routes(config: Config) -> list[BaseRoute]:

@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import os
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from . import metrics
 from .budget import UNLIMITED, Deadline, MemoryBudget
-from .cache import ResultCache, ResultMeta
+from .cache import ResultCache, ResultMeta, etag_of
 from .config import Config
 from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode
 from .errors import Forbidden, GatewayTimeout, Overloaded
 from .loader import open_original
 from .options import RenderOptions, with_encoding
-from .render import render
+from .render import output_bytes, render
 from .sources import Original, is_remote
 from .storage import Storage, open_storage
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,8 +48,13 @@ def close_body(body: bytes | BinaryIO) -> None:
         body.close()
 
 
-def negotiate(accept: str) -> str | None:
-    """AVIF, then WebP, when the client's Accept lists it with q > 0."""
+# Formats the client offers, for the render to choose from once the source is known: whether it is
+# animated decides. The cache key holds them, so each Accept class has its own entry (Vary: Accept).
+AUTO = "auto:"
+
+
+def negotiate(accept: str) -> tuple[str, ...]:
+    """Which of AVIF and WebP (in this order) the client's Accept lists with q > 0."""
     offered = set()
     for item in accept.lower().split(",")[:32]:
         media, *params = item.split(";")
@@ -60,21 +68,21 @@ def negotiate(accept: str) -> str | None:
                     quality = 0.0
         if quality > 0:
             offered.add(media.strip())
-    for fmt in ("avif", "webp"):
-        if f"image/{fmt}" in offered:
-            return fmt
-    return None
+    return tuple(fmt for fmt in ("avif", "webp") if f"image/{fmt}" in offered)
 
 
-def output_format(requested: str, source_format: str, has_alpha: bool) -> str:
-    """`source` means: the source's own format when we can write it, else JPEG (PNG with alpha)."""
+def output_format(requested: str, source_format: str, has_alpha: bool, animated: bool) -> str:
+    """`source` means: the source's own format when we can write it, else JPEG (PNG with alpha).
+    `auto:avif,webp` (what negotiate() found) means the first, but an animation stays one: WebP
+    when offered, else GIF (AVIF is first-frame only here)."""
+    if requested.startswith(AUTO):
+        offered = requested[len(AUTO) :].split(",")
+        if animated:
+            return "webp" if "webp" in offered else "gif"
+        return offered[0]
     if requested != "source":
         return requested
     return SOURCE_FORMATS.get(source_format) or ("png" if has_alpha else "jpeg")
-
-
-def etag_of(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
 def usable_cores() -> int:
@@ -97,18 +105,41 @@ def render_original(
     """Open, render and encode (blocking; runs in the pool)."""
     started = time.perf_counter()
     opened = open_original(original, config.limits, config.security.allowed_source_formats)
+    deadline = Deadline(config.render.timeout)
     with opened.image:
         has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
-        fmt = output_format(requested_format, opened.format, has_alpha)
+        fmt = output_format(requested_format, opened.format, has_alpha, opened.animated)
         rendered = render(
-            opened, options, fmt, config.render, Deadline(config.render.timeout), budget, source_key=original.key
+            opened, options, fmt, config.render, deadline, budget, source_key=original.key, limits=config.limits
         )
-        body = encode(rendered, fmt, options.quality, config.render)
+        # the output frames (all of an animation's) stay in the budget while they are encoded
+        with budget.hold(len(rendered.frames) * output_bytes(rendered.size), deadline):
+            body = encode(rendered, fmt, options.quality, config.render)
     width, height = rendered.size
     ms = (time.perf_counter() - started) * 1000
     meta = ResultMeta(CONTENT_TYPES[fmt], etag_of(body), len(body), width, height, original.last_modified, round(ms, 1))
     metrics.SOURCE_DECODES.labels("kept" if rendered.reused_decode else "decoded").inc()
     return body, meta
+
+
+def release_frames(exc: BaseException) -> None:
+    """Drop the locals of the finished frames `exc` (and the errors it was raised from) passed
+    through. A failed render's pixels are otherwise alive until the cyclic GC runs: the error is
+    kept by the coalescing future, whose frame its traceback holds."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__ or error.__cause__
+
+
+def _releasing(fn: Callable[..., T], *args: object) -> T:
+    try:
+        return fn(*args)
+    except BaseException as exc:
+        release_frames(exc)
+        raise
 
 
 class Renderer:
@@ -132,12 +163,15 @@ class Renderer:
         return self.pending < self.capacity
 
     def requested_format(self, options: RenderOptions, accept: str) -> tuple[str, bool]:
-        """(format or "source", whether it was chosen from Accept)."""
+        """(format, "source" or "auto:" and the offered formats; whether it was chosen from Accept)."""
         default = self.config.render.default_format
         fmt = options.encoding or default
         if fmt != "auto":
             return fmt, False
-        return negotiate(accept) or (default if default != "auto" else "source"), True
+        offered = negotiate(accept)
+        if offered:
+            return AUTO + ",".join(offered), True
+        return (default if default != "auto" else "source"), True
 
     async def load(self, source: str) -> Original:
         if is_remote(source):
@@ -150,17 +184,25 @@ class Renderer:
     def cache_key(original: Original, options: RenderOptions, fmt: str) -> str:
         return f"{original.key}|{options_key(options, fmt)}"
 
+    async def _lookup(self, key: str, if_none_match: str) -> tuple[ResultMeta, bytes | BinaryIO] | None:
+        """A cache hit, or None; a body streamed from its file is hashed first (off the loop)."""
+        hit = self.cache.get(key, if_none_match)
+        if hit is not None and not isinstance(hit[1], bytes):
+            file = await asyncio.to_thread(self.cache.verify_file, key, hit[0], hit[1])
+            return None if file is None else (hit[0], file)
+        return hit
+
     async def picture(self, source: str, options: RenderOptions, accept: str = "", if_none_match: str = "") -> Result:
         """A hit whose ETag matches `if_none_match` comes with an empty body (for a 304)."""
         fmt, vary = self.requested_format(options, accept)
         original = await self.load(source)
         key = self.cache_key(original, options, fmt)
-        hit = self.cache.get(key, if_none_match)
+        hit = await self._lookup(key, if_none_match)
         if hit is None and original.path is None and original.data is None:
             opened = await self.storage.open(original)  # the bytes, fetched only for a miss
             if opened.key != original.key:  # the object changed since its version was learnt
                 key = self.cache_key(opened, options, fmt)
-                hit = self.cache.get(key, if_none_match)
+                hit = await self._lookup(key, if_none_match)
             original = opened
         if hit is not None:
             metrics.CACHE_HITS.inc()
@@ -175,19 +217,11 @@ class Renderer:
         waiting = self.inflight.get(key)
         if waiting is not None:
             return await asyncio.shield(waiting)
-        if not self.accepting:
-            metrics.SHED.inc()
-            raise Overloaded(f"render queue full ({self.capacity} renders pending)", retry_after=2)
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
-        self.pending += 1
-        metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
         try:
             body, meta = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(
-                    self.pool, self._render_and_store, key, original, options, fmt
-                ),
-                timeout=self.config.render.timeout + 5,
+                self.run(self._render_and_store, key, original, options, fmt), timeout=self.config.render.timeout + 5
             )
             future.set_result((body, meta))
             return body, meta
@@ -200,11 +234,23 @@ class Renderer:
             future.set_exception(exc)
             raise
         finally:
-            self.pending -= 1
-            metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
             del self.inflight[key]
             if not future.cancelled() and future.exception() is not None:
                 future.exception()  # mark retrieved: waiters got it, nobody else needs the warning
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on a render thread, queued with the renders (503 when the queue is full).
+        Pixel work outside `/picture` (upload checks) goes through here too, and holds `memory`."""
+        if not self.accepting:
+            metrics.SHED.inc()
+            raise Overloaded(f"render queue full ({self.capacity} renders pending)", retry_after=2)
+        self.pending += 1
+        metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, _releasing, fn, *args)
+        finally:
+            self.pending -= 1
+            metrics.RENDER_QUEUE.set(max(0, self.pending - self.workers))
 
     def _render_and_store(
         self, key: str, original: Original, options: RenderOptions, fmt: str

@@ -2,8 +2,11 @@
 
 Safety: only http/https URLs without credentials whose host matches `allowed_hosts`; every
 connection (redirect hops included) goes through netguard's pinned, address-checked backend;
-connect/read timeouts plus a deadline for the whole fetch; bodies are streamed and cut off past
-`max_bytes`; the first bytes must look like an allowed image format. Only the URL goes
+connect/read timeouts plus a deadline for the whole fetch; bodies are streamed raw (a
+Content-Encoding other than identity is refused, so nothing is decompressed) and cut off past
+`max_bytes`; the first bytes must look like an allowed image format. At most `max_fetches`
+fetches run at once, so their bodies hold at most `max_fetches × max_bytes`; up to
+`fetch_queue_limit` more wait for a turn, past that the answer is 503. Only the URL goes
 upstream — never a client's cookies or Authorization — and error messages name the host, never
 the path or query (they may carry tokens).
 
@@ -15,11 +18,13 @@ with If-None-Match / If-Modified-Since. Concurrent loads of one URL share one fe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.cookiejar
 import re
+import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -28,8 +33,25 @@ from PIL import Image
 
 from . import metrics
 from .config import RemoteSourceConfig, SecurityConfig
-from .errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, NotFound, PayloadTooLarge, UnsupportedMedia
-from .netguard import AddressPolicy, GuardedBackend, GuardedTransport, Resolver, compile_host_pattern, host_allowed
+from .errors import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    GatewayTimeout,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMedia,
+)
+from .netguard import (
+    AddressPolicy,
+    GuardedBackend,
+    GuardedTransport,
+    Resolver,
+    compile_host_pattern,
+    host_allowed,
+    is_host_shaped,
+)
 from .originals import OriginalsCache
 from .sources import Original
 
@@ -49,14 +71,17 @@ def parse_remote_url(source: str) -> httpx.URL:
     fixed = re.sub(r"^(https?):/+", r"\1://", source.strip(), count=1, flags=re.IGNORECASE)
     try:
         url = httpx.URL(fixed)
-    except (httpx.InvalidURL, ValueError, TypeError):
+        host = url.host  # decodes IDNA: an `xn--` label that is not valid punycode fails here
+    except (httpx.InvalidURL, ValueError, TypeError):  # ValueError includes idna's UnicodeErrors
         raise BadRequest("bad remote URL") from None
     if url.scheme not in ("http", "https"):
         raise BadRequest("remote URL must use http or https")
     if url.userinfo:
         raise BadRequest("credentials in remote URLs are not allowed")
-    if not url.host:
+    if not host:
         raise BadRequest("remote URL has no host")
+    if not is_host_shaped(host_of(url)):
+        raise BadRequest("remote URL has a bad host name")
     if url.port is not None and not 0 < url.port < 65536:
         raise BadRequest("remote URL has a bad port")
     return url.copy_with(fragment=None)
@@ -71,8 +96,9 @@ def freshness(headers: httpx.Headers, default: float) -> float:
     if "no-cache" in directives or "no-store" in directives:
         return 0.0
     for name in ("s-maxage", "max-age"):  # s-maxage is for shared caches like this one
-        if directives.get(name, "").isdigit():
-            return float(directives[name])
+        value = directives.get(name, "")
+        if value.isascii() and value.isdigit():  # "²".isdigit() is true as well
+            return float(value)
     return default
 
 
@@ -98,10 +124,59 @@ def redirect_target(url: httpx.URL, location: str) -> httpx.URL:
         raise BadGateway(f"upstream {host_of(url)} redirected to an invalid or non-http URL") from None
 
 
+def validator(headers: httpx.Headers, name: str) -> str | None:
+    """An ETag or Last-Modified to send back when revalidating: only ASCII fits a request header."""
+    value = headers.get(name)
+    return value if value and value.isascii() else None
+
+
+def identity_encoded(headers: httpx.Headers) -> bool:
+    return all(coding.strip().lower() in ("", "identity") for coding in headers.get("content-encoding", "").split(","))
+
+
+class FetchSlots:
+    """At most `limit` upstream fetches at once and `queue_limit` more waiting, per worker.
+
+    Taken before a request goes out, so the bytes fetches hold are bounded by `limit × max_bytes`
+    however many clients ask. A short queue rides out a page's burst of images (browsers do not
+    retry an <img> that got a 503); past it, or when the wait reaches the deadline, the answer is
+    503 with Retry-After, like the render queue's.
+    """
+
+    def __init__(self, limit: int, queue_limit: int):
+        self.limit = limit
+        self.queue_limit = queue_limit
+        self.running = 0
+        self.waiting = 0
+        self.semaphore = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, deadline: float) -> AsyncIterator[None]:
+        """A turn to fetch, waited for until `deadline` (event loop time)."""
+        if self.running + self.waiting >= self.limit + self.queue_limit:
+            raise Overloaded(f"too many upstream fetches ({self.limit} running, {self.waiting} waiting)", retry_after=2)
+        self.waiting += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.semaphore.acquire()
+        except TimeoutError:
+            raise Overloaded(
+                f"no upstream fetch slot came free within the timeout ({self.limit} running)", retry_after=2
+            ) from None
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self.semaphore.release()
+
+
 def _epoch(http_date: str | None) -> float | None:
     try:
         return parsedate_to_datetime(http_date).timestamp() if http_date else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year past datetime's range
         return None
 
 
@@ -131,6 +206,7 @@ class RemoteSource:
         )
         self.cache = OriginalsCache(cache_dir, cfg.cache_size_limit)
         self.inflight: dict[str, asyncio.Task[Original]] = {}
+        self.fetches = FetchSlots(cfg.max_fetches, cfg.fetch_queue_limit)
 
     def check(self, source: str) -> httpx.URL:
         """Parse and authorize a remote source before anything is fetched (400/403)."""
@@ -166,12 +242,16 @@ class RemoteSource:
     async def _load(self, url: httpx.URL, key: str) -> Original:
         entry = await asyncio.to_thread(self.cache.get, key)
         if entry is None or time.time() >= entry["fetched_at"] + entry["max_age"]:
-            try:
-                with metrics.upstream_fetch():
-                    async with asyncio.timeout(self.cfg.timeout):
-                        entry = await self._fetch(url, entry)
-            except TimeoutError:
-                raise GatewayTimeout(f"upstream {host_of(url)} did not answer within {self.cfg.timeout:g} s") from None
+            # one deadline for the wait for a slot and the fetch: a client waits at most `timeout`
+            deadline = asyncio.get_running_loop().time() + self.cfg.timeout
+            async with self.fetches.slot(deadline):
+                try:
+                    with metrics.upstream_fetch():
+                        async with asyncio.timeout_at(deadline):
+                            entry = await self._fetch(url, entry)
+                except TimeoutError:
+                    message = f"upstream {host_of(url)} did not answer within {self.cfg.timeout:g} s"
+                    raise GatewayTimeout(message) from None
             await asyncio.to_thread(self.cache.set, key, entry)
         return Original(
             id=key,
@@ -201,10 +281,14 @@ class RemoteSource:
                     await response.aclose()
             except httpx.TimeoutException:
                 raise GatewayTimeout(f"upstream {host} did not answer within the timeout") from None
-            except httpx.ConnectError:
+            except httpx.ConnectError:  # refused, unresolvable, or resolving only to private addresses
                 raise BadGateway(f"cannot connect to upstream {host}") from None
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ssl.SSLError):  # httpcore maps TLS errors in the handshake, not in reads
                 raise BadGateway(f"upstream {host} sent an invalid response") from None
+            except (httpx.InvalidURL, UnicodeError):
+                # httpx builds the next request from a redirect's Location itself (follow_redirects
+                # off or not), and a host that is not valid IDNA fails in its URL model
+                raise BadGateway(f"upstream {host} redirected to an invalid or non-http URL") from None
             url = redirect_target(url, location)
         raise BadGateway(f"upstream redirected more than {self.cfg.max_redirects} times")
 
@@ -213,7 +297,7 @@ class RemoteSource:
         if status == 304 and cached:
             return {
                 **cached,
-                "etag": response.headers.get("etag", cached["etag"]),
+                "etag": validator(response.headers, "etag") or cached["etag"],
                 "fetched_at": time.time(),
                 "max_age": freshness(response.headers, cached["max_age"]),
             }
@@ -221,6 +305,9 @@ class RemoteSource:
             raise NotFound(f"upstream {host} answered {status}: not found")
         if status != 200:
             raise BadGateway(f"upstream {host} answered {status}")
+        if not identity_encoded(response.headers):
+            # asked for identity; decoding would let a few hundred bytes grow past max_bytes in one step
+            raise BadGateway(f"upstream {host} sent a compressed body (Content-Encoding); only identity is accepted")
         limit = self.cfg.max_bytes
         too_large = PayloadTooLarge(f"remote source is larger than {limit} bytes")
         declared = response.headers.get("content-length", "")
@@ -228,7 +315,7 @@ class RemoteSource:
             raise too_large
         body = bytearray()
         sniffed = False
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():  # raw: never decoded
             body += chunk
             if len(body) > limit:
                 raise too_large
@@ -243,13 +330,13 @@ class RemoteSource:
             "data": data,
             # the content decides the version (ETags may be weak, or differ per CDN node)
             "version": digest.hexdigest()[:16],
-            "etag": response.headers.get("etag"),
-            "last_modified": response.headers.get("last-modified"),
+            "etag": validator(response.headers, "etag"),
+            "last_modified": validator(response.headers, "last-modified"),
             "fetched_at": time.time(),
             "max_age": freshness(response.headers, self.cfg.freshness),
         }
 
-    def _sniff(self, head: bytes) -> None:
+    def _sniff(self, head: bytes | bytearray) -> None:
         if sniff_format(bytes(head[:SNIFF_BYTES]), self.formats) is None:
             raise UnsupportedMedia("remote source is not a supported image")
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageCms, ImageFilter, ImageSequence
 
 from .budget import UNLIMITED, Deadline, MemoryBudget, decoded_bytes
-from .config import RenderConfig
-from .errors import UnsupportedMedia
-from .geometry import Plan, plan
+from .config import LimitsConfig, RenderConfig
+from .errors import ImageProxyError, UnsupportedMedia
+from .geometry import Plan, check_output, plan
 from .loader import Opened
 from .options import RenderOptions
 
@@ -122,6 +122,15 @@ def _decode_size(opened: Opened, target: Plan, gap: float) -> tuple[int, int]:
     return max(1, math.ceil(opened.width * ratio)), max(1, math.ceil(opened.height * ratio))
 
 
+def _draft(image: Image.Image, need: tuple[int, int]) -> int:
+    """Set up JPEG shrink-on-load to at least `need` (nothing is decoded yet); the scale's divisor."""
+    if need == image.size:
+        return 1
+    full_width = image.width
+    drafted = image.draft(image.mode, need)  # (mode, the full image's box in drafted pixels)
+    return 1 if drafted is None else round(full_width / drafted[1][2])
+
+
 def _normalise_mode(image: Image.Image) -> Image.Image:
     """Bring every mode to L, LA, RGB, RGBA or CMYK, which resize well and encode everywhere."""
     mode = image.mode
@@ -187,7 +196,9 @@ def _colour(image: Image.Image, icc: bytes | None, settings: RenderConfig) -> tu
         return image, icc if settings.keep_icc else None
     if icc:
         try:
-            return ImageCms.applyTransform(image, _to_srgb(icc, image.mode)), None
+            converted = ImageCms.applyTransform(image, _to_srgb(icc, image.mode))
+            if converted is not None:  # None only for an in-place transform
+                return converted, None
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # unusable profile: fall back to Pillow's plain conversion
     return (image.convert("RGB") if image.mode == "CMYK" else image), None
@@ -258,25 +269,40 @@ def render(
     deadline: Deadline,
     budget: MemoryBudget = UNLIMITED,
     source_key: str | None = None,
+    limits: LimitsConfig = LimitsConfig(),
 ) -> Rendered:
     """`source_key` (the source's id and version) lets the decode be kept in `budget` for the next
-    request of the same source, and reuses one kept by an earlier request."""
+    request of the same source, and reuses one kept by an earlier request. The output canvas is
+    checked against `limits` before anything is decoded (413)."""
     image = opened.image
+    orientation: int | None
+    region: tuple[int, int, int, int] | None
+    first: Plan | None
     if opened.animated and fmt in ANIMATION_FORMATS:
-        with budget.hold(decoded_bytes(image), deadline):
+        plans = _plans_before_decode(opened, options, fmt, limits, opened.frames)
+        # every output frame stays until the encode: room for all of them is taken before the first
+        frames = opened.frames * max(output_bytes(p.canvas) for p in plans)
+        with budget.hold(decoded_bytes(image) + frames, deadline):
             orientation = orientation_of(image)
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
-            return _render_animation(opened, options, fmt, region, orientation, deadline)
+            frames_plan = make_plan(options, region, options.focal)
+            _check(frames_plan, fmt, limits, opened.frames)
+            return _render_animation(opened, frames_plan, options, fmt, region, orientation, deadline)
+    plans = _plans_before_decode(opened, options, fmt, limits, 1)
     orientation = region = first = None
     if opened.format in SHRINK_ON_LOAD_FORMATS:
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
         orientation, region, first = _geometry(opened, options)
     need = _decode_size(opened, first, settings.reducing_gap) if first else (opened.width, opened.height)
-    keep_key = None if opened.animated else source_key  # a first frame is not the source's decode
-    kept = budget.find(keep_key, need) if keep_key else None
+    divisor = _draft(image, need)
+    # Reuse only the very decode this render would make itself (same source version and draft
+    # scale): a larger one resamples from another intermediate and gives other bytes, so a URL's
+    # answer would depend on what its worker rendered before. A first frame is not the source's decode.
+    keep_key = None if opened.animated or source_key is None else f"{source_key}|1/{divisor}"
+    kept = budget.find(keep_key, image.size) if keep_key else None
     reused = kept is not None
     try:
-        if reused:
+        if kept is not None:
             image, orientation = kept.image, kept.orientation
             if first is None:
                 region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
@@ -286,9 +312,7 @@ def render(
             output = first.canvas[0] * first.canvas[1] * 4
             amount = output + min(kept.nbytes, int(output * (2 * RESIZE_GAP) ** 2))
         else:
-            if need != image.size:
-                image.draft(image.mode, need)
-            amount = decoded_bytes(image)
+            amount = decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans)  # the decode and the output
         with budget.hold(amount, deadline):
             if not reused:
                 # getexif() of PNG and others decodes the image; decode first so errors are not
@@ -297,16 +321,20 @@ def render(
                 orientation, region, first = _geometry(opened, options)
             icc = opened.image.info.get("icc_profile") or None
             exif = None if settings.strip_metadata else _exif_upright(opened.image)
+            # planned before the decode, after it or for the kept one
+            assert first is not None and region is not None and orientation is not None
             if not reused:
                 image = _normalised(opened)
                 kept = budget.keep(keep_key, image, orientation) if keep_key else None
                 if kept is not None:
                     image = kept.image
+            _check(first, fmt, limits, 1)  # exact now that the orientation is known
             deadline.check()
             scale = image.width / opened.width
             p = first
             if options.gravity == "smart" and options.mode == "crop":
-                box = tuple(v * scale for v in (region[0], region[1], region[0] + region[2], region[1] + region[3]))
+                x, y, w, h = (v * scale for v in region)
+                box = (x, y, x + w, y + h)
                 p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
             deadline.check()
             resized = _resize(image, p, scale, region, orientation)
@@ -326,6 +354,39 @@ def _normalised(opened: Opened) -> Image.Image:
         return _normalise_mode(opened.image)
     except DECODE_ERRORS:
         raise UnsupportedMedia("source image data is truncated or corrupt") from None
+
+
+def output_bytes(canvas: tuple[int, int]) -> int:
+    """Memory of one output frame (Pillow keeps RGB in 4 bytes a pixel too)."""
+    return canvas[0] * canvas[1] * 4
+
+
+def _check(p: Plan, fmt: str, limits: LimitsConfig, frames: int) -> None:
+    check_output(p.canvas, fmt, limits.max_output_width, limits.max_output_height, frames, limits.max_animation_pixels)
+
+
+def _plans_before_decode(
+    opened: Opened, options: RenderOptions, fmt: str, limits: LimitsConfig, frames: int
+) -> list[Plan]:
+    """The plans the header allows, each within `limits`; 413 (or 400 for a bad crop) when none is.
+
+    One plan, or two for a PNG without an eXIf chunk before its pixels (one may follow them: the
+    orientation is then known after the decode, where the exact plan is checked again).
+    """
+    known = opened.format != "PNG" or "exif" in opened.image.info  # PNG's getexif() would decode
+    plans, refused = [], None
+    for orientation in (orientation_of(opened.image),) if known else (1, 6):
+        try:
+            region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
+            p = make_plan(options, region, options.focal)
+            _check(p, fmt, limits, frames)
+        except ImageProxyError as exc:
+            refused = refused or exc
+            continue
+        plans.append(p)
+    if refused is not None and not plans:
+        raise refused
+    return plans
 
 
 def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, tuple[int, int, int, int], Plan]:
@@ -348,13 +409,13 @@ def _exif_upright(image: Image.Image) -> bytes | None:
 
 def _render_animation(
     opened: Opened,
+    p: Plan,
     options: RenderOptions,
     fmt: str,
     region: tuple[int, int, int, int],
     orientation: int,
     deadline: Deadline,
 ) -> Rendered:
-    p = make_plan(options, region, options.focal)
     frames, durations = [], []
     try:
         for frame in ImageSequence.Iterator(opened.image):

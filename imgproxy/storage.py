@@ -7,8 +7,7 @@ them knows which backend it has:
 - `source_id(source)`: the id a source's result keys start with (400 for a bad path; no I/O);
 - `load(source)`: the source's `Original` with its version, possibly without its bytes yet;
 - `open(original)`: the same original with its bytes, asked for only on a result-cache miss;
-- `save_upload(temp, upload_id, name)`: keep a checked upload; its `/picture` path and size;
-- `remove_upload(path)`: take a kept upload back (its job could not be queued).
+- `save_upload(temp, upload_id, name)`: keep a checked upload; its `/picture` path and size.
 
 S3 (obstore): the object's ETag is the version. A version learnt from the store is trusted for
 `freshness` seconds (in memory, and in the originals cache for other processes and restarts), so
@@ -124,7 +123,8 @@ class LocalStorage:
         return f"{self.prefix}/{upload_id}/{name}", size
 
     async def remove_upload(self, path: str) -> None:
-        folder = (self.source.root / path).parent  # <root>/<uploads.dir>/<id>, made by _move
+        """Take back a stored upload (its job could not be queued): its whole folder."""
+        folder = self.source.root / PurePosixPath(path).parent
         await asyncio.to_thread(shutil.rmtree, folder, True)
 
     async def check(self) -> bool:
@@ -392,12 +392,11 @@ class S3Storage:
         return source, len(data)
 
     async def remove_upload(self, path: str) -> None:
+        """Take back a stored upload (its job could not be queued)."""
         source_id = "s3:" + path
-        await asyncio.to_thread(self._forget, source_id)
-        try:
-            await self._request("delete", lambda: self.obstore.delete_async(self.store, self.key(path)))
-        except (NotFound, StorageUnavailable) as exc:  # gone already, or left for the operator
-            log.warning("cannot take back upload %s: %s", path, exc)
+        await self._request("delete", lambda: self.obstore.delete_async(self.store, self.key(path)))
+        self.known.pop(source_id, None)
+        await asyncio.to_thread(self.originals.delete, *self.kept_keys(source_id))
 
     async def check(self) -> bool:
         try:

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .budget import Deadline, MemoryBudget, decoded_bytes
 from .config import Config
 from .errors import (
     BadRequest,
@@ -104,18 +105,20 @@ def _squeeze(text: str) -> str:
     return "".join(out)
 
 
-def inspect(path: Path, config: Config) -> tuple[str, int, int]:
-    """(Pillow format, width, height after EXIF orientation); 413/415 for what `/picture` refuses."""
+def inspect(path: Path, config: Config, budget: MemoryBudget) -> tuple[str, int, int]:
+    """(Pillow format, width, height after EXIF orientation); 413/415 for what `/picture` refuses.
+    Runs on a render thread: the decode holds its bytes of the renders' memory `budget`."""
     original = Original(id="upload", version="", size=path.stat().st_size, path=str(path))
     opened = open_original(original, config.limits, config.uploads.allowed_formats)
     with opened.image as image:
         if opened.format in SHRINK_ON_LOAD_FORMATS:
             image.draft(image.mode, (1, 1))  # DCT scaling to 1/8: every byte is still checked
-        try:
-            image.load()
-        except DECODE_ERRORS:
-            raise UnsupportedMedia("image data is truncated or corrupt") from None
-        width, height = oriented_size(opened.width, opened.height, orientation_of(image))
+        with budget.hold(decoded_bytes(image, working_set=1.0), Deadline(config.render.timeout)):
+            try:
+                image.load()
+            except DECODE_ERRORS:
+                raise UnsupportedMedia("image data is truncated or corrupt") from None
+            width, height = oriented_size(opened.width, opened.height, orientation_of(image))
     return opened.format, width, height
 
 
@@ -198,6 +201,7 @@ class Uploads:
         self.storage = renderer.storage
         # what /picture would refuse as a source is refused as an upload already
         self.max_bytes = min(self.settings.max_bytes, config.limits.max_source_bytes)
+        self.renderer = renderer
         self.jobs = JobQueue(renderer, config.jobs.workers_in_server)
 
     def routes(self) -> list[Route]:
@@ -247,7 +251,8 @@ class Uploads:
         temp = self.storage.temp_dir / f"{upload_id}.part"
         try:
             part = await self._receive(request, boundary, temp, limit)
-            stored = await self._store(temp, upload_id, part.filename)
+            inspected = await self.renderer.run(inspect, temp, self.config, self.renderer.memory)
+            stored = await self._store(temp, upload_id, part.filename, inspected)
         finally:
             temp.unlink(missing_ok=True)
         body = await run_in_threadpool(self._describe, stored)
@@ -327,9 +332,9 @@ class Uploads:
             raise BadRequest("multipart body ended early")
         return part
 
-    async def _store(self, temp: Path, upload_id: str, filename: str | None) -> Stored:
-        """Check the image (in a thread), then hand it to the storage: nothing is stored unchecked."""
-        fmt, width, height = await run_in_threadpool(inspect, temp, self.config)
+    async def _store(self, temp: Path, upload_id: str, filename: str | None, inspected: tuple[str, int, int]) -> Stored:
+        """Hand the checked image to the storage: nothing is stored unchecked."""
+        fmt, width, height = inspected
         name = safe_name(filename, fmt)
         path, size = await self.storage.save_upload(temp, upload_id, name)
         return Stored(upload_id, path, fmt, width, height, size)

@@ -25,12 +25,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port
+from .conftest import free_port, stop_process, track
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 EDGE_CONF = DEPLOY / "nginx" / "imgproxy.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-STARTUP_SECONDS = 15
+STARTUP_SECONDS = 60
 
 WRAPPER = """\
 daemon off;
@@ -107,14 +107,14 @@ class Edge:
         assert check.returncode == 0, check.stderr
         output = workdir / "nginx.out"
         with output.open("wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        track(self.process, f"nginx in {workdir}")
         try:
             self.wait_until_listening(output)
-        except Exception:
-            self.process.kill()
-            self.process.wait(10)
+        except BaseException:
+            stop_process(self.process, 30)
             raise
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120)
 
     def wait_until_listening(self, output: Path) -> None:
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -145,7 +145,7 @@ class Edge:
 
     def next_hop(self) -> Hop:
         # nginx writes the line once the response is sent, so it may trail the response a little.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while True:
             lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
             if len(lines) > self.logged:
@@ -167,5 +167,4 @@ class Edge:
 
     def stop(self) -> None:
         self.client.close()
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        stop_process(self.process, 30)  # SIGTERM, then SIGKILL to master and workers if they linger

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgproxy.geometry import plan
+from imgproxy.errors import PayloadTooLarge
+from imgproxy.geometry import ENCODER_MAX_SIDE, check_output, plan
 
 MODES = ("fit", "crop", "pad", "stretch")
 
@@ -123,3 +124,67 @@ def test_invariants(sw, sh, w, h, mode, dpr, enlarge, fx, fy):
     if mode == "fit" and (w or h):
         # fit keeps the source's aspect ratio within rounding
         assert abs(cw / ch - sw / sh) <= (1 / min(cw, ch)) * max(cw / ch, sw / sh) + 1e-9
+
+
+# --- check_output: every output canvas against [limits] and the encoder's own limits ---------
+
+
+@pytest.mark.parametrize(
+    "canvas, fmt, frames, refused",
+    [
+        ((4096, 4096), "png", 1, None),
+        ((4097, 10), "png", 1, "4097x10; the limit is 4096x4096"),
+        ((10, 4097), "jpeg", 1, "10x4097; the limit is 4096x4096"),
+        ((4096, 4096), "gif", 5, None),  # 84 MP over all frames
+        ((4096, 4096), "gif", 6, "6 frames of 4096x4096"),  # 101 MP
+        ((2048, 2048), "webp", 40, "40 frames of 2048x2048"),
+        ((2048, 2048), "webp", 23, None),
+        ((1, 1), "gif", 100_000_000, None),  # exactly the limit
+        ((1, 1), "gif", 100_000_001, "100000001 frames"),
+    ],
+)
+def test_check_output_against_the_configured_limits(canvas, fmt, frames, refused):
+    if refused is None:
+        check_output(canvas, fmt, 4096, 4096, frames, 100_000_000)
+        return
+    with pytest.raises(PayloadTooLarge) as info:
+        check_output(canvas, fmt, 4096, 4096, frames, 100_000_000)
+    assert info.value.status == 413 and refused in info.value.message
+
+
+@pytest.mark.parametrize("fmt, side", sorted(ENCODER_MAX_SIDE.items()))
+@pytest.mark.parametrize("tall", [False, True])
+def test_check_output_against_each_encoder(fmt, side, tall):
+    big = 1_000_000  # configured limits above every encoder's
+    fits, over = ((8, side), (8, side + 1)) if tall else ((side, 8), (side + 1, 8))
+    check_output(fits, fmt, big, big)
+    with pytest.raises(PayloadTooLarge, match=f"{fmt.upper()} allows at most {side} px"):
+        check_output(over, fmt, big, big)
+    check_output(over, "png", big, big)  # PNG has no such limit
+
+
+def test_check_output_frames_only_count_for_animations_and_a_set_limit():
+    check_output((4096, 4096), "gif", 4096, 4096, frames=1, max_frames_pixels=1000)
+    check_output((4096, 4096), "gif", 4096, 4096, frames=50, max_frames_pixels=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sw=dims,
+    sh=dims,
+    w=box,
+    h=box,
+    mode=st.sampled_from(MODES),
+    dpr=st.sampled_from([1.0, 2.0, 4.0]),
+    enlarge=st.booleans(),
+    limit=st.integers(1, 9000),
+)
+def test_check_output_refuses_exactly_the_plans_past_the_limit(sw, sh, w, h, mode, dpr, enlarge, limit):
+    canvas = plan(sw, sh, w, h, mode, dpr, enlarge).canvas
+    over = canvas[0] > limit or canvas[1] > limit
+    try:
+        check_output(canvas, "png", limit, limit)
+    except PayloadTooLarge:
+        assert over
+    else:
+        assert not over

@@ -74,11 +74,11 @@ def test_figures_follow_requests(live_server, workers):
 @pytest.mark.timeout(120)
 def test_evictions_are_the_entries_set_lost(live_server, writable_root):
     copy_from_corpus("photos/large_9mp_harbour.jpg", writable_root, "a.jpg")
-    # ~20-30 KB per result: 200 KB holds a handful, so storing 16 evicts some
+    # ~200 KB per PNG: the 0.4-1.4 MB a 2 MB directory leaves results holds a handful of the 16
     server = live_server(
         {
             "sources": {"local": {"root": str(writable_root)}},
-            "cache": {"size_limit": "200KB"},
+            "cache": {"size_limit": "2MB"},
             "render": {"jpeg_quality": 95},
         }
     )
@@ -86,8 +86,8 @@ def test_evictions_are_the_entries_set_lost(live_server, writable_root):
     entries_before = len(cache)
     with server.client() as client:
         before, _ = scrape(client)
-        for width in range(300, 316):
-            assert client.get(f"/picture/a.jpg?w={width}").headers["x-cache"] == "MISS"
+        for width in range(600, 616):
+            assert client.get(f"/picture/a.jpg?w={width}&encoding=png").headers["x-cache"] == "MISS"
         after, _ = scrape(client)
     evicted = delta(before, after, "imgproxy_cache_evictions_total")
     assert evicted > 0
@@ -100,15 +100,17 @@ def test_renders_count_decodes_kept_for_the_next_width(live_server):
     server = live_server({})
     with server.client() as client:
         before, _ = scrape(client)
-        # 1200 px needs the 1/2-scale decode; the narrower widths are served from it
-        widths = (1200, 800, 640, 320)
+        # 1100..2016 px of a 4032-px JPEG decode at 1/2 scale: the first decode serves the others
+        widths = (1920, 1600, 1280, 1100)
         for width in widths:
             r = client.get(f"/picture/photos/large_12mp_bus.jpg?w={width}")
             assert r.status_code == 200 and r.headers["x-cache"] == "MISS"
-        # another source and a changed query of the first: decoded once more, kept again
+        # 320 px decodes at 1/8 (never resampled from the larger decode, which would give other
+        # bytes), and another source: decoded once more each
+        assert client.get("/picture/photos/large_12mp_bus.jpg?w=320").status_code == 200
         assert client.get("/picture/photos/large_9mp_harbour.jpg?w=500").status_code == 200
         after, _ = scrape(client)
-    assert delta(before, after, "imgproxy_source_decodes_total", origin="decoded") == 2
+    assert delta(before, after, "imgproxy_source_decodes_total", origin="decoded") == 3
     assert delta(before, after, "imgproxy_source_decodes_total", origin="kept") == len(widths) - 1
 
 

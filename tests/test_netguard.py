@@ -263,12 +263,17 @@ async def listener():
 @pytest.mark.parametrize(
     "answer", [["10.0.0.1"], ["127.0.0.1"], ["169.254.169.254"], ["::ffff:127.0.0.1"], ["fd00::1"]]
 )
-async def test_names_resolving_to_private_addresses_are_refused(answer, listener):
+async def test_names_resolving_to_private_addresses_are_refused(answer, listener, caplog):
+    # refused like a name that does not resolve (a connect error): a 403 of its own would tell
+    # anyone which names point inside; the log says why
     resolver = Resolver({"rebind.test": answer})
     backend = GuardedBackend(AddressPolicy(), resolver)
-    with pytest.raises(AddressNotAllowed, match="rebind.test"):
+    with pytest.raises(httpcore.ConnectError, match="rebind.test"):
         await backend.connect_tcp("rebind.test", listener, timeout=2)
     assert resolver.asked == ["rebind.test"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"refused upstream rebind.test: it resolves only to addresses not allowed ({ip(answer[0])})"
+    ]
 
 
 @pytest.mark.anyio
@@ -302,6 +307,14 @@ async def test_resolver_failures_are_connect_errors(listener):
     backend = GuardedBackend(AddressPolicy(), Resolver({}))
     with pytest.raises(httpcore.ConnectError):
         await backend.connect_tcp("unknown.test", listener, timeout=2)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host", ["a" * 64 + ".example", "a..example"])
+async def test_names_dns_cannot_carry_are_connect_errors(host, listener):
+    # the system resolver's IDNA encoding raises UnicodeError for them, before any lookup
+    with pytest.raises(httpcore.ConnectError, match="cannot resolve"):
+        await GuardedBackend(AddressPolicy()).connect_tcp(host, listener, timeout=2)
 
 
 @pytest.mark.anyio

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import itertools
 import socket
+import tracemalloc
 
 import httpx
 import pytest
@@ -17,12 +18,14 @@ from imgproxy.errors import (
     BadRequest,
     Forbidden,
     GatewayTimeout,
+    ImageProxyError,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     UnsupportedMedia,
 )
 from imgproxy.netguard import AddressNotAllowed
-from imgproxy.remote import RemoteSource, freshness
+from imgproxy.remote import FetchSlots, RemoteSource, freshness
 from tests.origin import PHOTOS, Origin
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(15)]
@@ -111,6 +114,10 @@ async def test_collapsed_scheme_slashes_are_accepted(tmp_path, origin, fresh):
         "http://0177.0.0.1/a.jpg",
         "http://127.0.0.1:99999/a.jpg",
         "http://" + "a" * 3000 + ".com/",
+        "http://xn--/a.jpg",  # not valid punycode: httpx fails decoding it, not parsing it
+        "http://xn--zz.example/a.jpg",
+        "http://a..example/a.jpg",
+        "http://" + "a" * 64 + ".example/a.jpg",
     ],
 )
 async def test_bad_urls_are_400(tmp_path, url):
@@ -154,7 +161,6 @@ async def test_remote_is_off_without_allowed_hosts(tmp_path, origin, fresh):
         "[::ffff:127.0.0.1]",
         "[::1]",
         "[fe80::1%25lo]",
-        "localhost",
     ],
 )
 async def test_loopback_is_refused_unless_private_addresses_are_allowed(tmp_path, origin, fresh, host):
@@ -182,12 +188,40 @@ async def test_injected_resolver_is_used_and_checked(tmp_path, origin, fresh):
         tmp_path, resolver, ["127.0.0.1/32"], allowed_hosts=("*.test",), allow_private_addresses=False
     ) as source:
         original = await source.load(f"http://origin.test:{origin.port}{path}")
-        with pytest.raises(AddressNotAllowed, match="internal.test"):
+        with pytest.raises(BadGateway, match="cannot connect to upstream internal.test"):
             await source.load(f"http://internal.test:{origin.port}{path}")
         with pytest.raises(BadGateway, match="cannot connect to upstream unknown.test"):
             await source.load(f"http://unknown.test:{origin.port}{path}")
     assert original.data == PNG_BYTES
     assert origin.requests(path)[0].headers["host"] == f"origin.test:{origin.port}"
+
+
+async def test_names_resolving_to_private_addresses_fail_like_names_that_do_not_resolve(
+    tmp_path, origin, fresh, caplog
+):
+    """Status and message are those of a name without an address (or a port nobody listens on), so
+    an outsider cannot map internal names; the log tells the operator."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    resolver = resolver_for({"internal.test": ["10.0.0.7", "fd00::7"], "closed.test": ["127.0.0.1"]})
+    answers = {}
+    async with remote(
+        tmp_path, resolver, ["127.0.0.1/32"], allowed_hosts=("*.test", "127.0.0.1"), allow_private_addresses=False
+    ) as source:
+        for name, port in (("internal", origin.port), ("unknown", origin.port), ("closed", closed)):
+            for how, url in (
+                ("direct", f"http://{name}.test:{port}/a.jpg"),
+                ("redirect", origin.url("/location", to=f"http://{name}.test:{port}/a.jpg", t=next(unique))),
+            ):
+                with pytest.raises(ImageProxyError) as info:
+                    await source.load(url)
+                answers[name, how] = (info.value.status, info.value.message.replace(name, "NAME"))
+    assert set(answers.values()) == {(502, "cannot connect to upstream NAME.test")}
+    refused = [r.getMessage() for r in caplog.records if r.name == "imgproxy.netguard"]
+    assert (
+        refused == ["refused upstream internal.test: it resolves only to addresses not allowed (10.0.0.7, fd00::7)"] * 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -254,6 +288,50 @@ async def test_redirect_to_a_bad_url_is_502(tmp_path, origin, target):
 
 
 @pytest.mark.parametrize(
+    "location",
+    [
+        "http:127.0.0.1/x",  # scheme without `//`: httpx's own redirect handling fails on it
+        "https:127.0.0.1/x",
+        "http://xn--/",  # invalid IDNA
+        "http://xn--zz.example/",
+        "https://xn--/a.jpg",
+        "http://" + "a" * 64 + ".example/",  # a label too long for DNS
+        "http://a..example/",  # an empty label
+        "http://127.0.0.1:abc/",  # bad ports
+        "http://127.0.0.1:99999/",
+        "http://127.0.0.1:-1/",
+        "http://[::1/",
+        "http://[127.0.0.1]/",
+        "http://%zz/",
+        "http://a\u200d.example/",
+        "http:",
+    ],
+)
+async def test_redirect_to_a_malformed_url_is_502(tmp_path, origin, location):
+    async with remote(tmp_path, allowed_hosts=("*",)) as source:
+        with pytest.raises(ImageProxyError) as info:
+            await source.load(origin.url("/location", to=location, t=next(unique)))
+    assert info.value.status == 502, info.value.message
+
+
+async def test_a_last_modified_out_of_range_is_ignored(tmp_path, origin, fresh):
+    path = fresh(PNG + "?last_modified=Mon, 01 Jan 99999999999 00:00:00 GMT")
+    async with remote(tmp_path) as source:
+        original = await source.load(origin.url(path))
+    assert original.data == PNG_BYTES
+    assert original.last_modified is None
+
+
+async def test_a_non_ascii_validator_does_not_break_revalidation(tmp_path, origin, fresh):
+    path = fresh(PNG + "?etag=%22caf%C3%A9%22")  # "café" as UTF-8 bytes
+    async with remote(tmp_path, freshness=0) as source:
+        first = await source.load(origin.url(path))
+        second = await source.load(origin.url(path))
+    assert first == second
+    assert "if-none-match" not in origin.requests(path)[1].headers  # fetched again in full instead
+
+
+@pytest.mark.parametrize(
     "body", [b"", b"GIF8", b'<svg xmlns="http://www.w3.org/2000/svg"/>', b"%PDF-1.7\n", b"just some text, long enough"]
 )
 async def test_non_images_are_415(tmp_path, origin, body):
@@ -280,6 +358,28 @@ async def test_endless_body_is_cut_off_at_max_bytes(tmp_path, origin):
     async with remote(tmp_path, max_bytes=256 * 1024) as source:
         with pytest.raises(PayloadTooLarge, match="262144"):
             await source.load(origin.url("/endless"))
+
+
+@pytest.mark.parametrize("coding", ["gzip-gzip", "gzip", "deflate", "br", "zstd", "identity, gzip"])
+async def test_compressed_bodies_are_refused_without_decoding(tmp_path, origin, coding):
+    """/encoded bodies decode to 200 MB (gzip-gzip from 512 bytes); nothing near that is allocated."""
+    origin.bomb(coding)  # built before measuring
+    async with remote(tmp_path, max_bytes=1024**2) as source:
+        tracemalloc.start()
+        try:
+            with pytest.raises(BadGateway, match="Content-Encoding") as info:
+                await source.load(origin.url(f"/encoded/{coding}", t=next(unique)))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert info.value.status == 502
+    assert peak < 4 * 1024**2
+
+
+async def test_identity_content_encoding_is_accepted(tmp_path, origin):
+    async with remote(tmp_path) as source:
+        original = await source.load(origin.url("/encoded/identity"))
+    assert original.data == origin.bomb("identity")
 
 
 async def test_declared_length_over_max_bytes_is_413(tmp_path, origin, fresh):
@@ -364,6 +464,7 @@ def test_freshness_directives():
     assert freshness(httpx.Headers({"cache-control": "no-store"}), 5) == 0
     assert freshness(httpx.Headers({"cache-control": "max-age=abc"}), 5) == 5
     assert freshness(httpx.Headers({}), 5) == 5
+    assert freshness(httpx.Headers([(b"cache-control", "max-age=²".encode())]), 5) == 5  # a digit to isdigit() only
 
 
 async def test_concurrent_loads_share_one_fetch(tmp_path, origin, fresh):
@@ -385,6 +486,38 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch(tmp_path, ori
     assert gone.cancelled()
     assert origin.hits(url[len(origin.base) :]) == 1
     assert original.data == PNG_BYTES
+
+
+async def test_fetches_past_max_fetches_and_queue_are_503(tmp_path, origin):
+    gate = f"burst-{next(unique)}"
+    paths = [f"/gated/{gate}?t={i}" for i in range(5)]
+    async with remote(tmp_path, max_fetches=2, fetch_queue_limit=1, read_timeout=20, timeout=30) as source:
+        loads = [asyncio.create_task(source.load(origin.url(path))) for path in paths]
+        try:
+            async with asyncio.timeout(10):  # two fetch, one waits, two are turned away at once
+                while sum(map(origin.hits, paths)) < 2 or sum(t.done() for t in loads) < 2:
+                    await asyncio.sleep(0.01)
+            reached = sum(map(origin.hits, paths))
+        finally:
+            origin.open_gate(gate)
+        results = await asyncio.gather(*loads, return_exceptions=True)
+    assert reached == 2  # checked before the fetch: the shed ones never reached the origin
+    shed = [r for r in results if isinstance(r, Overloaded)]
+    assert len(shed) == 2 and all(r.status == 503 and r.headers["Retry-After"] == "2" for r in shed)
+    assert sum(not isinstance(r, Exception) for r in results) == 3
+    assert sum(map(origin.hits, paths)) == 3
+
+
+async def test_waiting_for_a_fetch_slot_ends_at_the_deadline():
+    slots = FetchSlots(1, 1)
+    loop = asyncio.get_running_loop()
+    async with slots.slot(loop.time() + 30):
+        with pytest.raises(Overloaded, match="no upstream fetch slot"):
+            async with slots.slot(loop.time() + 0.1):
+                pass
+        assert slots.waiting == 0
+    async with slots.slot(loop.time() + 30):  # the slot came back
+        assert slots.running == 1
 
 
 async def test_no_cookies_go_upstream(tmp_path, origin, fresh):

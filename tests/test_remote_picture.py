@@ -2,12 +2,22 @@
 
 import io
 import threading
+import time
 
 import httpx
 import pytest
 from PIL import Image
 
 from tests.origin import Origin
+
+REMOTE = {
+    "allowed_hosts": ["127.0.0.1"],
+    "allow_private_addresses": True,
+    "timeout": 3.0,
+    "read_timeout": 1.5,
+    "max_bytes": "4MB",
+    "freshness": 300,
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +33,7 @@ def proxy(tmp_path_factory):
 
     server = LiveServer(
         tmp_path_factory.mktemp("remote"),
-        {
-            "sources": {
-                "remote": {
-                    "allowed_hosts": ["127.0.0.1"],
-                    "allow_private_addresses": True,
-                    "timeout": 3.0,
-                    "read_timeout": 1.5,
-                    "max_bytes": "4MB",
-                    "freshness": 300,
-                }
-            }
-        },
+        {"log": {"level": "info"}, "sources": {"remote": REMOTE}},
     )
     server.start()
     yield server
@@ -42,7 +41,8 @@ def proxy(tmp_path_factory):
 
 
 def picture(origin_url: str) -> str:
-    return "/picture/" + origin_url
+    """The remote URL's own query goes into the path escaped, as the README says."""
+    return "/picture/" + origin_url.replace("?", "%3F").replace("&", "%26")
 
 
 def test_ten_widths_fetch_the_original_once(origin, proxy):
@@ -98,9 +98,14 @@ def test_client_credentials_are_not_forwarded(origin, proxy):
         ("/html-as-jpeg", 415),
         ("/endless", 413),
         ("/slow?seconds=5", 504),
+        ("/encoded/gzip-gzip", 502),
+        ("/location?to=http:127.0.0.1/x", 502),
+        ("/location?to=http://xn--/", 502),
     ],
 )
 def test_upstream_failures_map_to_clear_statuses(origin, proxy, path, status):
+    if path.startswith("/encoded/"):
+        origin.bomb(path.removeprefix("/encoded/"))  # built here: it takes longer than read_timeout
     with proxy.client() as client:
         r = client.get(picture(origin.url(path)), params={"w": 50})
         assert r.status_code == status, r.text
@@ -120,14 +125,52 @@ def test_hosts_off_the_list_are_403(proxy):
 
 
 def test_private_addresses_refused_unless_allowed(origin, live_server):
-    server = live_server({"sources": {"remote": {"allowed_hosts": ["127.0.0.1", "localhost"]}}})
+    server = live_server({"sources": {"remote": {"allowed_hosts": ["127.0.0.1", "localhost", "*.invalid"]}}})
     before = origin.hits("/photos/tree.webp")
     with server.client() as client:
-        for host in ("127.0.0.1", "localhost"):
-            url = origin.url("/photos/tree.webp").replace("127.0.0.1", host)
-            r = client.get(picture(url), params={"w": 50})
-            assert r.status_code == 403, r.text
+        literal = client.get(picture(origin.url("/photos/tree.webp")), params={"w": 50})
+        name = client.get(picture(origin.url("/photos/tree.webp").replace("127.0.0.1", "localhost")), params={"w": 50})
     assert origin.hits("/photos/tree.webp") == before  # nothing reached the origin
+    # the client wrote the address: saying it is not allowed tells nothing new
+    assert (literal.status_code, literal.text) == (
+        403,
+        "address not allowed: 127.0.0.1 is a private or reserved address\n",
+    )
+    # a name's DNS answer must not show: the same answer as for a name that does not resolve
+    assert (name.status_code, name.text) == (502, "cannot connect to upstream localhost\n")
+    assert "refused upstream localhost: it resolves only to addresses not allowed" in server.log_path.read_text()
+
+
+def test_fetches_past_the_limit_are_503_before_reaching_upstream(origin, live_server):
+    limits = {"max_fetches": 1, "fetch_queue_limit": 0, "read_timeout": 20.0, "timeout": 30.0}  # the gate holds reads
+    server = live_server({"sources": {"remote": {**REMOTE, **limits}}})
+    first, second = origin.url("/gated/limit", size=2048, t=1), origin.url("/gated/limit", size=2048, t=2)
+    answers = []
+    holder = threading.Thread(
+        target=lambda: answers.append(httpx.get(server.url + picture(first), params={"w": 50}, timeout=30))
+    )
+    holder.start()
+    try:
+        deadline = time.monotonic() + 20
+        while origin.hits(first[len(origin.base) :]) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first fetch has reached the origin and holds the only slot
+        with server.client() as client:
+            shed = client.get(picture(second), params={"w": 50})
+    finally:
+        origin.open_gate("limit")
+        holder.join(30)
+    assert (shed.status_code, shed.headers.get("retry-after")) == (503, "2"), shed.text
+    assert "too many upstream fetches" in shed.text
+    assert origin.hits(second[len(origin.base) :]) == 0
+    assert answers[0].status_code == 415  # the held fetch went on (zeros after a JPEG head)
+
+
+def test_upstream_requests_add_no_log_lines(origin, proxy):
+    with proxy.client() as client:
+        assert client.get(picture(origin.url("/photos/tree.webp", t="log")), params={"w": 40}).status_code == 200
+    lines = proxy.log_path.read_text().splitlines()
+    assert any("/photos/tree.webp%3Ft=log" in line for line in lines)  # the access line
+    assert [line for line in lines if "httpx" in line or "httpcore" in line] == []
 
 
 def test_remote_sources_off_by_default(corpus_server, origin):

@@ -53,7 +53,7 @@ def post_file(
     return client.post("/upload", content=body, headers={**form_headers, **(headers or {})})
 
 
-def wait_for_job(client: httpx.Client, status_url: str, timeout: float = 90) -> dict:
+def wait_for_job(client: httpx.Client, status_url: str, timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         job = client.get(status_url).json()
@@ -97,6 +97,7 @@ def strict_server(tmp_path_factory):
 # --- happy path ------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(300)  # ten renders of an animation take a minute on a busy machine
 @pytest.mark.parametrize("name", HAPPY)
 def test_upload_renders_every_preset_into_the_cache(server, name):
     row = ROWS[name]
@@ -224,7 +225,7 @@ def test_huge_content_length_is_refused_before_any_body_is_sent(strict_server):
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         "Content-Length: 50000000\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=60) as sock:
         sock.sendall(request)  # and no body at all: a server waiting for it would time out here
         answer = sock.recv(4096).decode("latin-1")
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
