@@ -393,7 +393,7 @@ class ResultCache:
                 listener()
             self._generation = current
         now = time.monotonic()
-        found = self.hot.get(key, now)
+        found: tuple[ResultMeta, bytes | BinaryIO] | None = self.hot.get(key, now)
         if found is None:
             found = self._get_from_disk(cache, key, now, if_none_match)
         if self._counters is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def reset_statistics(config: Config) -> None:
             pass  # an unusable cache is the server's to report (it serves uncached)
 
 
-def clear(config: Config, older_than: float | None = None, sources: list[str] = ()) -> int:
+def clear(config: Config, older_than: float | None = None, sources: Sequence[str] = ()) -> int:
     """Remove results (all of them, or those stored longer ago than `older_than` seconds and/or of
     `sources`); returns how many."""
     directory = config.path(config.cache.dir)
@@ -116,7 +117,8 @@ def _clear(directory: Path, older_than: float | None, prefixes: list[str], kept:
     if older_than is None and not prefixes:
         with diskcache.Cache(str(directory)) as cache:
             return cache.clear()
-    conditions, params = [], []
+    conditions: list[str] = []
+    params: list[object] = []
     if older_than is not None:
         conditions.append("store_time < ?")
         params.append(time.time() - older_than)

@@ -160,6 +160,7 @@ class JobsConfig:
     redis_url: str = ""
     workers_in_server: int = 1
     lease: float = 30.0
+    warm_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,7 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
         lambda v: isinstance(v, str) and (v == "" or v.split("://")[0] in ("redis", "rediss", "unix")),
         "redis://host:port/db",
     ),
+    "jobs.warm_url": (lambda v: v == "" or v.startswith(("http://", "https://")), "empty or an http(s):// URL"),
     "jobs.workers_in_server": (lambda v: isinstance(v, int) and 0 <= v <= 64, "0..64"),
     "jobs.lease": (lambda v: isinstance(v, float) and 4 <= v <= 3600, "4..3600 seconds"),
     "uploads.dir": (

@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import diskcache
+import httpx
 
 from .config import Config
 from .errors import ImageProxyError, Overloaded
+from .html import picture_url
 from .options import RenderOptions, parse_options, with_encoding
 from .pipeline import Renderer, close_body
 
@@ -60,6 +62,7 @@ class JobsUnavailable(ImageProxyError):
 class Task:
     preset: str
     options: RenderOptions  # encoding set: the output format, as /picture's cache key has it
+    params: tuple[tuple[str, str], ...]  # the query of the URL the upload's answer gives for it
 
 
 def plan(renderer: Renderer, presets: Iterable[str], formats: Iterable[str]) -> list[Task]:
@@ -76,7 +79,8 @@ def plan(renderer: Renderer, presets: Iterable[str], formats: Iterable[str]) -> 
         for fmt in formats:
             encoding = renderer.requested_format(options, "")[0] if fmt == "source" else fmt
             with_format = with_encoding(options, encoding)
-            tasks.setdefault(with_format.cache_key(), Task(name, with_format))
+            params = (("preset", name),) if fmt == "source" else (("preset", name), ("encoding", fmt))
+            tasks.setdefault(with_format.cache_key(), Task(name, with_format, params))
     return list(tasks.values())
 
 
@@ -272,6 +276,7 @@ class JobQueue:
         self.running: set[str] = set()
         self.tasks: list[asyncio.Task] = []
         self.warned = False
+        self.client: httpx.AsyncClient | None = None  # for [jobs] warm_url
 
     def open(self) -> None:
         """Open the store (blocking: run it in a thread)."""
@@ -294,6 +299,8 @@ class JobQueue:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.to_thread(self.store.close)
+        if self.client is not None:
+            await self.client.aclose()
         if self.temporary is not None:
             shutil.rmtree(self.temporary, ignore_errors=True)
 
@@ -436,14 +443,33 @@ class JobQueue:
 
     async def _render(self, source: str, task: Task) -> None:
         for delay in RETRY_SECONDS + (None,):
-            while self.renderer.pending >= self.renderer.workers:  # only on an idle thread
-                await asyncio.sleep(IDLE_POLL_SECONDS)
             try:
-                result = await self.renderer.picture(source, task.options)
+                if self.config.jobs.warm_url:
+                    await self._request(source, task)
+                else:
+                    while self.renderer.pending >= self.renderer.workers:  # only on an idle thread
+                        await asyncio.sleep(IDLE_POLL_SECONDS)
+                    close_body((await self.renderer.picture(source, task.options)).body)
+                return
             except Overloaded:
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
-                continue
-            close_body(result.body)
-            return
+
+    async def _request(self, source: str, task: Task) -> None:
+        """GET the variant's URL from `[jobs] warm_url` (the edge): the replica that owns the URL
+        renders and keeps it, and the edge caches it too, so pre-rendering pays off whichever
+        host runs the job. The URL is the one the upload's answer names, signed like it."""
+        url = self.config.jobs.warm_url.rstrip("/") + picture_url(source, self.config, **dict(task.params))
+        if self.client is None:
+            self.client = httpx.AsyncClient(timeout=self.config.render.timeout + 10, trust_env=False)
+        try:
+            async with self.client.stream("GET", url, headers={"Accept": "*/*"}) as response:
+                async for _ in response.aiter_raw():  # read to the end: a CDN keeps only whole answers
+                    pass
+        except httpx.HTTPError as exc:
+            raise Overloaded(f"warm_url: {type(exc).__name__}") from None
+        if response.status_code == 503:
+            raise Overloaded("warm_url answered 503")
+        if response.status_code != 200:
+            raise ImageProxyError(f"warm_url answered {response.status_code} for {url}")

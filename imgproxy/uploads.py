@@ -18,6 +18,7 @@ import os
 import secrets
 import string
 import time
+import typing
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,7 @@ class ImagePart:
     def __init__(self, path: Path, max_bytes: int):
         self.path = path
         self.max_bytes = max_bytes
-        self.file = None
+        self.file: typing.BinaryIO | None = None
         self.filename: str | None = None
         self.size = 0
         self.parts = 0
@@ -137,7 +138,7 @@ class ImagePart:
         self.header_value = bytearray()
         self.disposition = b""
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> typing.Any:  # python-multipart's MultipartCallbacks
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": self.on_header_field,
@@ -178,6 +179,7 @@ class ImagePart:
         self.size += end - start
         if self.size > self.max_bytes:
             raise too_large(self.max_bytes)
+        assert self.file is not None  # opened when the part's headers ended
         self.file.write(data[start:end])  # page-cache writes of at most one received chunk
 
     def on_end(self) -> None:

@@ -39,6 +39,7 @@ BIG_PHOTO = "photos/large_12mp_bus.jpg"
         ('[jobs]\nredis_url = "http://127.0.0.1:6379"\n', "jobs.redis_url"),
         ("[jobs]\nworkers_in_server = -1\n", "jobs.workers_in_server"),
         ("[jobs]\nlease = 1\n", "jobs.lease"),
+        ('[jobs]\nwarm_url = "edge.internal"\n', "jobs.warm_url"),
         ("[uploads]\njob_workers = 2\n", r"uploads.job_workers: moved to \[jobs\] workers_in_server"),
     ],
 )
@@ -373,3 +374,23 @@ def test_100k_finished_jobs_do_not_stall_the_event_loop(live_server, tmp_path):
         assert client.get("/jobs/" + f"{7:032x}").json()["status"] == "done"  # history is still readable
     print(f"slowest /health over 12 s with {FINISHED_JOBS} finished jobs: {worst * 1000:.0f} ms")
     assert worst < 3.0, worst
+
+
+def test_warm_url_renders_each_variant_where_its_url_is_served(live_server, tmp_path):
+    """With [jobs] warm_url a job GETs every variant through that URL (an edge, here a replica):
+    the replica answering the URLs has them all as HITs, the one that ran the job has none."""
+    root = tmp_path / "images"
+    root.mkdir()
+    owner = live_server({"sources": {"local": {"root": str(root)}}, "uploads": {"enabled": False}}, name="owner")
+    runner = live_server(
+        {"sources": {"local": {"root": str(root)}}, "jobs": {"warm_url": owner.url, "workers_in_server": 1}},
+        name="runner",
+    )
+    with runner.client() as a, owner.client() as b:
+        r = post_file(a, (CORPUS / SMALL_PHOTO).read_bytes(), "portrait.jpg")
+        assert r.status_code == 201, r.text
+        job = wait_for_job(a, r.json()["job"]["status_url"])
+        assert job["status"] == "done" and job["done"] == job["total"] == 10, job
+        urls = [u for url in r.json()["urls"].values() for u in (url, url + "&encoding=webp")]
+        assert [b.get(url).headers["x-cache"] for url in urls] == ["HIT"] * len(urls)
+        assert [a.get(url).headers["x-cache"] for url in urls] == ["MISS"] * len(urls)
