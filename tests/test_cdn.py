@@ -266,6 +266,7 @@ def test_compose_runs_the_tested_config(tmp_path, monkeypatch):
 
     upstreams = re.findall(r"^server (\S+):(\d+)", (DEPLOY / "nginx" / "upstream.conf").read_text(), re.M)
     assert len(upstreams) == 3
+    listen_conf = (DEPLOY / "nginx" / "listen.conf").read_text()
     monkeypatch.chdir(tmp_path)  # no ./config.toml: built-in defaults plus the replica's variables
     caches = set()
     for name, port in upstreams:
@@ -287,4 +288,6 @@ def test_compose_runs_the_tested_config(tmp_path, monkeypatch):
         assert f"-s3.port={endpoint.port}" in store["command"] and config.storage.s3.bucket
         assert f"-name {config.storage.s3.bucket}" in " ".join(services["bucket"]["command"])
         assert set(replica["depends_on"]) == {"bucket", redis_url.hostname}
+        warm = urlsplit(config.jobs.warm_url)  # jobs warm through the edge, which listens on 80
+        assert warm.hostname == "nginx" and (warm.port or 80) == 80 and "listen 80;" in listen_conf
     assert len(caches) == 3, "replicas must not share a cache directory"

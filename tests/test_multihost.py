@@ -2,7 +2,8 @@
 
 Three `serve` replicas, each with its own cache directories, temp directory and an empty local
 root (no directory is shared), one SeaweedFS (originals and uploads), one Redis (jobs), and the
-nginx edge of deploy/nginx in front with jobs-redis.conf. One test walks the life of the cluster
+nginx edge of deploy/nginx in front with jobs-redis.conf; jobs warm the variants through that
+edge (`[jobs] warm_url`). One test walks the life of the cluster
 in four steps — an upload and its job seen from every replica; kill -9 of the replica running a
 job; SeaweedFS and Redis stopped and started under traffic; an object overwritten in the bucket —
 and prints a timeline (run with -s to read it).
@@ -26,7 +27,7 @@ from imgproxy.config import DEFAULT_PRESETS
 from imgproxy.jobs import COUNT
 from imgproxy.redisjobs import PREFIX
 
-from .conftest import CORPUS, LiveServer
+from .conftest import CORPUS, LiveServer, free_port
 from .edge import Edge, Hop, require_nginx
 from .redis_server import RedisServer, redis_server  # noqa: F401 (a fixture)
 from .s3_server import SeaweedFS, seaweed  # noqa: F401 (a fixture)
@@ -44,7 +45,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEASE = 8.0  # [jobs] lease
 FRESHNESS = 3  # [storage.s3] freshness
 FORMATS = ["webp", "avif", "png", "source"]  # pre-rendered per preset: 5 presets x 4 = 20 renders of 12 MP
-ACCEPT_WEBP = "image/webp,*/*"  # another edge cache entry for the same URL, same answer from the replica
+ACCEPT_WEBP = "image/webp,*/*"  # other edge cache entries for the same URL, same answer from the replica
+ACCEPT_AVIF = "image/avif,image/webp,*/*"
 OUTAGE = "photos/outage.jpg"  # in the bucket, never asked for before the store goes away
 SWAP = "photos/swap.jpg"  # overwritten in step 4
 SWAP_OLD, SWAP_NEW = "photos/progressive_dalmatian.jpg", "photos/tree.webp"  # 300 px wide: 300x200, 300x226
@@ -75,7 +77,7 @@ class Cluster:
         return self.store.keys("uploads/")
 
 
-def replica_settings(workdir: Path, store: SeaweedFS, redis_url: str) -> dict:
+def replica_settings(workdir: Path, store: SeaweedFS, redis_url: str, edge_url: str) -> dict:
     empty = workdir / "empty-root"
     empty.mkdir(parents=True)
     storage = store.settings
@@ -87,7 +89,14 @@ def replica_settings(workdir: Path, store: SeaweedFS, redis_url: str) -> dict:
         },
         "cache": {"dir": str(workdir / "results")},
         "storage": storage,
-        "jobs": {"backend": "redis", "redis_url": redis_url, "workers_in_server": 1, "lease": LEASE},
+        # warm_url: a job GETs each variant through the edge, so the replica owning the URL keeps it
+        "jobs": {
+            "backend": "redis",
+            "redis_url": redis_url,
+            "workers_in_server": 1,
+            "lease": LEASE,
+            "warm_url": edge_url,
+        },
         "uploads": {"enabled": True, "token": TOKEN, "pregenerate_formats": FORMATS},
         "log": {"level": "info"},  # access lines: which replica saw what
     }
@@ -97,15 +106,17 @@ def replica_settings(workdir: Path, store: SeaweedFS, redis_url: str) -> dict:
 def cluster(tmp_path, seaweed, redis_server):  # noqa: F811
     replicas: list[LiveServer] = []
     edge = None
+    edge_port = free_port()  # the replicas' warm_url, before the edge knows its replicas
     try:
         for i in range(3):
             workdir = tmp_path / f"replica{i}"
-            settings = replica_settings(workdir, seaweed, redis_server.url)
+            settings = replica_settings(workdir, seaweed, redis_server.url, f"http://127.0.0.1:{edge_port}")
             # TMPDIR: upload temp files and metrics files in the replica's own directory too
             replica = LiveServer(workdir, settings, env={"TMPDIR": str(workdir / "tmp")})
             (workdir / "tmp").mkdir()
             replicas.append(replica.start())
-        edge = Edge(tmp_path / "edge", [r.port for r in replicas], jobs="redis")
+        ports = [r.port for r in replicas]
+        edge = Edge(tmp_path / "edge", ports, jobs="redis", port=edge_port, other_clients=True)
         yield Cluster(replicas, edge, redis_server, seaweed)
     finally:
         if edge is not None:
@@ -175,20 +186,31 @@ def test_three_replicas_sharing_only_seaweedfs_and_redis(cluster):
     log(f"step 1: job done by the worker of {sorted(holders)}, {job['total']} renders")
     log(f"step 1: {sum(polls.values())} polls of /jobs/<id> through the edge answered by {dict(polls)}")
     assert len(polls) > 1, "every poll landed on one replica"
+    # The job GET every variant through the edge: its log lines say which replica rendered what.
+    warmed = {hop.uri: cluster.name(hop) for hop in edge.others if hop.uri.startswith("/picture/")}
+    assert all(hop.status == 200 for hop in edge.others), edge.others
+    by_replica: dict[str, list[str]] = {}
     presets = DEFAULT_PRESETS
     assert set(upload["urls"]) == set(presets)
-    owners: dict[str, str] = {}  # URL -> replica that answered it
-    rendered = []
-    for name, url in upload["urls"].items():
-        for variant in (url, url + "&encoding=webp"):
-            response, hop = edge.get(variant)
-            assert response.status_code == 200, (variant, response.text)
-            assert decoded_size(response.content) == expected_size(presets[name]), variant
-            owners[variant] = hop.replica or ""
-            rendered.append(
-                f"{name}{'.webp' if 'webp' in variant else ''}:{cluster.name(hop)}/{response.headers['x-cache']}"
-            )
-    log(f"step 1: 10 preset URLs -> 200 at their sizes; replica/X-Cache: {' '.join(rendered)}")
+    variants = {
+        (url if fmt == "source" else f"{url}&encoding={fmt}"): (name, fmt)
+        for name, url in upload["urls"].items()
+        for fmt in FORMATS
+    }
+    assert set(warmed) == set(variants), (sorted(warmed), sorted(variants))
+    owners: dict[str, str] = {}  # URL -> replica that keeps it
+    for url, (name, fmt) in variants.items():
+        response, hop = edge.get(url)  # the Accept class the job used: the edge has it
+        assert (response.status_code, hop.cache) == (200, "HIT"), (url, response.text)
+        assert decoded_size(response.content) == expected_size(presets[name]), url
+        response, hop = edge.get(url, accept=ACCEPT_WEBP)  # another class: the edge asks the owner
+        assert (response.status_code, response.headers["x-cache"]) == (200, "HIT"), (url, response.headers)
+        assert cluster.name(hop) == warmed[url], f"{url} was warmed on {warmed[url]}, is served by {hop}"
+        owners[url] = hop.replica or ""
+        by_replica.setdefault(warmed[url], []).append(f"{name}.{fmt}")
+    log(f"step 1: {len(variants)} variant URLs -> 200 at their sizes, edge HIT; rendered by the job on the replica")
+    for replica, names in sorted(by_replica.items()):
+        log(f"step 1:   {replica} rendered and keeps {len(names)}: {' '.join(sorted(names))}")
 
     # --- 2. kill -9 the replica whose worker runs a job: another worker finishes it -------------
     response, hop = cluster.upload(BIG_PHOTO, "bus-again.jpg")
@@ -238,8 +260,8 @@ def test_three_replicas_sharing_only_seaweedfs_and_redis(cluster):
     )
     kept = [url for url, owner in owners.items() if owner in alive]
     assert kept, "every step-1 URL was on the killed replica"
-    for url in kept:  # a new Accept class: the edge asks the replica, which has the result
-        response, hop = edge.get(url, accept=ACCEPT_WEBP)
+    for url in kept:  # a third Accept class: the edge asks the replica, which has the result
+        response, hop = edge.get(url, accept=ACCEPT_AVIF)
         assert (response.status_code, hop.replica, response.headers["x-cache"]) == (200, owners[url], "HIT")
     log(f"step 3: {len(kept)} results cached on live replicas -> 200 (edge MISS, replica HIT)")
     for replica in live:
