@@ -53,6 +53,7 @@ from .netguard import (
     is_host_shaped,
 )
 from .originals import OriginalsCache
+from .shared import SharedTasks
 from .sources import Original
 
 SNIFF_BYTES = 16  # what Pillow's format checks look at
@@ -205,7 +206,7 @@ class RemoteSource:
             headers=REQUEST_HEADERS,
         )
         self.cache = OriginalsCache(cache_dir, cfg.cache_size_limit)
-        self.inflight: dict[str, asyncio.Task[Original]] = {}
+        self.inflight: SharedTasks[Original] = SharedTasks()  # one fetch per URL for concurrent callers
         self.fetches = FetchSlots(cfg.max_fetches, cfg.fetch_queue_limit)
 
     def check(self, source: str) -> httpx.URL:
@@ -225,19 +226,7 @@ class RemoteSource:
     async def load(self, source: str) -> Original:
         url = self.check(source)
         key = str(url)
-        task = self.inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._load(url, key))
-            self.inflight[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
-        # shield: a client going away must not cancel the fetch others are waiting for
-        return await asyncio.shield(task)
-
-    def _finished(self, key: str, task: asyncio.Task) -> None:
-        if self.inflight.get(key) is task:
-            del self.inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a fetch nobody awaits anymore logs no warning
+        return await self.inflight.run(key, lambda: self._load(url, key))
 
     async def _load(self, url: httpx.URL, key: str) -> Original:
         entry = await asyncio.to_thread(self.cache.get, key)
@@ -341,7 +330,6 @@ class RemoteSource:
             raise UnsupportedMedia("remote source is not a supported image")
 
     async def aclose(self) -> None:
-        for task in list(self.inflight.values()):
-            task.cancel()
+        self.inflight.cancel()
         await self.client.aclose()
         self.cache.close()

@@ -37,6 +37,7 @@ from . import metrics
 from .config import Config, ConfigError, S3StorageConfig
 from .errors import BadRequest, NotFound, PayloadTooLarge, StorageUnavailable
 from .originals import OriginalsCache
+from .shared import SharedTasks
 from .sources import LocalSource, Original, path_parts
 
 log = logging.getLogger("imgproxy.storage")
@@ -215,7 +216,7 @@ class S3Storage:
         )
         self.known: dict[str, Version] = {}  # source id -> version, this process's memory
         self.paused_until = 0.0  # monotonic time; see _request
-        self.inflight: dict[str, asyncio.Task] = {}
+        self.inflight: SharedTasks[Any] = SharedTasks()  # one request per object for concurrent callers
 
     # --- keys and versions -------------------------------------------------------------------
 
@@ -281,10 +282,10 @@ class S3Storage:
         if version is not None and self._fresh(version):
             return self._original(source_id, version)
         if version is None:  # never seen: fetch it whole, a miss is likely
-            fetched, data = await self._shared("get:" + source_id, lambda: self._get(source_id, key))
+            fetched, data = await self.inflight.run("get:" + source_id, lambda: self._get(source_id, key))
             return self._original(source_id, fetched, data)
         try:
-            version = await self._shared("head:" + source_id, lambda: self._head(source_id, key))
+            version = await self.inflight.run("head:" + source_id, lambda: self._head(source_id, key))
         except StorageUnavailable:
             # results of the version we know are still served; a miss needs the store (open)
             return self._original(source_id, version)
@@ -300,7 +301,7 @@ class S3Storage:
             if kept is not None and kept["etag"] == original.version:
                 return self._original(source_id, version, kept["data"])
         key = self.key(source_id.removeprefix("s3:"))
-        fetched, data = await self._shared("get:" + source_id, lambda: self._get(source_id, key))
+        fetched, data = await self.inflight.run("get:" + source_id, lambda: self._get(source_id, key))
         return self._original(source_id, fetched, data)  # its version may be newer: the caller checks
 
     async def _head(self, source_id: str, key: str) -> Version:
@@ -333,22 +334,6 @@ class S3Storage:
     def _keep(self, source_id: str, version: Version, data: bytes) -> None:
         self._remember(source_id, version)
         self.originals.set(_data_key(source_id), {"etag": version.etag, "data": data})
-
-    async def _shared(self, name: str, make: Callable[[], Awaitable[T]]) -> T:
-        """One request for concurrent callers asking the same thing (and a client going away
-        does not cancel it for the others)."""
-        task = self.inflight.get(name)
-        if task is None:
-            task = asyncio.ensure_future(make())
-            self.inflight[name] = task
-            task.add_done_callback(lambda done: self._finished(name, done))
-        return await asyncio.shield(task)
-
-    def _finished(self, name: str, task: asyncio.Task) -> None:
-        if self.inflight.get(name) is task:
-            del self.inflight[name]
-        if not task.cancelled():
-            task.exception()  # retrieved: nobody may be waiting anymore
 
     async def _request(self, op: str, make: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """One store request, timed and bounded; obstore's errors become 404 or 503.
@@ -413,6 +398,5 @@ class S3Storage:
         return True
 
     def close(self) -> None:
-        for task in list(self.inflight.values()):
-            task.cancel()
+        self.inflight.cancel()
         self.originals.close()
