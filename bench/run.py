@@ -489,6 +489,7 @@ def bench_storage(corpus: Path, workers: int | None, seconds: float, scratch: Pa
         # local, s3, s3, local: whichever server is measured second ran up to 20 % slower in either
         # order on this machine, so each backend gets one early and one late turn
         for name in ("local", "s3", "s3", "local"):
+            shutil.rmtree(scratch / name, ignore_errors=True)  # each turn starts cold: no results, no originals
             server = imgproxy_server(corpus, workers, storage if name == "s3" else "", name)
             rows += bench_server(server, STORAGE_WORKLOADS, seconds, scratch)[0]
     finally:
