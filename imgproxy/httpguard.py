@@ -42,11 +42,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.reading_header = True  # between a request's first byte (or the connection) and its header's end
         self.header_bytes = 0
         self.refused = False
+        # One timer per connection, not one per request (a keep-alive connection's requests only
+        # move the deadline): it fires at the deadline it was set for and looks again.
+        self.header_deadline: float | None = None  # loop time the current header must end by
         self.header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.header_timer = self.loop.call_later(self.limits.header_timeout, self.header_timed_out)
+        self.start_header_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_header_timer()
@@ -65,21 +68,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.reading_header = True
         self.header_bytes = 0
-        if self.header_timer is None:
-            self.header_timer = self.loop.call_later(self.limits.header_timeout, self.header_timed_out)
+        self.start_header_clock()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= self.limits.max_headers:
-            self.refuse()
-            raise HeaderLimitExceeded
-        super().on_header(name, value)
+    def start_header_clock(self) -> None:
+        self.header_deadline = self.loop.time() + self.limits.header_timeout
+        if self.header_timer is None:
+            self.header_timer = self.loop.call_at(self.header_deadline, self.header_timed_out)
 
     def on_headers_complete(self) -> None:
         self.reading_header = False
-        self.stop_header_timer()
-        # data_received only sees headers still incomplete after a read; one read may hold more
+        self.header_deadline = None
+        # The count is checked here, not per header line: the byte limit in data_received already
+        # bounds what a slow header can hold, and a callback per line costs every request.
+        # data_received only sees headers still incomplete after a read; one read may hold more.
         if (
-            len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            len(self.headers) > self.limits.max_headers
+            or len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
             > self.limits.max_header_bytes
         ):
             self.refuse()
@@ -107,7 +111,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def header_timed_out(self) -> None:
         self.header_timer = None
-        if not self.transport.is_closing():
+        if self.header_deadline is None:  # between requests: uvicorn's keep-alive timeout applies
+            return
+        if self.loop.time() < self.header_deadline:  # a later request moved the deadline
+            self.header_timer = self.loop.call_at(self.header_deadline, self.header_timed_out)
+        elif not self.transport.is_closing():
             self.transport.close()
 
     def stop_header_timer(self) -> None:
