@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port
+from .conftest import free_port, stop_process, track
 
 ACCESS_KEY = "imgproxy-test"
 SECRET_KEY = "imgproxy-test-secret"
@@ -121,7 +121,12 @@ class SeaweedFS:
     def start(self, timeout: float = 90) -> SeaweedFS:
         """Start and wait until the bucket exists (created on the first start)."""
         self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), cwd=self.workdir, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = track(
+            subprocess.Popen(
+                self.command(), cwd=self.workdir, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            ),
+            f"SeaweedFS in {self.workdir}",
+        )
         deadline = time.monotonic() + timeout
         url = httpx.URL(f"{self.endpoint}/{self.bucket}")
         while time.monotonic() < deadline:
@@ -142,9 +147,7 @@ class SeaweedFS:
         """SIGKILL by PID: a graceful stop takes ~15 s, and every write it answered is on disk."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
+        stop_process(self.process, 0)  # SIGTERM, then at once SIGKILL to its whole group
         self.log.close()
         self.process = None
         for port in self.ports.values():  # its gRPC unix sockets, which a killed weed leaves behind

@@ -20,7 +20,7 @@ from imgproxy.config import ConfigError, load_config
 from imgproxy.jobs import FINISHED_TTL, LocalJobStore, new_record
 from imgproxy.redisjobs import PREFIX, RedisJobStore
 
-from .conftest import CORPUS, copy_from_corpus, free_port, to_toml
+from .conftest import CORPUS, copy_from_corpus, free_port, stop_process, to_toml, track
 from .redis_server import redis_server  # noqa: F401 (a fixture)
 from .test_uploads import MANY_PRESETS, post_file, stored_files, wait_for_job
 
@@ -116,16 +116,12 @@ class Worker:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
+        track(self.process, f"imgproxy worker with {self.config}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_process(self.process, 20)
 
 
 @pytest.fixture
