@@ -150,9 +150,9 @@ def test_a_damaged_entry_is_a_miss_that_removes_it(cache, tmp_path, caplog):
     for key, body in (("inline", inline), ("small", small_file), ("large", large_file)):
         cache.put(key, body, checked_meta(body))
     with cache._cache.transact():  # a flipped byte in the SQLite row of a small result
-        cache._cache._sql("UPDATE Cache SET value = ? WHERE key = 'inline'", (b"X" + inline[1:],))
+        cache._cache._sql("UPDATE Cache SET value = ? WHERE key = 'inline'", (bytes([inline[0] ^ 1]) + inline[1:],))
     files = dict(cache._cache._sql("SELECT key, filename FROM Cache WHERE filename IS NOT NULL"))
-    (tmp_path / "results" / files["small"]).write_bytes(small_file[:-1] + b"\0")
+    (tmp_path / "results" / files["small"]).write_bytes(small_file[:-1] + bytes([small_file[-1] ^ 1]))
     (tmp_path / "results" / files["large"]).write_bytes(large_file[: len(large_file) // 2])
 
     caplog.set_level("WARNING", logger="imgproxy.cache")
