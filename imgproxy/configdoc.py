@@ -1,8 +1,9 @@
-"""The README's config reference, generated from config.toml's comments.
+"""The README's config reference and parameter table, generated from config.toml's comments and
+from `options.PARAMETERS`.
 
 Each key's description is the comment block right above it; a table's own comment sits above
-its header. `python -m imgproxy.configdoc README.md` rewrites the block between the markers;
-tests/test_readme_config.py fails when README.md and config.toml drift apart.
+its header. `python -m imgproxy.configdoc README.md` rewrites the blocks between the markers;
+tests/test_readme_config.py fails when README.md drifts from config.toml or the parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 
 BEGIN = "<!-- config-reference:begin (generated from config.toml by `python -m imgproxy.configdoc README.md`) -->"
 END = "<!-- config-reference:end -->"
+PARAMS_BEGIN = (
+    "<!-- parameters:begin (generated from imgproxy/options.py by `python -m imgproxy.configdoc README.md`) -->"
+)
+PARAMS_END = "<!-- parameters:end -->"
 HEADER = re.compile(r"\[([\w.]+)\]")
 KEY = re.compile(r"(\w+)\s*=\s*(.+)")
 
@@ -77,11 +82,22 @@ def reference(toml_text: str) -> str:
     return f"{BEGIN}\n\n{markdown(parse(toml_text))}\n{END}"
 
 
-def replace_block(readme: str, block: str) -> str:
-    start, end = readme.find(BEGIN), readme.find(END)
+def parameter_table() -> str:
+    """The `/picture` parameter table, markers included: canonical name, aliases, meaning."""
+    from .options import PARAMETERS
+
+    out = [PARAMS_BEGIN, "", "| parameter | meaning |", "| --- | --- |"]
+    for p in PARAMETERS:
+        aliases = f" [{', '.join(f'`{a}`' for a in p.aliases)}]" if p.aliases else ""
+        out.append(f"| `{p.name}`{aliases} | {_code(p.help)} |")
+    return "\n".join([*out, "", PARAMS_END])
+
+
+def replace_block(readme: str, block: str, begin: str = BEGIN, end_marker: str = END) -> str:
+    start, end = readme.find(begin), readme.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError("README has no config-reference markers")
-    return readme[:start] + block + readme[end + len(END) :]
+        raise ValueError(f"README has no {begin!r} … {end_marker!r} markers")
+    return readme[:start] + block + readme[end + len(end_marker) :]
 
 
 def main(argv: list[str]) -> int:
@@ -91,7 +107,9 @@ def main(argv: list[str]) -> int:
         print(block)
         return 0
     readme = Path(argv[0])
-    readme.write_text(replace_block(readme.read_text(encoding="utf-8"), block), encoding="utf-8")
+    text = replace_block(readme.read_text(encoding="utf-8"), block)
+    text = replace_block(text, parameter_table(), PARAMS_BEGIN, PARAMS_END)
+    readme.write_text(text, encoding="utf-8")
     return 0
 
 

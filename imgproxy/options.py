@@ -9,41 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from PIL import ImageColor
 
 from .errors import BadRequest, ConfigError, PayloadTooLarge
 
-ALIASES = {
-    "scalex": "width",
-    "width": "width",
-    "w": "width",
-    "scaley": "height",
-    "height": "height",
-    "h": "height",
-    "encoding": "encoding",
-    "format": "encoding",
-    "fm": "encoding",
-    "quality": "quality",
-    "q": "quality",
-    "mode": "mode",
-    "gravity": "gravity",
-    "g": "gravity",
-    "enlarge": "enlarge",
-    "background": "background",
-    "bg": "background",
-    "dpr": "dpr",
-    "crop": "crop",
-    "sharpen": "sharpen",
-    "blur": "blur",
-    "preset": "preset",
-    "p": "preset",
-    "v": "version",
-    "version": "version",
-    "cachebuster": "version",
-}
 SIGNATURE_PARAM = "sig"
 ENCODINGS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif", "auto": "auto"}
 MODES = ("fit", "crop", "pad", "stretch")
@@ -246,40 +218,165 @@ def _version(param: str, raw: str) -> str:
     return raw
 
 
+def _set_size(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _integer(param, raw, 1, MAX_DIMENSION)
+
+
+def _set_encoding(values: dict, name: str, param: str, raw: str) -> None:
+    enc = ENCODINGS.get(raw.strip().lower())
+    if enc is None:
+        allowed = ", ".join(dict.fromkeys(ENCODINGS.values()))
+        raise BadRequest(f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a format (allowed: {allowed})")
+    values[name] = enc
+
+
+def _set_quality(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _integer(param, raw, 1, 100)
+
+
+def _set_mode(values: dict, name: str, param: str, raw: str) -> None:
+    mode = raw.strip().lower()
+    if mode not in MODES:
+        raise BadRequest(f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a mode (allowed: {', '.join(MODES)})")
+    values[name] = mode
+
+
+def _set_gravity(values: dict, name: str, param: str, raw: str) -> None:
+    values["gravity"], values["focal"] = _gravity(param, raw)
+
+
+def _set_enlarge(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _boolean(param, raw)
+
+
+def _set_background(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = parse_color(param, raw)
+
+
+def _set_dpr(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _decimal(param, raw, 1, 4, "1..4", places=2)
+
+
+def _set_crop(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _crop(param, raw)
+
+
+def _set_sharpen(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _sharpen(param, raw)
+
+
+def _set_blur(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _decimal(param, raw, 0, 50, "0..50", places=2) or None
+
+
+def _set_version(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _version(param, raw)
+
+
+def _set_preset(values: dict, name: str, param: str, raw: str) -> None:
+    raise AssertionError("presets are expanded by parse_options before the other parameters")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One `/picture` query parameter: its spellings, its parser, and how pages and docs show it.
+
+    The README's parameter table and the playground's controls are generated from PARAMETERS, so
+    a parameter added here appears in both.
+    """
+
+    name: str  # canonical name (presets use it; the RenderOptions field it fills, mostly)
+    aliases: tuple[str, ...]  # other spellings accepted in a query
+    parse: Callable[[dict, str, str, str], None]  # (values, name, param as written, raw) -> sets values
+    kind: str  # control on the playground: "int", "number", "choice", "bool", "color", "text"
+    help: str  # one line of Markdown for the README table
+    choices: tuple[str, ...] = ()  # for "choice" (and suggestions for "text")
+    low: float | None = None  # range of "int" and "number"
+    high: float | None = None
+    example: str = ""  # a value that renders, for docs and the playground's hints
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "width",
+        ("scalex", "w"),
+        _set_size,
+        "int",
+        "target box width in CSS pixels",
+        low=1,
+        high=MAX_DIMENSION,
+        example="640",
+    ),
+    Parameter(
+        "height",
+        ("scaley", "h"),
+        _set_size,
+        "int",
+        "target box height in CSS pixels",
+        low=1,
+        high=MAX_DIMENSION,
+        example="480",
+    ),
+    Parameter(
+        "encoding",
+        ("format", "fm"),
+        _set_encoding,
+        "choice",
+        "output format; `auto` picks AVIF, then WebP, from `Accept` (an animation stays animated: WebP, else GIF)",
+        choices=tuple(dict.fromkeys(ENCODINGS.values())),
+        example="webp",
+    ),
+    Parameter(
+        "quality",
+        ("q",),
+        _set_quality,
+        "int",
+        "encoder quality (default per format from `[render]`)",
+        low=1,
+        high=100,
+        example="80",
+    ),
+    Parameter(
+        "mode", (), _set_mode, "choice", "`fit` (default), `crop`, `pad`, `stretch`", choices=MODES, example="crop"
+    ),
+    Parameter(
+        "gravity",
+        ("g",),
+        _set_gravity,
+        "text",
+        "where `crop` cuts and `pad` places: `center`, `north`, …, `smart`, `fp:X,Y` (focal point, 0–1)",
+        choices=(*GRAVITIES, "smart"),
+        example="fp:0.3,0.4",
+    ),
+    Parameter("enlarge", (), _set_enlarge, "bool", "allow results larger than the source", example="1"),
+    Parameter(
+        "background", ("bg",), _set_background, "color", "colour for `pad` and for flattening alpha", example="#20252b"
+    ),
+    Parameter(
+        "dpr", (), _set_dpr, "number", "device pixel ratio, multiplies the box (1–4)", low=1, high=4, example="2"
+    ),
+    Parameter(
+        "crop",
+        (),
+        _set_crop,
+        "text",
+        "`x,y,w,h` in whole pixels (rounded) or percent, applied first",
+        example="10%,10%,80%,80%",
+    ),
+    Parameter(
+        "sharpen", (), _set_sharpen, "text", "unsharp mask: an amount 0–10, or `radius,percent,threshold`", example="1"
+    ),
+    Parameter("blur", (), _set_blur, "number", "Gaussian blur radius (0–50)", low=0, high=50, example="3"),
+    Parameter("preset", ("p",), _set_preset, "text", "a `[presets.NAME]` from the config", example="thumbnail"),
+    Parameter("version", ("v", "cachebuster"), _set_version, "text", "part of the cache key only", example="2"),
+)
+BY_NAME = {p.name: p for p in PARAMETERS}
+ALIASES = {spelling: p.name for p in PARAMETERS for spelling in (p.name, *p.aliases)}
+
+
 def _apply(values: dict, name: str, raw: str, param: str) -> None:
     """Parse one canonical parameter into `values` (RenderOptions field names)."""
-    if name == "width" or name == "height":
-        values[name] = _integer(param, raw, 1, MAX_DIMENSION)
-    elif name == "encoding":
-        enc = ENCODINGS.get(raw.strip().lower())
-        if enc is None:
-            raise BadRequest(
-                f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a format (allowed: jpeg, png, webp, avif, gif, auto)"
-            )
-        values["encoding"] = enc
-    elif name == "quality":
-        values["quality"] = _integer(param, raw, 1, 100)
-    elif name == "mode":
-        mode = raw.strip().lower()
-        if mode not in MODES:
-            raise BadRequest(f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a mode (allowed: fit, crop, pad, stretch)")
-        values["mode"] = mode
-    elif name == "gravity":
-        values["gravity"], values["focal"] = _gravity(param, raw)
-    elif name == "enlarge":
-        values["enlarge"] = _boolean(param, raw)
-    elif name == "background":
-        values["background"] = parse_color(param, raw)
-    elif name == "dpr":
-        values["dpr"] = _decimal(param, raw, 1, 4, "1..4", places=2)
-    elif name == "crop":
-        values["crop"] = _crop(param, raw)
-    elif name == "sharpen":
-        values["sharpen"] = _sharpen(param, raw)
-    elif name == "blur":
-        values["blur"] = _decimal(param, raw, 0, 50, "0..50", places=2) or None
-    elif name == "version":
-        values["version"] = _version(param, raw)
+    BY_NAME[name].parse(values, name, param, raw)
 
 
 def _canonical(values: dict) -> RenderOptions:

@@ -76,3 +76,12 @@ def test_replace_block_needs_the_markers():
         configdoc.replace_block("no markers here", "block")
     text = f"top\n{configdoc.BEGIN}\nold\n{configdoc.END}\nbottom"
     assert configdoc.replace_block(text, "NEW") == "top\nNEW\nbottom"
+
+
+def test_readme_parameter_table_is_generated_from_the_parameters():
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    start, end = readme.find(configdoc.PARAMS_BEGIN), readme.find(configdoc.PARAMS_END)
+    assert 0 <= start < end, "README.md lost its parameter-table markers"
+    assert readme[start : end + len(configdoc.PARAMS_END)] == configdoc.parameter_table(), (
+        "README.md is out of date: run `python -m imgproxy.configdoc README.md`"
+    )
