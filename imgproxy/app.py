@@ -100,7 +100,9 @@ class PictureEndpoint:
         except ValueError:
             raise BadRequest(f"more than {MAX_QUERY_FIELDS} query parameters") from None
         limits = self.config.limits
-        return parse_options(pairs, self.config.presets, limits.max_output_width, limits.max_output_height)
+        return parse_options(
+            pairs, self.config.presets, limits.max_output_width, limits.max_output_height, self.config.watermark_digests
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         accept = if_none_match = ""
@@ -130,6 +132,8 @@ class PictureEndpoint:
             ]
         if result.vary_accept:
             headers.append((b"vary", b"Accept"))
+        if result.max_bytes_unmet:
+            headers.append((b"x-max-bytes", b"unmet"))
         body = result.body
         if if_none_match and etag_matches(if_none_match, meta.etag):
             close_body(body)

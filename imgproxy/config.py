@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
-from .options import parse_preset
+from .options import GRAVITIES, parse_preset
+from .watermark import Overlay, load_overlay
 
 SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif")
@@ -189,6 +190,28 @@ class LogConfig:
     access_log: bool = True
 
 
+@dataclass(frozen=True)
+class WatermarkConfig:
+    """One `[watermarks.NAME]` table (imgproxy.watermark draws it)."""
+
+    image: str = ""
+    position: str = "southeast"
+    margin: int = 10
+    opacity: float = 1.0
+    scale: float = 0.0  # 0: the image's own size
+    repeat: bool = False
+
+
+# Checks beyond the type, per key of a [watermarks.NAME] table
+_WATERMARK_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
+    "image": (bool, "a file path, relative to the config file"),
+    "position": (lambda v: v in GRAVITIES, ", ".join(GRAVITIES)),
+    "margin": (lambda v: 0 <= v <= 1000, "0..1000 output pixels"),
+    "opacity": (lambda v: 0 <= v <= 1, "0..1"),
+    "scale": (lambda v: 0 <= v <= 1, "0..1 of the output width (0: the image's own size)"),
+}
+
+
 DEFAULT_PRESETS: dict[str, dict[str, object]] = {
     "thumbnail": {"width": 150, "height": 150, "mode": "crop"},
     "small": {"width": 540},
@@ -212,9 +235,15 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     presets: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_PRESETS))
     base_dir: str = "."  # directory relative paths are resolved against (the config file's)
+    watermarks: dict[str, Overlay] = field(default_factory=dict)  # loaded from [watermarks.NAME]
 
     def path(self, relative: str) -> Path:
         return (Path(self.base_dir) / relative).resolve()
+
+    @property
+    def watermark_digests(self) -> dict[str, str]:
+        """Name -> digest of each watermark's image and settings, what `parse_options` resolves."""
+        return {name: overlay.digest for name, overlay in self.watermarks.items()}
 
 
 def _networks_valid(values: tuple[str, ...]) -> bool:
@@ -334,7 +363,7 @@ def _convert(value: object, hint: object, key: str) -> object:
     raise ConfigError(f"{key}: unsupported value {value!r}")  # pragma: no cover - schema bug
 
 
-_NOT_FROM_FILE = {"presets", "base_dir"}
+_NOT_FROM_FILE = {"presets", "base_dir", "watermarks"}
 
 
 def _join(prefix: str, name: str) -> str:
@@ -445,6 +474,43 @@ def _check_presets(presets: object, problems: list[str]) -> dict[str, dict[str, 
     return presets
 
 
+def _load_watermarks(tables: object, base_dir: Path, problems: list[str]) -> dict[str, Overlay]:
+    """Each [watermarks.NAME] checked key by key, its image read and decoded now: a missing or
+    broken file stops start-up instead of failing requests later."""
+    if tables is None:
+        return {}
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        problems.append("watermarks: expected [watermarks.NAME] tables")
+        return {}
+    overlays = {}
+    for name, table in tables.items():
+        prefix = f"watermarks.{name}"
+        before = len(problems)
+        settings = typing.cast(WatermarkConfig, _build(WatermarkConfig, table, prefix, problems))
+        for key, (allowed, text) in _WATERMARK_RANGES.items():
+            value = getattr(settings, key)
+            if key in table and not allowed(value):
+                problems.append(f"{prefix}.{key}: {value!r} is not allowed (allowed: {text})")
+        if "image" not in table:
+            problems.append(f"{prefix}.image: required (a file path, relative to the config file)")
+        if len(problems) > before:
+            continue
+        try:
+            overlays[name] = load_overlay(name, settings, str(base_dir / settings.image), f"{prefix}.image")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return overlays
+
+
+def _check_preset_watermarks(presets: dict[str, dict[str, object]], names: typing.Collection[str]) -> list[str]:
+    allowed = ", ".join(sorted(names)) or "none configured"
+    return [
+        f"presets.{preset}.watermark: unknown watermark {params['watermark']!r} (allowed: {allowed})"
+        for preset, params in presets.items()
+        if "watermark" in params and params["watermark"] not in names
+    ]
+
+
 def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
     """`path` None: ./config.toml when present, else the built-in defaults. Env applies on top."""
     environ = os.environ if environ is None else environ
@@ -465,6 +531,7 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
         base_dir = path.resolve().parent
     data = _merge(data, _env_overrides(environ))
     presets = data.pop("presets", None)
+    watermark_tables = data.pop("watermarks", None)
     problems: list[str] = []
     config = typing.cast(Config, _build(Config, data, "", problems))
     if config.jobs.backend == "redis" and not config.jobs.redis_url:
@@ -472,9 +539,13 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
     if config.storage.backend == "s3" and not config.storage.s3.bucket:
         problems.append('storage.s3.bucket: required when storage.backend = "s3"')
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
+    watermarks = _load_watermarks(watermark_tables, base_dir, problems)
+    names = watermark_tables if isinstance(watermark_tables, dict) else {}  # a broken one is named once
+    problems += _check_preset_watermarks(preset_map, names)
     if problems:
         raise ConfigError("; ".join(problems), problems)
-    return _cap_nested_originals(dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir)))
+    config = dataclasses.replace(config, presets=preset_map, base_dir=str(base_dir), watermarks=watermarks)
+    return _cap_nested_originals(config)
 
 
 def _cap_nested_originals(config: Config) -> Config:

@@ -28,14 +28,33 @@ class Section:
     name: str
     comment: str = ""
     keys: list[tuple[str, str, str]] = field(default_factory=list)  # (key, default, comment)
+    example: bool = False  # a commented-out table (`# [watermarks.logo]`): the keys are examples
+
+
+def _example_line(line: str) -> str | None:
+    """The text of a commented-out TOML line inside an example table (`# key = v`, `# # comment`)."""
+    return line[1:].strip() if line.startswith("#") else None
 
 
 def parse(toml_text: str) -> list[Section]:
     """Sections with their keys, defaults as written, and the comments above them."""
     sections: list[Section] = []
     comment: list[str] = []
+    example = False
     for raw in toml_text.splitlines():
         line = raw.strip()
+        text = _example_line(line)
+        if text is not None and (example or HEADER.fullmatch(text)):
+            if match := HEADER.fullmatch(text):
+                sections.append(Section(match[1], " ".join(comment), example=True))
+                comment, example = [], True
+            elif text.startswith("#"):
+                comment.append(text.lstrip("#").strip())
+            elif match := KEY.fullmatch(text):
+                sections[-1].keys.append((match[1], match[2], " ".join(comment)))
+                comment = []
+            continue
+        example = False
         if line.startswith("#"):
             comment.append(line.lstrip("#").strip())
         elif not line:
@@ -65,7 +84,11 @@ def markdown(sections: list[Section]) -> str:
     for section in sections:
         if section in presets:
             continue
-        out += [f"#### `[{section.name}]`", "", "| key | default | meaning |", "| --- | --- | --- |"]
+        if section.example:  # `[watermarks.logo]` documents `[watermarks.NAME]`
+            table = section.name.rsplit(".", 1)[0] + ".NAME"
+            out += [f"#### `[{table}]`", "", section.comment, "", "| key | example | meaning |", "| --- | --- | --- |"]
+        else:
+            out += [f"#### `[{section.name}]`", "", "| key | default | meaning |", "| --- | --- | --- |"]
         out += [f"| `{key}` | `{_code(default)}` | {_cell(comment)} |" for key, default, comment in section.keys]
         out.append("")
     if presets:

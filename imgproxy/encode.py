@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from PIL import Image
 
+from .budget import Deadline
 from .config import RenderConfig
 from .render import Rendered
 
@@ -68,3 +70,39 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
     out = io.BytesIO()
     frames[0].save(out, format=fmt.upper(), **params)
     return out.getvalue()
+
+
+LOSSLESS = ("png", "gif")
+MIN_QUALITY = 10  # max_bytes never goes below it: past that the picture is not worth the bytes
+MAX_EXTRA_ENCODES = 6  # the floor, then a bisection between it and the requested quality
+
+
+def encode_within(
+    rendered: Rendered, fmt: str, quality: int | None, settings: RenderConfig, max_bytes: int | None, deadline: Deadline
+) -> tuple[bytes, int]:
+    """`encode`, and past `max_bytes` (the `max_bytes` parameter) the highest quality that fits among
+    a bounded search, or, when nothing fits, the smallest output tried; lossless formats are only
+    recompressed at maximum effort. (body, encodes made). Each extra encode checks the deadline."""
+    body = encode(rendered, fmt, quality, settings)
+    start = quality or default_quality(fmt, settings)
+    if max_bytes is None or len(body) <= max_bytes:
+        return body, 1
+    if fmt in LOSSLESS:
+        deadline.check()
+        hardest = dataclasses.replace(settings, png_compress_level=9, gif_optimize=True)
+        return min(body, encode(rendered, fmt, quality, hardest), key=len), 2
+    if start is None or start <= MIN_QUALITY:
+        return body, 1
+    deadline.check()
+    best, encodes = encode(rendered, fmt, MIN_QUALITY, settings), 2
+    low, high = MIN_QUALITY + 1, start - 1
+    while len(best) <= max_bytes and low <= high and encodes <= MAX_EXTRA_ENCODES:
+        deadline.check()
+        middle = (low + high) // 2
+        candidate = encode(rendered, fmt, middle, settings)
+        encodes += 1
+        if len(candidate) <= max_bytes:
+            best, low = candidate, middle + 1
+        else:
+            high = middle - 1
+    return best, encodes

@@ -75,6 +75,9 @@ class RenderOptions:
     sharpen: tuple[float, int, int] | None = None  # radius, percent, threshold
     blur: float | None = None
     version: str | None = None
+    watermark: str | None = None  # a [watermarks.NAME]
+    watermark_digest: str = ""  # of that watermark's image and settings (from the config)
+    max_bytes: int | None = None
 
     def cache_key(self) -> str:
         """Canonical text: every spelling of the same request gives the same key, and since parsing
@@ -100,6 +103,10 @@ class RenderOptions:
             parts.append(f"blur={_num(self.blur)}")
         if self.version:
             parts.append(f"v={self.version}")
+        if self.watermark:
+            parts.append(f"wm={self.watermark}:{self.watermark_digest}")
+        if self.max_bytes:
+            parts.append(f"mb={self.max_bytes}")
         return "&".join(parts)
 
 
@@ -273,6 +280,22 @@ def _set_version(values: dict, name: str, param: str, raw: str) -> None:
     values[name] = _version(param, raw)
 
 
+def _set_watermark(values: dict, name: str, param: str, raw: str) -> None:
+    """The name only; parse_options checks it against the config's watermarks."""
+    values[name] = _version(param, raw.strip())
+
+
+MAX_BYTES_RANGE = (100, 50_000_000)
+
+
+def _set_max_bytes(values: dict, name: str, param: str, raw: str) -> None:
+    low, high = MAX_BYTES_RANGE
+    text = raw.strip()
+    if not text.isdigit() or not text.isascii() or len(text) > 9 or not low <= int(text) <= high:
+        raise BadRequest(f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not allowed (allowed: a byte count {low}..{high})")
+    values[name] = int(text)
+
+
 def _set_preset(values: dict, name: str, param: str, raw: str) -> None:
     raise AssertionError("presets are expanded by parse_options before the other parameters")
 
@@ -369,6 +392,25 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("blur", (), _set_blur, "number", "Gaussian blur radius (0–50)", low=0, high=50, example="3"),
     Parameter("preset", ("p",), _set_preset, "text", "a `[presets.NAME]` from the config", example="thumbnail"),
     Parameter("version", ("v", "cachebuster"), _set_version, "text", "part of the cache key only", example="2"),
+    Parameter(
+        "watermark",
+        ("wm",),
+        _set_watermark,
+        "text",
+        "a `[watermarks.NAME]` overlay from the config, drawn after sharpen/blur on the whole output",
+        example="logo",
+    ),
+    Parameter(
+        "max_bytes",
+        ("mb",),
+        _set_max_bytes,
+        "int",
+        "largest answer in bytes (100–50000000): the quality is lowered in steps, not below 10 (PNG and GIF "
+        "only recompress); still 200 with `X-Max-Bytes: unmet` when it cannot fit",
+        low=MAX_BYTES_RANGE[0],
+        high=MAX_BYTES_RANGE[1],
+        example="20000",
+    ),
 )
 BY_NAME = {p.name: p for p in PARAMETERS}
 ALIASES = {spelling: p.name for p in PARAMETERS for spelling in (p.name, *p.aliases)}
@@ -409,8 +451,10 @@ def parse_options(
     presets: Mapping[str, Mapping[str, object]],
     max_width: int = MAX_DIMENSION,
     max_height: int = MAX_DIMENSION,
+    watermarks: Mapping[str, str] | None = None,
 ) -> RenderOptions:
-    """Query pairs (already percent-decoded) -> RenderOptions; `sig` is skipped (checked elsewhere)."""
+    """Query pairs (already percent-decoded) -> RenderOptions; `sig` is skipped (checked elsewhere).
+    `watermarks`: the configured watermark names, each with its digest (Config.watermark_digests)."""
     explicit: dict[str, tuple[str, str]] = {}
     for param, raw in query:
         if param == SIGNATURE_PARAM:
@@ -425,8 +469,10 @@ def parse_options(
         explicit[name] = (param, raw)
 
     values: dict = {}
+    watermark_param = explicit["watermark"][0] if "watermark" in explicit else None
     if "preset" in explicit:
         param, raw = explicit.pop("preset")
+        watermark_param = watermark_param or f"preset {raw}"
         preset = presets.get(raw.strip())
         if preset is None:
             known = ", ".join(sorted(presets)) or "none configured"
@@ -435,12 +481,21 @@ def parse_options(
             _apply(values, key, str(value).lower() if isinstance(value, bool) else str(value), f"preset {raw}")
     for name, (param, raw) in explicit.items():
         _apply(values, name, raw, param)
+    if "watermark" in values:
+        values["watermark_digest"] = _watermark_digest(watermark_param or "watermark", values["watermark"], watermarks)
     options = _canonical(values)
 
     for size, limit, param in ((options.width, max_width, "width"), (options.height, max_height, "height")):
         if size is not None and size * options.dpr > limit:
             raise PayloadTooLarge(f"{param}: {size} x dpr {_num(options.dpr)} is above the limit of {limit} px")
     return options
+
+
+def _watermark_digest(param: str, name: str, watermarks: Mapping[str, str] | None) -> str:
+    if not watermarks or name not in watermarks:
+        allowed = ", ".join(sorted(watermarks or ())) or "none configured"
+        raise BadRequest(f"{param}: unknown watermark {name[:MAX_VALUE_LENGTH]!r} (allowed: {allowed})")
+    return watermarks[name]
 
 
 def with_encoding(options: RenderOptions, encoding: str) -> RenderOptions:

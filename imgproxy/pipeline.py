@@ -22,7 +22,7 @@ from . import metrics
 from .budget import UNLIMITED, Deadline, MemoryBudget
 from .cache import ResultCache, ResultMeta, etag_of
 from .config import Config
-from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode
+from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode_within
 from .errors import Forbidden, GatewayTimeout, Overloaded
 from .loader import open_original
 from .options import RenderOptions, with_encoding
@@ -40,6 +40,7 @@ class Result:
     cache_status: str  # HIT or MISS
     vary_accept: bool
     render_ms: float = 0.0
+    max_bytes_unmet: bool = False  # the body is larger than the request's max_bytes (X-Max-Bytes: unmet)
 
 
 def close_body(body: bytes | BinaryIO) -> None:
@@ -109,12 +110,21 @@ def render_original(
     with opened.image:
         has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
         fmt = output_format(requested_format, opened.format, has_alpha, opened.animated)
+        overlay = config.watermarks[options.watermark] if options.watermark else None
         rendered = render(
-            opened, options, fmt, config.render, deadline, budget, source_key=original.key, limits=config.limits
+            opened,
+            options,
+            fmt,
+            config.render,
+            deadline,
+            budget,
+            source_key=original.key,
+            limits=config.limits,
+            overlay=overlay,
         )
         # the output frames (all of an animation's) stay in the budget while they are encoded
         with budget.hold(len(rendered.frames) * output_bytes(rendered.size), deadline):
-            body = encode(rendered, fmt, options.quality, config.render)
+            body, _ = encode_within(rendered, fmt, options.quality, config.render, options.max_bytes, deadline)
     width, height = rendered.size
     ms = (time.perf_counter() - started) * 1000
     meta = ResultMeta(CONTENT_TYPES[fmt], etag_of(body), len(body), width, height, original.last_modified, round(ms, 1))
@@ -140,6 +150,11 @@ def _releasing(fn: Callable[..., T], *args: object) -> T:
     except BaseException as exc:
         release_frames(exc)
         raise
+
+
+def _unmet(options: RenderOptions, meta: ResultMeta) -> bool:
+    """From the stored length, so a cache hit answers the same header as the render did."""
+    return options.max_bytes is not None and meta.size > options.max_bytes
 
 
 class Renderer:
@@ -206,10 +221,10 @@ class Renderer:
             original = opened
         if hit is not None:
             metrics.CACHE_HITS.inc()
-            return Result(hit[0], hit[1], "HIT", vary)
+            return Result(hit[0], hit[1], "HIT", vary, max_bytes_unmet=_unmet(options, hit[0]))
         metrics.CACHE_MISSES.inc()
         body, meta = await self._coalesced(key, original, options, fmt)
-        return Result(meta, body, "MISS", vary, meta.render_ms)
+        return Result(meta, body, "MISS", vary, meta.render_ms, _unmet(options, meta))
 
     async def _coalesced(
         self, key: str, original: Original, options: RenderOptions, fmt: str

@@ -20,6 +20,7 @@ from .errors import ImageProxyError, UnsupportedMedia
 from .geometry import Plan, check_output, plan
 from .loader import Opened
 from .options import RenderOptions
+from .watermark import Overlay
 
 DECODE_ERRORS = (
     OSError,
@@ -212,7 +213,7 @@ def _flatten(image: Image.Image, background: tuple[int, int, int, int]) -> Image
     return base.convert("RGB" if image.mode == "RGBA" else "L")
 
 
-def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str) -> Image.Image:
+def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str, overlay: Overlay | None) -> Image.Image:
     """Steps after the resize that apply to every frame."""
     if options.sharpen:
         radius, percent, threshold = options.sharpen
@@ -226,6 +227,8 @@ def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str) -> Im
         src = image.convert(mode) if image.mode != mode else image
         canvas.paste(src, p.offset, src if mode == "RGBA" else None)
         image = canvas
+    if overlay is not None:  # on the canvas: with `pad` the mark sits in the output's corner, not the image's
+        image = overlay.apply(image)
     if fmt not in ALPHA_FORMATS:
         image = _flatten(image, options.background)
     return image
@@ -270,10 +273,11 @@ def render(
     budget: MemoryBudget = UNLIMITED,
     source_key: str | None = None,
     limits: LimitsConfig = LimitsConfig(),
+    overlay: Overlay | None = None,
 ) -> Rendered:
     """`source_key` (the source's id and version) lets the decode be kept in `budget` for the next
     request of the same source, and reuses one kept by an earlier request. The output canvas is
-    checked against `limits` before anything is decoded (413)."""
+    checked against `limits` before anything is decoded (413). `overlay`: the watermark options name."""
     image = opened.image
     orientation: int | None
     region: tuple[int, int, int, int] | None
@@ -287,7 +291,7 @@ def render(
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
             frames_plan = make_plan(options, region, options.focal)
             _check(frames_plan, fmt, limits, opened.frames)
-            return _render_animation(opened, frames_plan, options, fmt, region, orientation, deadline)
+            return _render_animation(opened, frames_plan, options, fmt, region, orientation, deadline, overlay)
     plans = _plans_before_decode(opened, options, fmt, limits, 1)
     orientation = region = first = None
     if opened.format in SHRINK_ON_LOAD_FORMATS:
@@ -346,7 +350,7 @@ def render(
         budget.release(kept)
     image, icc = _colour(resized, icc, settings)
     deadline.check()
-    return Rendered([_finish(image, p, options, fmt)], icc_profile=icc, exif=exif, reused_decode=reused)
+    return Rendered([_finish(image, p, options, fmt, overlay)], icc_profile=icc, exif=exif, reused_decode=reused)
 
 
 def _normalised(opened: Opened) -> Image.Image:
@@ -415,13 +419,15 @@ def _render_animation(
     region: tuple[int, int, int, int],
     orientation: int,
     deadline: Deadline,
+    overlay: Overlay | None,
 ) -> Rendered:
     frames, durations = [], []
     try:
         for frame in ImageSequence.Iterator(opened.image):
             deadline.check()
             durations.append(int(frame.info.get("duration", 100) or 100))
-            frames.append(_finish(_resize(frame.convert("RGBA"), p, 1.0, region, orientation), p, options, fmt))
+            resized = _resize(frame.convert("RGBA"), p, 1.0, region, orientation)
+            frames.append(_finish(resized, p, options, fmt, overlay))
     except DECODE_ERRORS:
         raise UnsupportedMedia("source animation data is truncated or corrupt") from None
     loop = opened.image.info.get("loop", 0)
