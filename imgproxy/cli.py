@@ -38,6 +38,8 @@ RENDER_FLAGS = (
     "blur",
     "preset",
     "version",
+    "watermark",
+    "max_bytes",
 )
 QUERY_NAMES = {"width": "scalex", "height": "scaley", "format": "encoding"}  # the names of the seed URLs
 FLAG_NAMES = {query: f"--{flag}" for flag, query in QUERY_NAMES.items()} | {flag: f"--{flag}" for flag in RENDER_FLAGS}
