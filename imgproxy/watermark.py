@@ -93,9 +93,13 @@ class Overlay:
             for x in xs:
                 strip.paste(tile, (x, 0))
             tile, xs = strip, [0]
+        if image.mode == "RGBA":  # composited: the output's own transparency stays right under the mark
+            paint, mask = tile, None
+        else:
+            paint, mask = tile.convert(image.mode), tile.getchannel("A")
         for y in ys:
             for x in xs:
-                _draw(image, tile, x, y)
+                _draw(image, paint, mask, x, y)
         return image
 
 
@@ -105,18 +109,20 @@ def _grid(anchor: int, step: int, length: int) -> list[int]:
     return list(range(first, length, step))
 
 
-def _draw(image: Image.Image, tile: Image.Image, x: int, y: int) -> None:
-    """Blend `tile` over `image` at (x, y) in place; the part outside the image is cut off."""
+def _draw(image: Image.Image, paint: Image.Image, mask: Image.Image | None, x: int, y: int) -> None:
+    """Blend `paint` (through `mask`, else its own alpha) over `image` at (x, y) in place; the part
+    outside the image is cut off."""
     left, top = max(0, -x), max(0, -y)
     if left or top:
-        tile = tile.crop((left, top, tile.width, tile.height))
+        box = (left, top, paint.width, paint.height)
+        paint, mask = paint.crop(box), mask.crop(box) if mask is not None else None
         x, y = x + left, y + top
-    if tile.width <= 0 or tile.height <= 0 or x >= image.width or y >= image.height:
+    if paint.width <= 0 or paint.height <= 0 or x >= image.width or y >= image.height:
         return
-    if image.mode == "RGBA":  # keep the output's own transparency right under the mark
-        image.alpha_composite(tile, (x, y))
+    if mask is None:
+        image.alpha_composite(paint, (x, y))
     else:
-        image.paste(tile.convert(image.mode), (x, y), tile.getchannel("A"))
+        image.paste(paint, (x, y), mask)
 
 
 def load_overlay(name: str, settings: WatermarkConfig, path: str, key: str) -> Overlay:
