@@ -1,7 +1,7 @@
 """Render an opened original (pure Pillow work, no I/O): an ordered list of steps.
 
 decode (shrink-on-load for JPEG) -> orient -> normalise mode -> choose focal point -> crop and
-resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pad -> flatten alpha.
+resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pad -> watermark -> flatten alpha.
 """
 
 from __future__ import annotations
