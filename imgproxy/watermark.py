@@ -82,8 +82,8 @@ class Overlay:
         return _grid(x, w + margin, width), _grid(y, h + margin, height)
 
     def apply(self, image: Image.Image) -> Image.Image:
-        """The output frame with the mark drawn on it: in place when its mode allows (the frame is
-        the render's own; the source's decode and kept decodes are never passed here)."""
+        """The output frame with the mark drawn on it, in place when its mode allows: the frame
+        belongs to this render (a kept decode is copied before it gets here)."""
         width, height = image.size
         size = self.size_on(width, height)
         tile = self.resized(size)
