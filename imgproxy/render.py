@@ -397,7 +397,7 @@ def render(
                 _check(first, fmt, limits, 1)
                 grown = _beside(first.canvas, kept if reused else None) - held
                 if grown > 0:  # a trimmed shape can give a larger output (enlarge, pad, one side given)
-                    more.enter_context(budget.hold(grown, deadline))
+                    more.enter_context(budget.hold(grown, deadline, beside=amount))
             deadline.check()
             scale = image.width / opened.width
             p = first

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, ImageStat
 
 from imgproxy.budget import Deadline, MemoryBudget
 from imgproxy.config import DEFAULT_PRESETS, Config, LimitsConfig, LocalSourceConfig, RenderConfig, SourcesConfig
-from imgproxy.errors import BadRequest
+from imgproxy.errors import BadRequest, PayloadTooLarge
 from imgproxy.geometry import output_size
 from imgproxy.html import img_attrs
 from imgproxy.loader import open_original
@@ -358,6 +358,23 @@ def test_trim_after_crop_and_of_a_uniform_image():
     assert _render(_png(Image.new("RGB", (50, 40), "navy")), "trim=255").size == (50, 40)
 
 
+def test_a_trimmed_shape_past_the_output_limits_is_413_and_a_larger_one_is_budgeted():
+    image = Image.new("RGB", (400, 300), BORDER)
+    image.paste(Image.new("RGB", (4, 300), "navy"), (200, 0))  # content: a 4x300 line
+    data = _png(image)
+    assert _render(data, "w=2000&enlarge=1").size == (2000, 1500)  # untrimmed: within 4096x4096
+    with pytest.raises(PayloadTooLarge, match="150000"):
+        _render(data, "w=2000&enlarge=1&trim=0")  # trimmed: 2000x150000
+    # the 4x300 line at width 40 is 40x3000, a larger output than the untrimmed 40x30: its growth is
+    # held too, and a render alone runs even when that takes it past the whole budget
+    assert _render(data, "w=40&enlarge=1").size == (40, 30)
+    for limit in (64 * MB, 1 * MB):
+        budget = MemoryBudget(limit)
+        assert _render(data, "w=40&enlarge=1&trim=0", budget=budget).size == (40, 3000)
+        assert budget.used == 0
+    assert _render(data, "trim=0&w=4&h=4&mode=crop&gravity=smart").size == (4, 4)
+
+
 def test_trim_tolerance_counts_every_channel():
     image = Image.new("RGBA", (60, 50), (100, 100, 100, 255))
     image.paste(Image.new("RGBA", (10, 10), (100, 100, 100, 200)), (20, 20))  # differs in alpha only
@@ -374,15 +391,16 @@ def test_trim_tolerance_counts_every_channel():
 def test_content_box_is_the_box_of_pixels_off_the_reference(data):
     w, h = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40))
     rng = random.Random(data.draw(st.integers(0, 10**6)))
-    image = Image.new("RGB", (w, h), (50, 60, 70))
+    pixels = [(50, 60, 70)] * (w * h)
     for _ in range(data.draw(st.integers(0, 4))):
-        image.putpixel((rng.randrange(w), rng.randrange(h)), tuple(rng.randrange(256) for _ in range(3)))
+        pixels[rng.randrange(w * h)] = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    image = Image.new("RGB", (w, h))
+    image.putdata(pixels)
     tolerance = data.draw(st.integers(0, 255))
     xs = [
-        (x, y)
-        for y in range(h)
-        for x in range(w)
-        if max(abs(a - b) for a, b in zip(image.getpixel((x, y)), (50, 60, 70))) > tolerance
+        (i % w, i // w)
+        for i, pixel in enumerate(pixels)
+        if max(abs(a - b) for a, b in zip(pixel, (50, 60, 70))) > tolerance
     ]
     expected = (
         (min(x for x, _ in xs), min(y for _, y in xs), max(x for x, _ in xs) + 1, max(y for _, y in xs) + 1)
