@@ -24,7 +24,10 @@ TURNS = {
 }
 ORIENTATION = {turns: orientation for orientation, turns in TURNS.items()}
 FLIPS = {"": 1, "h": 2, "v": 4, "hv": 3}  # flip hv is rotate 180
-STRIP_PIXELS = 1 << 20  # the border search reads the image in strips of this many pixels
+# the border search reads the image in strips of at most this many pixels and an eighth of the
+# image, so its two strip copies stay within a quarter of the decode (inside budget.WORKING_SET)
+STRIP_PIXELS = 1 << 20
+STRIP_SHARE = 8
 
 
 def compose(first: int, then: int) -> int:
@@ -63,10 +66,10 @@ def content_box(
     """The bounding box (image pixels, inside `box`) of the pixels some channel of which is off the
     border by more than the tolerance; None when every pixel is border.
 
-    Reads `box` in strips, so the search holds at most two strips (a few MB) beside the image.
+    Reads `box` in strips, so the search holds at most two strips beside the image.
     """
     left, top, right, bottom = box
-    rows = max(1, STRIP_PIXELS // max(1, right - left))
+    rows = max(1, min(STRIP_PIXELS, image.width * image.height // STRIP_SHARE) // max(1, right - left))
     found: tuple[int, int, int, int] | None = None
     for y in range(top, bottom, rows):
         strip = image.crop((left, y, right, min(bottom, y + rows))).point(table)

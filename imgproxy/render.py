@@ -1,7 +1,8 @@
 """Render an opened original (pure Pillow work, no I/O): an ordered list of steps.
 
-decode (shrink-on-load for JPEG) -> orient -> normalise mode -> choose focal point -> crop and
-resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pad -> flatten alpha.
+decode (shrink-on-load for JPEG) -> orient (EXIF, composed with rotate/flip) -> normalise mode ->
+trim -> choose focal point -> crop and resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen
+-> blur -> pixelate -> pad -> flatten alpha.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from .errors import ImageProxyError, UnsupportedMedia
 from .geometry import Plan, check_output, plan
 from .loader import Opened
 from .options import RenderOptions
-from .orient import border_table, compose, content_box, inverse, reference_pixel, union, user_orientation
+from .orient import (
+    STRIP_SHARE,
+    border_table,
+    compose,
+    content_box,
+    inverse,
+    reference_pixel,
+    union,
+    user_orientation,
+)
 
 DECODE_ERRORS = (
     OSError,
@@ -370,7 +380,7 @@ def render(
             if first is None:
                 turn, region = placed(options, orientation, opened.width, opened.height)
                 first = make_plan(options, region, options.focal)
-            amount = _beside(first.canvas, kept)
+            amount = _beside(first.canvas, kept) + (kept.nbytes * 2 // STRIP_SHARE if options.trim is not None else 0)
         else:
             amount = decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans)  # the decode and the output
         with budget.hold(amount, deadline), contextlib.ExitStack() as more:

@@ -22,8 +22,9 @@ from imgproxy.html import img_attrs
 from imgproxy.loader import open_original
 from imgproxy.options import RenderOptions, parse_options
 from imgproxy.orient import FLIPS, TURNS, border_table, canonical, compose, content_box, inverse, user_orientation
+from imgproxy.pipeline import render_original
 from imgproxy.render import TRANSPOSE, render
-from imgproxy.sources import Original
+from imgproxy.sources import LocalSource, Original
 
 from .conftest import CORPUS, copy_from_corpus
 
@@ -480,3 +481,24 @@ def test_pixelate_every_frame_of_an_animation():
     rendered = _file_render(CORPUS / "photos/animated_earth.gif", "w=150&pix=6", fmt="gif")
     assert len(rendered.frames) == 44
     assert all(_blocks_uniform(frame, 6) for frame in rendered.frames[::11])
+
+
+# --- one URL, one answer ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "photo", ["photos/large_12mp_bus.jpg", "photos/orientation/Landscape_6.jpg", "photos/alpha_dice.png"]
+)
+def test_same_url_same_bytes_fresh_and_after_other_renders_of_the_source(photo):
+    config = Config()
+    original = LocalSource(CORPUS, 10**9).load(photo)
+    defaults = RenderConfig()
+    warm = MemoryBudget(defaults.memory_budget, defaults.kept_decodes)
+    for query in ("w=2000", "w=1000", "w=600&rotate=90", "w=300&trim=10"):  # decodes at 1/1, 1/2, 1/4 kept
+        render_original(original, parse(query), "jpeg", config, warm)
+    assert warm.kept_bytes > 0
+    for query in ("w=240&rotate=270&flip=h", "w=200&h=200&mode=crop&g=smart&flip=v&trim=10", "w=210&pix=6&rot=90"):
+        fresh, _ = render_original(original, parse(query), "jpeg", config, MemoryBudget(0))
+        again, _ = render_original(original, parse(query), "jpeg", config, MemoryBudget(0))
+        after_others, _ = render_original(original, parse(query), "jpeg", config, warm)
+        assert fresh == again == after_others, (photo, query)
