@@ -62,14 +62,15 @@ class MemoryBudget:
         self._changed = threading.Condition()
 
     @contextlib.contextmanager
-    def hold(self, amount: int, deadline: Deadline):
+    def hold(self, amount: int, deadline: Deadline, beside: int = 0):
+        """`beside`: bytes the caller holds already (growing its hold); alone with those, it runs."""
         if self.limit <= 0:
             yield
             return
         with self._changed:
             while True:
                 self._evict(self.limit - self.used - amount)
-                if not self.used or self.used + self.kept_bytes + amount <= self.limit:
+                if self.used <= beside or self.used + self.kept_bytes + amount <= self.limit:
                     break
                 if not self._changed.wait(timeout=max(0.0, deadline.end - time.monotonic())):
                     deadline.check()

@@ -80,10 +80,15 @@ def plan(
     return Plan(full, size, size, (0, 0))
 
 
-def output_size(sw: int, sh: int, options) -> tuple[int, int]:
-    """The size `/picture` answers for a source of sw x sh (after EXIF orientation) and RenderOptions."""
+def output_size(sw: int, sh: int, options) -> tuple[int, int] | None:
+    """The size `/picture` answers for a source of sw x sh (after EXIF orientation) and RenderOptions;
+    None with `trim`, whose size depends on the pixels (helpers then announce no size)."""
+    if options.trim is not None:
+        return None
     if options.crop is not None:
         _, _, sw, sh = options.crop.to_pixels(sw, sh)
+    if options.rotate in (90, 270):  # width and height apply to the turned image (a flip keeps the sides)
+        sw, sh = sh, sw
     return plan(sw, sh, options.width, options.height, options.mode, options.dpr, options.enlarge, options.focal).canvas
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from PIL import ImageColor
 
 from .errors import BadRequest, ConfigError, PayloadTooLarge
+from .orient import FLIPS, canonical
 
 SIGNATURE_PARAM = "sig"
 ENCODINGS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif", "auto": "auto"}
@@ -38,6 +39,7 @@ FALSE_WORDS = ("0", "false", "no", "off")
 VERSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
 NUMBER_CHARS = frozenset("0123456789.")
 WHITE = (255, 255, 255, 255)
+ROTATIONS = ("0", "90", "180", "270")
 PLACES = 4  # decimals kept of a fractional parameter, once at parse time: the key and the render see one value
 
 
@@ -78,6 +80,10 @@ class RenderOptions:
     watermark: str | None = None  # a [watermarks.NAME]
     watermark_digest: str = ""  # of that watermark's image and settings (from the config)
     max_bytes: int | None = None
+    rotate: int = 0  # clockwise degrees; with `flip` canonical (orient.canonical): flip is "" or "h"
+    flip: str = ""
+    trim: int | None = None  # border tolerance 0..255; None: no trim
+    pixelate: int | None = None  # block size in output pixels
 
     def cache_key(self) -> str:
         """Canonical text: every spelling of the same request gives the same key, and since parsing
@@ -107,6 +113,14 @@ class RenderOptions:
             parts.append(f"wm={self.watermark}:{self.watermark_digest}")
         if self.max_bytes:
             parts.append(f"mb={self.max_bytes}")
+        if self.rotate:
+            parts.append(f"rot={self.rotate}")
+        if self.flip:
+            parts.append(f"fl={self.flip}")
+        if self.trim is not None:
+            parts.append(f"trim={self.trim}")
+        if self.pixelate:
+            parts.append(f"pix={self.pixelate}")
         return "&".join(parts)
 
 
@@ -296,6 +310,27 @@ def _set_max_bytes(values: dict, name: str, param: str, raw: str) -> None:
     values[name] = int(text)
 
 
+def _set_rotate(values: dict, name: str, param: str, raw: str) -> None:
+    if raw.strip() not in ROTATIONS:
+        raise BadRequest(f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a rotation (allowed: {', '.join(ROTATIONS)})")
+    values[name] = int(raw)
+
+
+def _set_flip(values: dict, name: str, param: str, raw: str) -> None:
+    flip = raw.strip().lower()
+    if not flip or flip not in FLIPS:
+        raise BadRequest(f"{param}: {raw[:MAX_VALUE_LENGTH]!r} is not a flip (allowed: h, v, hv)")
+    values[name] = flip
+
+
+def _set_trim(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _integer(param, raw, 0, 255)
+
+
+def _set_pixelate(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _integer(param, raw, 2, 100)
+
+
 def _set_preset(values: dict, name: str, param: str, raw: str) -> None:
     raise AssertionError("presets are expanded by parse_options before the other parameters")
 
@@ -411,6 +446,44 @@ PARAMETERS: tuple[Parameter, ...] = (
         high=MAX_BYTES_RANGE[1],
         example="20000",
     ),
+    Parameter(
+        "rotate",
+        ("rot",),
+        _set_rotate,
+        "choice",
+        "turn clockwise by `90`, `180` or `270` degrees (`0`: none) after `crop`; `width`/`height` apply to the turned image",
+        choices=ROTATIONS,
+        example="90",
+    ),
+    Parameter(
+        "flip",
+        ("fl",),
+        _set_flip,
+        "choice",
+        "mirror after `rotate`: `h` (left-right), `v` (top-bottom) or `hv`",
+        choices=("h", "v", "hv"),
+        example="h",
+    ),
+    Parameter(
+        "trim",
+        ("t",),
+        _set_trim,
+        "int",
+        "cut a uniform border: pixels within this tolerance (0–255, every channel) of the top-left one (after `flip`)",
+        low=0,
+        high=255,
+        example="10",
+    ),
+    Parameter(
+        "pixelate",
+        ("pix",),
+        _set_pixelate,
+        "int",
+        "blocks of this many output pixels a side (2–100), after `sharpen`/`blur`",
+        low=2,
+        high=100,
+        example="8",
+    ),
 )
 BY_NAME = {p.name: p for p in PARAMETERS}
 ALIASES = {spelling: p.name for p in PARAMETERS for spelling in (p.name, *p.aliases)}
@@ -429,6 +502,7 @@ def _canonical(values: dict) -> RenderOptions:
         values.pop("focal", None)
     elif mode == "pad" and values.get("gravity") == "smart":  # content-aware is for crop; pad centres
         values["gravity"], values["focal"] = "fp", GRAVITIES["center"]
+    values["rotate"], values["flip"] = canonical(values.get("rotate", 0), values.get("flip", ""))
     return RenderOptions(**values)
 
 

@@ -1,25 +1,38 @@
 """Render an opened original (pure Pillow work, no I/O): an ordered list of steps.
 
-decode (shrink-on-load for JPEG) -> orient -> normalise mode -> choose focal point -> crop and
-resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pad -> watermark -> flatten alpha.
+decode (shrink-on-load for JPEG) -> orient (EXIF, composed with rotate/flip) -> normalise mode ->
+trim -> choose focal point -> crop and resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen
+-> blur -> pixelate -> pad -> watermark -> flatten alpha.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFilter, ImageSequence
 
-from .budget import UNLIMITED, Deadline, MemoryBudget, decoded_bytes
+from .budget import UNLIMITED, Deadline, KeptDecode, MemoryBudget, decoded_bytes
 from .config import LimitsConfig, RenderConfig
 from .errors import ImageProxyError, UnsupportedMedia
 from .geometry import Plan, check_output, plan
 from .loader import Opened
 from .options import RenderOptions
+from .orient import (
+    STRIP_SHARE,
+    border_table,
+    compose,
+    content_box,
+    inverse,
+    reference_pixel,
+    union,
+    user_orientation,
+)
 from .watermark import Overlay
 
 DECODE_ERRORS = (
@@ -99,9 +112,52 @@ def stored_box(
     }[orientation]
 
 
+def turned_box(
+    box: tuple[float, float, float, float], orientation: int, width: int, height: int
+) -> tuple[float, float, float, float]:
+    """stored_box's inverse: a box on the image before `orientation` (`width` x `height`) -> the
+    same pixels after it."""
+    return stored_box(box, inverse(orientation), *oriented_size(width, height, orientation))
+
+
 def source_region(options: RenderOptions, width: int, height: int) -> tuple[int, int, int, int]:
     """The user's `crop` in oriented pixels (x, y, w, h), or the whole image."""
     return options.crop.to_pixels(width, height) if options.crop else (0, 0, width, height)
+
+
+def placed(options: RenderOptions, orientation: int, width: int, height: int) -> tuple[int, tuple[int, int, int, int]]:
+    """The orientation from the stored pixels (`width` x `height`) to the image the user's
+    rotate/flip gives, and the `crop` region (x, y, w, h) on that image.
+
+    Crop comes before rotate (SPEC §12), so the region is cut on the EXIF-upright image and then
+    turned with it; rendering cuts the turned region from the stored pixels in one step.
+    """
+    upright = oriented_size(width, height, orientation)
+    x, y, w, h = source_region(options, *upright)
+    user = user_orientation(options.rotate, options.flip)
+    l, t, r, b = turned_box((x, y, x + w, y + h), user, *upright)
+    return compose(orientation, user), (int(l), int(t), int(r - l), int(b - t))
+
+
+def trimmed(
+    frames: Iterable[Image.Image], region: tuple[int, int, int, int], turn: int, tolerance: int
+) -> tuple[int, int, int, int]:
+    """`region` (on the turned image; the frames are stored pixels at full scale) without its
+    uniform border, found over every frame: the reference colour is the first frame's pixel at
+    the region's top-left as the user sees it. When everything is border, the region as it is."""
+    x, y, w, h = region
+    table, found, size = None, None, (0, 0)
+    for image in frames:
+        size = image.size
+        l, t, r, b = (int(v) for v in stored_box((x, y, x + w, y + h), turn, *size))
+        if table is None:
+            corner = stored_box((x, y, x + 1, y + 1), turn, *size)  # the turned region's top-left pixel
+            table = border_table(reference_pixel(image, (int(corner[0]), int(corner[1]))), tolerance)
+        found = union(found, content_box(image, (l, t, r, b), table))
+    if found is None:
+        return region
+    l, t, r, b = (int(v) for v in turned_box(found, turn, *size))
+    return l, t, r - l, b - t
 
 
 def make_plan(options: RenderOptions, region: tuple[int, int, int, int], focal: tuple[float, float]) -> Plan:
@@ -220,6 +276,8 @@ def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str, overl
         image = image.filter(ImageFilter.UnsharpMask(radius, percent, threshold))
     if options.blur:
         image = image.filter(ImageFilter.GaussianBlur(options.blur))
+    if options.pixelate:
+        image = pixelated(image, options.pixelate)
     if p.canvas != p.size:
         keep_alpha = fmt in ALPHA_FORMATS and options.background[3] < 255
         mode = "RGBA" if keep_alpha or image.mode in ("RGBA", "LA") else "RGB"
@@ -232,6 +290,13 @@ def _finish(image: Image.Image, p: Plan, options: RenderOptions, fmt: str, overl
     if fmt not in ALPHA_FORMATS:
         image = _flatten(image, options.background)
     return image
+
+
+def pixelated(image: Image.Image, block: int) -> Image.Image:
+    """Blocks of `block` x `block` pixels from the top-left, each the mean of its pixels (alpha
+    premultiplied by reduce()); edge blocks are cut to the image."""
+    small = image.reduce(block)
+    return small.resize(image.size, Image.Resampling.NEAREST, box=(0, 0, image.width / block, image.height / block))
 
 
 def _resize(
@@ -280,24 +345,32 @@ def render(
     checked against `limits` before anything is decoded (413). `overlay`: the watermark options name."""
     image = opened.image
     orientation: int | None
+    turn: int | None
     region: tuple[int, int, int, int] | None
     first: Plan | None
     if opened.animated and fmt in ANIMATION_FORMATS:
         plans = _plans_before_decode(opened, options, fmt, limits, opened.frames)
+        trim = _trimmed_animation(opened, options, budget, deadline) if options.trim is not None else None
+        if trim is not None:
+            plans = [make_plan(options, trim, options.focal)]
+            _check(plans[0], fmt, limits, opened.frames)
         # every output frame stays until the encode: room for all of them is taken before the first
         frames = opened.frames * max(output_bytes(p.canvas) for p in plans)
         with budget.hold(decoded_bytes(image) + frames, deadline):
-            orientation = orientation_of(image)
-            region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
+            turn, region = placed(options, orientation_of(image), opened.width, opened.height)
+            region = trim or region
             frames_plan = make_plan(options, region, options.focal)
             _check(frames_plan, fmt, limits, opened.frames)
-            return _render_animation(opened, frames_plan, options, fmt, region, orientation, deadline, overlay)
+            return _render_animation(opened, frames_plan, options, fmt, region, turn, deadline, overlay)
     plans = _plans_before_decode(opened, options, fmt, limits, 1)
-    orientation = region = first = None
+    orientation = turn = region = first = None
     if opened.format in SHRINK_ON_LOAD_FORMATS:
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
-        orientation, region, first = _geometry(opened, options)
-    need = _decode_size(opened, first, settings.reducing_gap) if first else (opened.width, opened.height)
+        orientation, turn, region, first = _geometry(opened, options)
+    # trim finds its border on a full decode: a scale picked from the untrimmed plan could leave the
+    # trimmed part too few pixels, and one picked after the trim would need a decode first
+    shrink = first if options.trim is None else None
+    need = _decode_size(opened, shrink, settings.reducing_gap) if shrink else (opened.width, opened.height)
     divisor = _draft(image, need)
     # Reuse only the very decode this render would make itself (same source version and draft
     # scale): a larger one resamples from another intermediate and gives other bytes, so a URL's
@@ -309,39 +382,45 @@ def render(
         if kept is not None:
             image, orientation = kept.image, kept.orientation
             if first is None:
-                region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
+                turn, region = placed(options, orientation, opened.width, opened.height)
                 first = make_plan(options, region, options.focal)
-            # the output, plus the resize's intermediate (the reduced image or the horizontal
-            # pass), which is at most (2 x RESIZE_GAP)^2 times the output and never the source's size
-            output = first.canvas[0] * first.canvas[1] * 4
-            amount = output + min(kept.nbytes, int(output * (2 * RESIZE_GAP) ** 2))
+            amount = _beside(first.canvas, kept) + (kept.nbytes * 2 // STRIP_SHARE if options.trim is not None else 0)
         else:
             amount = decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans)  # the decode and the output
-        with budget.hold(amount, deadline):
+        with budget.hold(amount, deadline), contextlib.ExitStack() as more:
             if not reused:
                 # getexif() of PNG and others decodes the image; decode first so errors are not
                 # mistaken for a missing orientation (and the image then served half-decoded)
                 _decode(image)
-                orientation, region, first = _geometry(opened, options)
+                orientation, turn, region, first = _geometry(opened, options)
             icc = opened.image.info.get("icc_profile") or None
             exif = None if settings.strip_metadata else _exif_upright(opened.image)
             # planned before the decode, after it or for the kept one
-            assert first is not None and region is not None and orientation is not None
+            assert first is not None and region is not None and orientation is not None and turn is not None
             if not reused:
                 image = _normalised(opened)
                 kept = budget.keep(keep_key, image, orientation) if keep_key else None
                 if kept is not None:
                     image = kept.image
             _check(first, fmt, limits, 1)  # exact now that the orientation is known
+            if options.trim is not None:
+                deadline.check()
+                held = _beside(first.canvas, kept if reused else None)
+                region = trimmed([image], region, turn, options.trim)  # full scale: see `need`
+                first = make_plan(options, region, options.focal)
+                _check(first, fmt, limits, 1)
+                grown = _beside(first.canvas, kept if reused else None) - held
+                if grown > 0:  # a trimmed shape can give a larger output (enlarge, pad, one side given)
+                    more.enter_context(budget.hold(grown, deadline, beside=amount))
             deadline.check()
             scale = image.width / opened.width
             p = first
             if options.gravity == "smart" and options.mode == "crop":
                 x, y, w, h = (v * scale for v in region)
                 box = (x, y, x + w, y + h)
-                p = make_plan(options, region, smart_focal(image, box, orientation, first.canvas[0] / first.canvas[1]))
+                p = make_plan(options, region, smart_focal(image, box, turn, first.canvas[0] / first.canvas[1]))
             deadline.check()
-            resized = _resize(image, p, scale, region, orientation)
+            resized = _resize(image, p, scale, region, turn)
             if kept is not None and resized is kept.image:
                 resized = resized.copy()  # later steps may change it; the kept one stays as it is
             if resized is not opened.image and (kept is None or kept.image is not opened.image):
@@ -351,6 +430,35 @@ def render(
     image, icc = _colour(resized, icc, settings)
     deadline.check()
     return Rendered([_finish(image, p, options, fmt, overlay)], icc_profile=icc, exif=exif, reused_decode=reused)
+
+
+def _beside(canvas: tuple[int, int], kept: KeptDecode | None) -> int:
+    """Bytes a render holds beside a decode it made (whose working set covers the resize): the
+    output; reading a kept decode, also the resize's intermediate (the reduced image or the
+    horizontal pass), at most (2 x RESIZE_GAP)^2 times the output and never the source's size."""
+    output = output_bytes(canvas)
+    return output if kept is None else output + min(kept.nbytes, int(output * (2 * RESIZE_GAP) ** 2))
+
+
+def _trimmed_animation(
+    opened: Opened, options: RenderOptions, budget: MemoryBudget, deadline: Deadline
+) -> tuple[int, int, int, int]:
+    """The trimmed region of an animation: one pass over its frames (one decoded at a time)
+    before the render's own pass, so the frames' plan and budget are known first."""
+    assert options.trim is not None
+    with budget.hold(decoded_bytes(opened.image), deadline):
+        turn, region = placed(options, orientation_of(opened.image), opened.width, opened.height)
+        try:
+            frames = (_checked(frame.convert("RGBA"), deadline) for frame in ImageSequence.Iterator(opened.image))
+            region = trimmed(frames, region, turn, options.trim)
+        except DECODE_ERRORS:
+            raise UnsupportedMedia("source animation data is truncated or corrupt") from None
+    return region
+
+
+def _checked(image: Image.Image, deadline: Deadline) -> Image.Image:
+    deadline.check()
+    return image
 
 
 def _normalised(opened: Opened) -> Image.Image:
@@ -381,7 +489,7 @@ def _plans_before_decode(
     plans, refused = [], None
     for orientation in (orientation_of(opened.image),) if known else (1, 6):
         try:
-            region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
+            _, region = placed(options, orientation, opened.width, opened.height)
             p = make_plan(options, region, options.focal)
             _check(p, fmt, limits, frames)
         except ImageProxyError as exc:
@@ -393,10 +501,11 @@ def _plans_before_decode(
     return plans
 
 
-def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, tuple[int, int, int, int], Plan]:
+def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, int, tuple[int, int, int, int], Plan]:
+    """EXIF orientation, the stored pixels' turn to the user's image, the crop region on it, and the plan."""
     orientation = orientation_of(opened.image)
-    region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
-    return orientation, region, make_plan(options, region, options.focal)
+    turn, region = placed(options, orientation, opened.width, opened.height)
+    return orientation, turn, region, make_plan(options, region, options.focal)
 
 
 def _exif_upright(image: Image.Image) -> bytes | None:
