@@ -100,7 +100,13 @@ class PictureEndpoint:
         except ValueError:
             raise BadRequest(f"more than {MAX_QUERY_FIELDS} query parameters") from None
         limits = self.config.limits
-        return parse_options(pairs, self.config.presets, limits.max_output_width, limits.max_output_height)
+        return parse_options(
+            pairs,
+            self.config.presets,
+            limits.max_output_width,
+            limits.max_output_height,
+            hidpi_quality=self.config.render.hidpi_quality or None,
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         accept = if_none_match = ""

@@ -196,7 +196,13 @@ def options_from_args(args: argparse.Namespace, config: Config, pairs: list[tupl
 
     limits = config.limits
     try:
-        return parse_options(pairs, config.presets, limits.max_output_width, limits.max_output_height)
+        return parse_options(
+            pairs,
+            config.presets,
+            limits.max_output_width,
+            limits.max_output_height,
+            hidpi_quality=config.render.hidpi_quality or None,
+        )
     except ImageProxyError as exc:
         param, _, reason = exc.message.partition(": ")
         flag = FLAG_NAMES.get(param)

@@ -119,6 +119,7 @@ class RenderConfig:
     avif_speed: int = 9
     png_compress_level: int = 6
     gif_optimize: bool = False
+    hidpi_quality: int = 0  # 0: unset, `quality` applies at every dpr
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "render.webp_quality": (lambda v: 1 <= v <= 100, "1..100"),
     "render.avif_quality": (lambda v: 1 <= v <= 100, "1..100"),
     "render.webp_method": (lambda v: 0 <= v <= 6, "0..6"),
+    "render.hidpi_quality": (lambda v: 0 <= v <= 100, "0..100 (0 = unset)"),
     "render.avif_speed": (lambda v: 0 <= v <= 10, "0..10"),
     "render.png_compress_level": (lambda v: 0 <= v <= 9, "0..9"),
     "render.jpeg_subsampling": (lambda v: v in ("4:4:4", "4:2:2", "4:2:0"), "4:4:4, 4:2:2 or 4:2:0"),

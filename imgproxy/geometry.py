@@ -84,6 +84,8 @@ def output_size(sw: int, sh: int, options) -> tuple[int, int]:
     """The size `/picture` answers for a source of sw x sh (after EXIF orientation) and RenderOptions."""
     if options.crop is not None:
         _, _, sw, sh = options.crop.to_pixels(sw, sh)
+    if options.transform is not None:  # its output is the source of the steps after it
+        sw, sh = options.transform.output_size(sw, sh)
     return plan(sw, sh, options.width, options.height, options.mode, options.dpr, options.enlarge, options.focal).canvas
 
 

@@ -67,7 +67,11 @@ def format_value(value: object) -> str:
 def build(source: str, config: Config, params: Mapping[str, object]) -> tuple[str, RenderOptions]:
     """The URL for `source` with `params`, and the options the server will parse from it."""
     pairs = query_pairs(params)
-    options = parse_options(pairs, config.presets, config.limits.max_output_width, config.limits.max_output_height)
+    limits = config.limits
+    hidpi = config.render.hidpi_quality or None
+    options = parse_options(
+        pairs, config.presets, limits.max_output_width, limits.max_output_height, hidpi_quality=hidpi
+    )
     keys = config.security.signing_keys
     if keys and is_allowed_width_request(pairs, config.security.allowed_widths):
         keys = ()  # the server takes these unsigned; the plain URL is the one the lazyloader shares

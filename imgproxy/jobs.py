@@ -75,7 +75,13 @@ def plan(renderer: Renderer, presets: Iterable[str], formats: Iterable[str]) -> 
     limits = config.limits
     tasks: dict[str, Task] = {}
     for name in presets:
-        options = parse_options([("preset", name)], config.presets, limits.max_output_width, limits.max_output_height)
+        options = parse_options(
+            [("preset", name)],
+            config.presets,
+            limits.max_output_width,
+            limits.max_output_height,
+            hidpi_quality=config.render.hidpi_quality or None,
+        )
         for fmt in formats:
             encoding = renderer.requested_format(options, "")[0] if fmt == "source" else fmt
             with_format = with_encoding(options, encoding)

@@ -1,7 +1,8 @@
 """Render an opened original (pure Pillow work, no I/O): an ordered list of steps.
 
-decode (shrink-on-load for JPEG) -> orient -> normalise mode -> choose focal point -> crop and
-resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pad -> flatten alpha.
+decode (shrink-on-load for JPEG) -> orient -> normalise mode -> [crop + transform, whose output is
+then the upright source] -> choose focal point -> crop and resize in one LANCZOS pass -> colour
+(CMYK/ICC) -> sharpen -> blur -> pad -> flatten alpha.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFilter, ImageSequence
 
+from . import transform as warp
 from .budget import UNLIMITED, Deadline, MemoryBudget, decoded_bytes
 from .config import LimitsConfig, RenderConfig
 from .errors import ImageProxyError, UnsupportedMedia
@@ -104,7 +106,8 @@ def source_region(options: RenderOptions, width: int, height: int) -> tuple[int,
 
 
 def make_plan(options: RenderOptions, region: tuple[int, int, int, int], focal: tuple[float, float]) -> Plan:
-    return plan(region[2], region[3], options.width, options.height, options.mode, options.dpr, options.enlarge, focal)
+    sw, sh = options.transform.output_size(region[2], region[3]) if options.transform else region[2:]
+    return plan(sw, sh, options.width, options.height, options.mode, options.dpr, options.enlarge, focal)
 
 
 def _decode_size(opened: Opened, target: Plan, gap: float) -> tuple[int, int]:
@@ -282,18 +285,21 @@ def render(
         plans = _plans_before_decode(opened, options, fmt, limits, opened.frames)
         # every output frame stays until the encode: room for all of them is taken before the first
         frames = opened.frames * max(output_bytes(p.canvas) for p in plans)
-        with budget.hold(decoded_bytes(image) + frames, deadline):
+        with budget.hold(decoded_bytes(image) + frames + _warp_bytes(opened, options, fmt), deadline):
             orientation = orientation_of(image)
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
             frames_plan = make_plan(options, region, options.focal)
             _check(frames_plan, fmt, limits, opened.frames)
+            warp.check(options.transform, region, limits)
             return _render_animation(opened, frames_plan, options, fmt, region, orientation, deadline)
     plans = _plans_before_decode(opened, options, fmt, limits, 1)
     orientation = region = first = None
     if opened.format in SHRINK_ON_LOAD_FORMATS:
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
         orientation, region, first = _geometry(opened, options)
-    need = _decode_size(opened, first, settings.reducing_gap) if first else (opened.width, opened.height)
+    # a transform samples the source at its own points: decode in full, one answer per URL
+    shrink = first is not None and options.transform is None
+    need = _decode_size(opened, first, settings.reducing_gap) if shrink and first else (opened.width, opened.height)
     divisor = _draft(image, need)
     # Reuse only the very decode this render would make itself (same source version and draft
     # scale): a larger one resamples from another intermediate and gives other bytes, so a URL's
@@ -310,9 +316,11 @@ def render(
             # the output, plus the resize's intermediate (the reduced image or the horizontal
             # pass), which is at most (2 x RESIZE_GAP)^2 times the output and never the source's size
             output = first.canvas[0] * first.canvas[1] * 4
-            amount = output + min(kept.nbytes, int(output * (2 * RESIZE_GAP) ** 2))
-        else:
-            amount = decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans)  # the decode and the output
+            amount = output + min(kept.nbytes, int(output * (2 * RESIZE_GAP) ** 2)) + _warp_bytes(opened, options, fmt)
+        else:  # the decode and the output (and the transform's canvas)
+            amount = (
+                decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans) + _warp_bytes(opened, options, fmt)
+            )
         with budget.hold(amount, deadline):
             if not reused:
                 # getexif() of PNG and others decodes the image; decode first so errors are not
@@ -329,8 +337,12 @@ def render(
                 if kept is not None:
                     image = kept.image
             _check(first, fmt, limits, 1)  # exact now that the orientation is known
+            warp.check(options.transform, region, limits)
             deadline.check()
             scale = image.width / opened.width
+            if options.transform is not None:
+                image = warp.apply(image, options.transform, region, orientation, scale, options.background, fmt)
+                region, orientation, scale = (0, 0, image.width, image.height), 1, 1.0  # the new upright source
             p = first
             if options.gravity == "smart" and options.mode == "crop":
                 x, y, w, h = (v * scale for v in region)
@@ -380,6 +392,7 @@ def _plans_before_decode(
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
             p = make_plan(options, region, options.focal)
             _check(p, fmt, limits, frames)
+            warp.check(options.transform, region, limits)
         except ImageProxyError as exc:
             refused = refused or exc
             continue
@@ -387,6 +400,21 @@ def _plans_before_decode(
     if refused is not None and not plans:
         raise refused
     return plans
+
+
+def _warp_bytes(opened: Opened, options: RenderOptions, fmt: str) -> int:
+    """The transform's canvas, for either orientation the source may turn out to have, and a
+    converted copy of the decode when a see-through background needs alpha (assumed needed)."""
+    if options.transform is None:
+        return 0
+    regions = []
+    for orientation in (1, 6):
+        try:
+            regions.append(source_region(options, *oriented_size(opened.width, opened.height, orientation))[2:])
+        except ImageProxyError:
+            continue  # a crop outside the source: refused when planned
+    copy = decoded_bytes(opened.image) if warp.needs_alpha("RGB", options.background, fmt) else 0
+    return warp.canvas_bytes(options.transform, regions) + copy if regions else 0
 
 
 def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, tuple[int, int, int, int], Plan]:
@@ -421,7 +449,11 @@ def _render_animation(
         for frame in ImageSequence.Iterator(opened.image):
             deadline.check()
             durations.append(int(frame.info.get("duration", 100) or 100))
-            frames.append(_finish(_resize(frame.convert("RGBA"), p, 1.0, region, orientation), p, options, fmt))
+            source, at, turn = frame.convert("RGBA"), region, orientation
+            if options.transform is not None:
+                source = warp.apply(source, options.transform, region, orientation, 1.0, options.background, fmt)
+                at, turn = (0, 0, source.width, source.height), 1
+            frames.append(_finish(_resize(source, p, 1.0, at, turn), p, options, fmt))
     except DECODE_ERRORS:
         raise UnsupportedMedia("source animation data is truncated or corrupt") from None
     loop = opened.image.info.get("loop", 0)
