@@ -289,8 +289,8 @@ def render(
             orientation = orientation_of(image)
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
             frames_plan = make_plan(options, region, options.focal)
-            _check(frames_plan, fmt, limits, opened.frames)
             warp.check(options.transform, region, limits)
+            _check(frames_plan, fmt, limits, opened.frames)
             return _render_animation(opened, frames_plan, options, fmt, region, orientation, deadline)
     plans = _plans_before_decode(opened, options, fmt, limits, 1)
     orientation = region = first = None
@@ -336,8 +336,8 @@ def render(
                 kept = budget.keep(keep_key, image, orientation) if keep_key else None
                 if kept is not None:
                     image = kept.image
+            warp.check(options.transform, region, limits)  # its canvas comes first
             _check(first, fmt, limits, 1)  # exact now that the orientation is known
-            warp.check(options.transform, region, limits)
             deadline.check()
             scale = image.width / opened.width
             if options.transform is not None:
@@ -391,8 +391,8 @@ def _plans_before_decode(
         try:
             region = source_region(options, *oriented_size(opened.width, opened.height, orientation))
             p = make_plan(options, region, options.focal)
-            _check(p, fmt, limits, frames)
             warp.check(options.transform, region, limits)
+            _check(p, fmt, limits, frames)
         except ImageProxyError as exc:
             refused = refused or exc
             continue
