@@ -42,7 +42,7 @@ def check(transform: Transform | None, region: tuple[int, int, int, int], limits
     if size[0] > limits.max_output_width or size[1] > limits.max_output_height:
         raise PayloadTooLarge(
             f"transform: would make a {size[0]}x{size[1]} image; the limit is "
-            f"{limits.max_output_width}x{limits.max_output_height} px"
+            f"{limits.max_output_width}x{limits.max_output_height} px (give it a smaller width,height)"
         )
     method, data = _upright_data(transform, region[2], region[3])
     if method == "QUAD":  # bilinear between its corners, which are bounded by parsing

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
-from imgproxy.budget import UNLIMITED, Deadline, MemoryBudget
+from imgproxy.budget import UNLIMITED, Deadline, MemoryBudget, decoded_bytes
 from imgproxy.config import LimitsConfig, RenderConfig
 from imgproxy.errors import BadRequest, PayloadTooLarge
 from imgproxy.geometry import output_size
@@ -118,7 +118,7 @@ def test_percent_is_of_the_cropped_source_and_zero_size_is_its_size():
 
 def _render(path: Path, fmt: str = "png", budget: MemoryBudget = UNLIMITED, limits=LimitsConfig(), **query):
     original = Original(id=f"local:{path.name}", version="1", size=path.stat().st_size, path=str(path))
-    opened = open_original(original, limits, ("JPEG", "PNG"))
+    opened = open_original(original, limits, ("JPEG", "PNG", "GIF"))
     with opened.image:
         return render(
             opened, options(**query), fmt, RenderConfig(), Deadline(30), budget, source_key=original.key, limits=limits
@@ -182,6 +182,15 @@ def test_the_transform_output_is_the_source_of_the_resize():
     assert small.size == (400, 100)
 
 
+def test_an_animation_is_transformed_frame_by_frame():
+    earth = CORPUS / "photos/animated_earth.gif"  # 400x400, 44 frames
+    got = _render(earth, "gif", transform="EXTENT,100,100,0,0,50%,50%")
+    assert len(got.frames) == 44 and got.size == (100, 100)
+    with Image.open(earth) as first:
+        expected = first.convert("RGBA").transform((100, 100), Image.Transform.EXTENT, (0, 0, 200, 200), BILINEAR)
+    assert _difference(got.frames[0].convert("RGBA"), expected) == (0.0, 0)
+
+
 def test_outside_is_see_through_where_the_output_keeps_alpha():
     got = _render(DICE, transform="AFFINE,0,0,1,0,-50,0,1,0", bg="transparent").frames[0]
     assert got.mode == "RGBA" and got.getpixel((10, 100))[3] == 0
@@ -204,10 +213,33 @@ def test_a_reused_decode_gives_the_same_pixels():
 
 
 def test_a_huge_canvas_is_413_before_decoding():
-    with pytest.raises(PayloadTooLarge, match="transform: would make a 100000x100000 image"):
-        _render(DALMATIAN, transform="EXTENT,100000,100000,0,0,1,1", w="10")
+    original = Original(id="local:d", version="1", size=DALMATIAN.stat().st_size, path=str(DALMATIAN))
+    opened = open_original(original, LimitsConfig(), ("JPEG",))
+    with opened.image, pytest.raises(PayloadTooLarge, match="transform: would make a 100000x100000 image"):
+        query = options(transform="EXTENT,100000,100000,0,0,1,1", w="10")
+        render(opened, query, "png", RenderConfig(), Deadline(30), UNLIMITED, limits=LimitsConfig())
+    assert opened.image._im is None  # nothing decoded
     with pytest.raises(PayloadTooLarge, match="transform"):
         _render(DALMATIAN, transform="EXTENT,1000%,0,0,0,1,1")  # 9600 wide: past the default 4096
+
+
+class RecordingBudget(MemoryBudget):
+    """A real budget that notes what each render asks it to hold."""
+
+    def __init__(self):
+        super().__init__(500 * 1000**2)
+        self.amounts: list[int] = []
+
+    def hold(self, amount, deadline):
+        self.amounts.append(amount)
+        return super().hold(amount, deadline)
+
+
+def test_the_memory_budget_holds_the_transforms_canvas():
+    budget = RecordingBudget()
+    _render(DALMATIAN, budget=budget, w="100", transform="EXTENT,2000,1500,0,0,960,640")
+    with Image.open(DALMATIAN) as full:  # decoded in full: a transform gets no shrink-on-load
+        assert budget.amounts == [decoded_bytes(full) + 2000 * 1500 * 4 + 100 * 75 * 4]
 
 
 def test_a_perspective_through_the_horizon_is_400():
