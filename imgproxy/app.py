@@ -22,7 +22,7 @@ from .config import Config, load_config
 from .errors import SECURITY_HEADERS, BadRequest, ImageProxyError
 from .logs import AccessLog, skip_unused_record_fields
 from .metrics import MetricsEndpoint
-from .options import RenderOptions, parse_options
+from .options import RenderOptions
 from .pages import page_routes
 from .pipeline import Renderer, Result, close_body
 from .remote import RemoteSource
@@ -99,10 +99,7 @@ class PictureEndpoint:
             pairs = parse_qsl(raw_query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
         except ValueError:
             raise BadRequest(f"more than {MAX_QUERY_FIELDS} query parameters") from None
-        limits = self.config.limits
-        return parse_options(
-            pairs, self.config.presets, limits.max_output_width, limits.max_output_height, self.config.watermark_digests
-        )
+        return self.config.parse_query(pairs)
 
     async def __call__(self, scope, receive, send) -> None:
         accept = if_none_match = ""

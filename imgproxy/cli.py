@@ -194,13 +194,11 @@ def query_from_args(args) -> list[tuple[str, str]]:
 def options_from_args(args: argparse.Namespace, config: Config, pairs: list[tuple[str, str]]) -> RenderOptions:
     """The render flags parsed as the server parses a query; errors name the flag as typed and
     the limit that applies (max_output_width, not the parser's outer bound)."""
-    from .options import MAX_DIMENSION, parse_options
+    from .options import MAX_DIMENSION
 
     limits = config.limits
     try:
-        return parse_options(
-            pairs, config.presets, limits.max_output_width, limits.max_output_height, config.watermark_digests
-        )
+        return config.parse_query(pairs)
     except ImageProxyError as exc:
         param, _, reason = exc.message.partition(": ")
         flag = FLAG_NAMES.get(param)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
-from .options import GRAVITIES, parse_preset
+from .options import GRAVITIES, RenderOptions, parse_options, parse_preset
 from .watermark import Overlay, load_overlay
 
 SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
@@ -120,6 +120,7 @@ class RenderConfig:
     avif_speed: int = 9
     png_compress_level: int = 6
     gif_optimize: bool = False
+    hidpi_quality: int = 0  # 0: unset, `quality` applies at every dpr
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,18 @@ class Config:
         """Name -> digest of each watermark's image and settings, what `parse_options` resolves."""
         return {name: overlay.digest for name, overlay in self.watermarks.items()}
 
+    def parse_query(self, pairs: typing.Iterable[tuple[str, str]]) -> RenderOptions:
+        """`/picture` query pairs -> RenderOptions under this config's presets, limits, watermarks and
+        hidpi quality: the one place the server, the CLI, the jobs and the helpers parse a query."""
+        return parse_options(
+            pairs,
+            self.presets,
+            self.limits.max_output_width,
+            self.limits.max_output_height,
+            self.watermark_digests,
+            hidpi_quality=self.render.hidpi_quality or None,
+        )
+
 
 def _networks_valid(values: tuple[str, ...]) -> bool:
     try:
@@ -292,6 +305,7 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "render.webp_quality": (lambda v: 1 <= v <= 100, "1..100"),
     "render.avif_quality": (lambda v: 1 <= v <= 100, "1..100"),
     "render.webp_method": (lambda v: 0 <= v <= 6, "0..6"),
+    "render.hidpi_quality": (lambda v: 0 <= v <= 100, "0..100 (0 = unset)"),
     "render.avif_speed": (lambda v: 0 <= v <= 10, "0..10"),
     "render.png_compress_level": (lambda v: 0 <= v <= 9, "0..9"),
     "render.jpeg_subsampling": (lambda v: v in ("4:4:4", "4:2:2", "4:2:0"), "4:4:4, 4:2:2 or 4:2:0"),

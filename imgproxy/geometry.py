@@ -87,6 +87,8 @@ def output_size(sw: int, sh: int, options) -> tuple[int, int] | None:
         return None
     if options.crop is not None:
         _, _, sw, sh = options.crop.to_pixels(sw, sh)
+    if options.transform is not None:  # its output is the source of the steps after it
+        sw, sh = options.transform.output_size(sw, sh)
     if options.rotate in (90, 270):  # width and height apply to the turned image (a flip keeps the sides)
         sw, sh = sh, sw
     return plan(sw, sh, options.width, options.height, options.mode, options.dpr, options.enlarge, options.focal).canvas

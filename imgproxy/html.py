@@ -20,7 +20,7 @@ from .config import Config, LimitsConfig
 from .errors import ImageProxyError
 from .geometry import output_size
 from .loader import open_original
-from .options import ALIASES, RenderOptions, parse_options
+from .options import ALIASES, RenderOptions
 from .render import orientation_of, oriented_size
 from .signing import is_allowed_width_request, signed_url
 from .sources import LocalSource, Original, is_remote
@@ -67,10 +67,7 @@ def format_value(value: object) -> str:
 def build(source: str, config: Config, params: Mapping[str, object]) -> tuple[str, RenderOptions]:
     """The URL for `source` with `params`, and the options the server will parse from it."""
     pairs = query_pairs(params)
-    limits = config.limits
-    options = parse_options(
-        pairs, config.presets, limits.max_output_width, limits.max_output_height, config.watermark_digests
-    )
+    options = config.parse_query(pairs)
     keys = config.security.signing_keys
     if keys and is_allowed_width_request(pairs, config.security.allowed_widths):
         keys = ()  # the server takes these unsigned; the plain URL is the one the lazyloader shares
@@ -155,15 +152,40 @@ def img_attrs(
     sizes: str | None = None,
     widths: Iterable[int] | None = None,
     config: Config | None = None,
+    hidpi: bool | float = False,
     **params: object,
 ) -> dict[str, object]:
-    """`src`, `srcset`, `sizes`, `width`, `height` for an `<img>` shown `width` CSS pixels wide."""
+    """`src`, `srcset`, `sizes`, `width`, `height` for an `<img>` shown `width` CSS pixels wide.
+
+    `hidpi` (True: 2, or a density up to 4) makes it a fixed-size image with a density srcset
+    instead (`src 1x, src-at-dpr-2 2x`), as Flask-Images' `hidpi`; the 2x request is encoded at
+    the hidpi quality (`hidpi_quality=` here, else `[render] hidpi_quality`)."""
     config = config or DEFAULT_CONFIG
+    if hidpi:
+        return density_attrs(source, width, config, 2.0 if hidpi is True else float(hidpi), params)
     if widths is None and width:
         widths = default_widths(width, config)
     found = candidates(source, config, width_variants(widths or (), params))
     src, options = build(source, config, {**params, "width": width})
     return size_attrs(source, config, src, options, found, sizes or default_sizes(width))
+
+
+def density_attrs(
+    source: str, width: int | None, config: Config, density: float, params: Mapping[str, object]
+) -> dict[str, object]:
+    """A fixed-size `<img>`'s attributes with `srcset="… 1x, … Nx"`. The Nx descriptor is the real
+    ratio of the two outputs when the source's size is known; an Nx entry the source cannot make
+    larger than the 1x one is left out (as Flask-Images drops hidpi when it would enlarge)."""
+    one_x = {k: v for k, v in params.items() if ALIASES.get(k) != "hidpi_quality"}  # unused below dpr 2
+    src, options = build(source, config, {**one_x, "width": width})
+    attrs = size_attrs(source, config, src, options, [], "")
+    url, dense = build(source, config, {**params, "width": width, "dpr": density})
+    size = source_size(source, config)
+    low, high = result_size(size, options), result_size(size, dense)
+    ratio = round(high[0] / low[0], 2) if low and high else density
+    if ratio > 1:
+        attrs["srcset"] = f"{src} 1x, {url} {ratio:g}x"
+    return attrs
 
 
 def size_attrs(
@@ -203,10 +225,12 @@ def img_tag(
     widths: Iterable[int] | None = None,
     attrs: Mapping[str, object] | None = None,
     config: Config | None = None,
+    hidpi: bool | float = False,
     **params: object,
 ) -> Markup:
-    """`<img>` with srcset/sizes and the real width/height; `attrs` adds or overrides HTML attributes."""
-    found = img_attrs(source, width=width, sizes=sizes, widths=widths, config=config, **params)
+    """`<img>` with srcset/sizes and the real width/height; `attrs` adds or overrides HTML attributes.
+    `hidpi`: a fixed-size image with a density srcset (see img_attrs)."""
+    found = img_attrs(source, width=width, sizes=sizes, widths=widths, config=config, hidpi=hidpi, **params)
     return tag("img", html_attrs(found, alt, attrs))
 
 

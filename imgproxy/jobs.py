@@ -35,7 +35,7 @@ import httpx
 from .config import Config
 from .errors import ImageProxyError, Overloaded
 from .html import picture_url
-from .options import RenderOptions, parse_options, with_encoding
+from .options import RenderOptions, with_encoding
 from .pipeline import Renderer, close_body
 
 log = logging.getLogger("imgproxy.jobs")
@@ -72,16 +72,9 @@ def plan(renderer: Renderer, presets: Iterable[str], formats: Iterable[str]) -> 
     source's own format under the default config), so the preset URLs an upload returns are HITs.
     """
     config = renderer.config
-    limits = config.limits
     tasks: dict[str, Task] = {}
     for name in presets:
-        options = parse_options(
-            [("preset", name)],
-            config.presets,
-            limits.max_output_width,
-            limits.max_output_height,
-            config.watermark_digests,
-        )
+        options = config.parse_query([("preset", name)])
         for fmt in formats:
             encoding = renderer.requested_format(options, "")[0] if fmt == "source" else fmt
             with_format = with_encoding(options, encoding)

@@ -84,6 +84,7 @@ class RenderOptions:
     flip: str = ""
     trim: int | None = None  # border tolerance 0..255; None: no trim
     pixelate: int | None = None  # block size in output pixels
+    transform: Transform | None = None
 
     def cache_key(self) -> str:
         """Canonical text: every spelling of the same request gives the same key, and since parsing
@@ -121,12 +122,14 @@ class RenderOptions:
             parts.append(f"trim={self.trim}")
         if self.pixelate:
             parts.append(f"pix={self.pixelate}")
+        if self.transform:
+            parts.append(f"tf={self.transform.canonical()}")
         return "&".join(parts)
 
 
-def _num(value: float) -> str:
+def _num(value: float, places: int = PLACES) -> str:
     """Shortest stable text for a number: 800.0 -> "800", 0.25 -> "0.25"."""
-    text = f"{value:.{PLACES}f}".rstrip("0").rstrip(".")
+    text = f"{value:.{places}f}".rstrip("0").rstrip(".")
     return text or "0"
 
 
@@ -335,6 +338,98 @@ def _set_preset(values: dict, name: str, param: str, raw: str) -> None:
     raise AssertionError("presets are expanded by parse_options before the other parameters")
 
 
+# `transform` as Flask-Images has it: `NAME,width,height,v0,…` (Pillow's Image.transform data).
+# Per value: the source axis a percent refers to (0 width, 1 height); None is a matrix coefficient,
+# which has no percent form (Flask-Images refuses one too).
+TRANSFORM_AXES: dict[str, tuple[int | None, ...]] = {
+    "EXTENT": (0, 1, 0, 1),
+    "AFFINE": (None, None, 0, None, None, 1),
+    "PERSPECTIVE": (None,) * 8,
+    "QUAD": (0, 1, 0, 1, 0, 1, 0, 1),
+}
+TRANSFORM_SEPARATORS = ";_/ "  # Flask-Images' URLs join with "_" (and write % as "p"); "," is ours
+TRANSFORM_MAX_LENGTH = 256  # eight coefficients do not fit the other parameters' 64 characters
+MAX_PERCENT = 1000.0
+COEFFICIENT_PLACES = 8  # PERSPECTIVE's g, h are ~1/width: 4 decimals would flatten them
+
+
+@dataclass(frozen=True)
+class Transform:
+    """`method`, then width, height and the method's values: pixels of the (upright, cropped) source
+    or, where the flag is set, percent of its width or height. Width/height 0: the source's."""
+
+    method: str
+    values: tuple[float, ...]
+    percent: tuple[bool, ...]
+
+    def output_size(self, sw: int, sh: int) -> tuple[int, int]:
+        """Whole pixels, truncated like Flask-Images' int(), never 0 unless asked for (the source's)."""
+        sizes = []
+        for value, pct, full in zip(self.values[:2], self.percent[:2], (sw, sh)):
+            pixels = value * full / 100 if pct else value
+            sizes.append(full if value == 0 else max(1, math.floor(pixels)))
+        return sizes[0], sizes[1]
+
+    def data(self, sw: int, sh: int) -> tuple[float, ...]:
+        """The method's values in source pixels (Pillow's `data`)."""
+        axes = TRANSFORM_AXES[self.method]
+        return tuple(
+            v * (sw, sh)[axis] / 100 if pct and axis is not None else v
+            for v, pct, axis in zip(self.values[2:], self.percent[2:], axes)
+        )
+
+    def canonical(self) -> str:
+        axes = (0, 1) + TRANSFORM_AXES[self.method]
+        return ",".join(
+            [self.method]
+            + [
+                _num(v, PLACES if axis is not None else COEFFICIENT_PLACES) + ("%" if pct else "")
+                for v, pct, axis in zip(self.values, self.percent, axes)
+            ]
+        )
+
+
+def _transform(param: str, raw: str) -> Transform:
+    text = raw.strip()
+    for separator in TRANSFORM_SEPARATORS:
+        text = text.replace(separator, ",")
+    name, *items = text.split(",")
+    method = name.upper()
+    axes = TRANSFORM_AXES.get(method)
+    if axes is None:
+        raise BadRequest(
+            f"{param}: {name[:MAX_VALUE_LENGTH]!r} is not a transform (allowed: {', '.join(TRANSFORM_AXES)})"
+        )
+    if len(items) != 2 + len(axes):
+        raise BadRequest(
+            f"{param}: {method} takes width,height and {len(axes)} values ({len(axes) + 2} in all), got {len(items)}"
+        )
+    values, percent = [], []
+    for index, (item, axis) in enumerate(zip(items, (0, 1) + axes)):
+        pct = item.endswith(("%", "p"))
+        if pct and axis is None:
+            raise BadRequest(f"{param}: value {index + 1} of {method} is a coefficient and cannot be a percent")
+        body = item[:-1] if pct else item
+        negative = index >= 2 and body.startswith("-")  # width and height are never negative
+        limit = MAX_PERCENT if pct else MAX_DIMENSION
+        allowed = f"{0 if index < 2 else -limit:g}..{limit:g}{'%' if pct else ''}"
+        places = PLACES if axis is not None else COEFFICIENT_PLACES
+        value = _decimal(param, body[1:] if negative else body, 0, limit, allowed, places)
+        if index < 2 and not pct:
+            value = float(math.floor(value))  # whole pixels as Flask-Images' int(): one key per size
+        values.append(-value if negative and value else value)  # never -0: one spelling, one key
+        percent.append(pct)
+    return Transform(method, tuple(values), tuple(percent))
+
+
+def _set_transform(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _transform(param, raw)
+
+
+def _set_hidpi_quality(values: dict, name: str, param: str, raw: str) -> None:
+    values[name] = _integer(param, raw, 1, 100)  # resolved into `quality` by _canonical
+
+
 @dataclass(frozen=True)
 class Parameter:
     """One `/picture` query parameter: its spellings, its parser, and how pages and docs show it.
@@ -352,6 +447,7 @@ class Parameter:
     low: float | None = None  # range of "int" and "number"
     high: float | None = None
     example: str = ""  # a value that renders, for docs and the playground's hints
+    max_length: int = MAX_VALUE_LENGTH  # longest value accepted
 
 
 PARAMETERS: tuple[Parameter, ...] = (
@@ -484,6 +580,27 @@ PARAMETERS: tuple[Parameter, ...] = (
         high=100,
         example="8",
     ),
+    Parameter(
+        "transform",
+        (),
+        _set_transform,
+        "text",
+        "as Flask-Images: `NAME,width,height,v0,…` with `EXTENT` (4 values), `AFFINE` (6), `PERSPECTIVE` (8) or "
+        "`QUAD` (8), Pillow's Image.transform data; pixels of the cropped source or `%` of it (coordinates only); "
+        "width/height 0 = the source's; outside the source is `background`",
+        example="EXTENT,0,0,25%,25%,75%,75%",
+        max_length=TRANSFORM_MAX_LENGTH,
+    ),
+    Parameter(
+        "hidpi_quality",
+        (),
+        _set_hidpi_quality,
+        "int",
+        "quality used when `dpr` ≥ 2 (default `[render] hidpi_quality`, else `quality`); below 2, `quality` applies",
+        low=1,
+        high=100,
+        example="60",
+    ),
 )
 BY_NAME = {p.name: p for p in PARAMETERS}
 ALIASES = {spelling: p.name for p in PARAMETERS for spelling in (p.name, *p.aliases)}
@@ -494,8 +611,14 @@ def _apply(values: dict, name: str, raw: str, param: str) -> None:
     BY_NAME[name].parse(values, name, param, raw)
 
 
-def _canonical(values: dict) -> RenderOptions:
-    """Reset what the mode ignores, so options that render alike are equal (and share one key)."""
+def _canonical(values: dict, hidpi_quality: int | None = None) -> RenderOptions:
+    """Reset what the mode ignores, so options that render alike are equal (and share one key).
+
+    The quality is the one the encoder will use: at `dpr` >= 2, `hidpi_quality` (the request's,
+    else `hidpi_quality`, the config's) when there is one, so the key never holds an unused quality."""
+    hidpi = values.pop("hidpi_quality", None) or hidpi_quality
+    if hidpi and values.get("dpr", 1.0) >= 2:
+        values["quality"] = hidpi
     mode = values.get("mode", "fit")
     if mode in ("fit", "stretch"):  # nothing to place
         values.pop("gravity", None)
@@ -526,9 +649,11 @@ def parse_options(
     max_width: int = MAX_DIMENSION,
     max_height: int = MAX_DIMENSION,
     watermarks: Mapping[str, str] | None = None,
+    hidpi_quality: int | None = None,
 ) -> RenderOptions:
     """Query pairs (already percent-decoded) -> RenderOptions; `sig` is skipped (checked elsewhere).
-    `watermarks`: the configured watermark names, each with its digest (Config.watermark_digests)."""
+    `watermarks`: the configured watermark names, each with its digest (Config.watermark_digests).
+    `hidpi_quality`: `[render] hidpi_quality`, the quality at `dpr` >= 2 when the query names none."""
     explicit: dict[str, tuple[str, str]] = {}
     for param, raw in query:
         if param == SIGNATURE_PARAM:
@@ -538,8 +663,8 @@ def parse_options(
             raise BadRequest(f"unknown parameter {param[:MAX_VALUE_LENGTH]!r}")
         if name in explicit:
             raise BadRequest(f"{param}: given more than once")
-        if len(raw) > MAX_VALUE_LENGTH:
-            raise BadRequest(f"{param}: value longer than {MAX_VALUE_LENGTH} characters")
+        if len(raw) > BY_NAME[name].max_length:
+            raise BadRequest(f"{param}: value longer than {BY_NAME[name].max_length} characters")
         explicit[name] = (param, raw)
 
     values: dict = {}
@@ -557,7 +682,7 @@ def parse_options(
         _apply(values, name, raw, param)
     if "watermark" in values:
         values["watermark_digest"] = _watermark_digest(watermark_param or "watermark", values["watermark"], watermarks)
-    options = _canonical(values)
+    options = _canonical(values, hidpi_quality)
 
     for size, limit, param in ((options.width, max_width, "width"), (options.height, max_height, "height")):
         if size is not None and size * options.dpr > limit:

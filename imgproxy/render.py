@@ -1,8 +1,9 @@
 """Render an opened original (pure Pillow work, no I/O): an ordered list of steps.
 
 decode (shrink-on-load for JPEG) -> orient (EXIF, composed with rotate/flip) -> normalise mode ->
-trim -> choose focal point -> crop and resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen
--> blur -> pixelate -> pad -> watermark -> flatten alpha.
+[crop + transform, whose output is then the upright image rotate/flip turn] -> trim -> choose focal
+point -> crop and resize in one LANCZOS pass -> colour (CMYK/ICC) -> sharpen -> blur -> pixelate ->
+pad -> watermark -> flatten alpha.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import functools
 import io
 import math
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFilter, ImageSequence
 
+from . import transform as warp
 from .budget import UNLIMITED, Deadline, KeptDecode, MemoryBudget, decoded_bytes
 from .config import LimitsConfig, RenderConfig
 from .errors import ImageProxyError, UnsupportedMedia
@@ -130,11 +132,15 @@ def placed(options: RenderOptions, orientation: int, width: int, height: int) ->
     rotate/flip gives, and the `crop` region (x, y, w, h) on that image.
 
     Crop comes before rotate (SPEC §12), so the region is cut on the EXIF-upright image and then
-    turned with it; rendering cuts the turned region from the stored pixels in one step.
+    turned with it; rendering cuts the turned region from the stored pixels in one step. A
+    transform comes between them: its output is then an upright image that only the user turns.
     """
     upright = oriented_size(width, height, orientation)
     x, y, w, h = source_region(options, *upright)
     user = user_orientation(options.rotate, options.flip)
+    if options.transform is not None:
+        upright = options.transform.output_size(w, h)
+        x, y, w, h, orientation = 0, 0, *upright, 1
     l, t, r, b = turned_box((x, y, x + w, y + h), user, *upright)
     return compose(orientation, user), (int(l), int(t), int(r - l), int(b - t))
 
@@ -158,6 +164,11 @@ def trimmed(
         return region
     l, t, r, b = (int(v) for v in turned_box(found, turn, *size))
     return l, t, r - l, b - t
+
+
+def crop_region(options: RenderOptions, orientation: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """The `crop` region on the EXIF-upright image: what a transform samples."""
+    return source_region(options, *oriented_size(width, height, orientation))
 
 
 def make_plan(options: RenderOptions, region: tuple[int, int, int, int], focal: tuple[float, float]) -> Plan:
@@ -350,16 +361,18 @@ def render(
     first: Plan | None
     if opened.animated and fmt in ANIMATION_FORMATS:
         plans = _plans_before_decode(opened, options, fmt, limits, opened.frames)
-        trim = _trimmed_animation(opened, options, budget, deadline) if options.trim is not None else None
+        trim = _trimmed_animation(opened, options, fmt, budget, deadline) if options.trim is not None else None
         if trim is not None:
             plans = [make_plan(options, trim, options.focal)]
             _check(plans[0], fmt, limits, opened.frames)
         # every output frame stays until the encode: room for all of them is taken before the first
         frames = opened.frames * max(output_bytes(p.canvas) for p in plans)
-        with budget.hold(decoded_bytes(image) + frames, deadline):
-            turn, region = placed(options, orientation_of(image), opened.width, opened.height)
+        with budget.hold(decoded_bytes(image) + frames + _warp_bytes(opened, options, fmt), deadline):
+            stored = orientation_of(image)
+            turn, region = placed(options, stored, opened.width, opened.height)
             region = trim or region
             frames_plan = make_plan(options, region, options.focal)
+            warp.check(options.transform, crop_region(options, stored, opened.width, opened.height), limits)
             _check(frames_plan, fmt, limits, opened.frames)
             return _render_animation(opened, frames_plan, options, fmt, region, turn, deadline, overlay)
     plans = _plans_before_decode(opened, options, fmt, limits, 1)
@@ -368,8 +381,9 @@ def render(
         # JPEG's EXIF is read with the header: plan first, then decode at 1/2..1/8 scale
         orientation, turn, region, first = _geometry(opened, options)
     # trim finds its border on a full decode: a scale picked from the untrimmed plan could leave the
-    # trimmed part too few pixels, and one picked after the trim would need a decode first
-    shrink = first if options.trim is None else None
+    # trimmed part too few pixels, and one picked after the trim would need a decode first; a
+    # transform samples the source at its own points: a full decode too, one answer per URL
+    shrink = first if options.trim is None and options.transform is None else None
     need = _decode_size(opened, shrink, settings.reducing_gap) if shrink else (opened.width, opened.height)
     divisor = _draft(image, need)
     # Reuse only the very decode this render would make itself (same source version and draft
@@ -387,6 +401,7 @@ def render(
             amount = _beside(first.canvas, kept) + (kept.nbytes * 2 // STRIP_SHARE if options.trim is not None else 0)
         else:
             amount = decoded_bytes(image) + max(output_bytes(p.canvas) for p in plans)  # the decode and the output
+        amount += _warp_bytes(opened, options, fmt)  # and the transform's canvas
         with budget.hold(amount, deadline), contextlib.ExitStack() as more:
             if not reused:
                 # getexif() of PNG and others decodes the image; decode first so errors are not
@@ -402,7 +417,14 @@ def render(
                 kept = budget.keep(keep_key, image, orientation) if keep_key else None
                 if kept is not None:
                     image = kept.image
+            crop = crop_region(options, orientation, opened.width, opened.height)
+            warp.check(options.transform, crop, limits)  # its canvas comes first
             _check(first, fmt, limits, 1)  # exact now that the orientation is known
+            scale = image.width / opened.width
+            if options.transform is not None:  # its output is the upright image `turn` and `region` are on
+                deadline.check()
+                image = warp.apply(image, options.transform, crop, orientation, scale, options.background, fmt)
+                scale = 1.0
             if options.trim is not None:
                 deadline.check()
                 held = _beside(first.canvas, kept if reused else None)
@@ -413,7 +435,6 @@ def render(
                 if grown > 0:  # a trimmed shape can give a larger output (enlarge, pad, one side given)
                     more.enter_context(budget.hold(grown, deadline, beside=amount))
             deadline.check()
-            scale = image.width / opened.width
             p = first
             if options.gravity == "smart" and options.mode == "crop":
                 x, y, w, h = (v * scale for v in region)
@@ -441,24 +462,33 @@ def _beside(canvas: tuple[int, int], kept: KeptDecode | None) -> int:
 
 
 def _trimmed_animation(
-    opened: Opened, options: RenderOptions, budget: MemoryBudget, deadline: Deadline
+    opened: Opened, options: RenderOptions, fmt: str, budget: MemoryBudget, deadline: Deadline
 ) -> tuple[int, int, int, int]:
     """The trimmed region of an animation: one pass over its frames (one decoded at a time)
     before the render's own pass, so the frames' plan and budget are known first."""
     assert options.trim is not None
-    with budget.hold(decoded_bytes(opened.image), deadline):
+    with budget.hold(decoded_bytes(opened.image) + _warp_bytes(opened, options, fmt), deadline):
         turn, region = placed(options, orientation_of(opened.image), opened.width, opened.height)
         try:
-            frames = (_checked(frame.convert("RGBA"), deadline) for frame in ImageSequence.Iterator(opened.image))
-            region = trimmed(frames, region, turn, options.trim)
+            region = trimmed(
+                (image for image, _ in _frames(opened, options, fmt, deadline)), region, turn, options.trim
+            )
         except DECODE_ERRORS:
             raise UnsupportedMedia("source animation data is truncated or corrupt") from None
     return region
 
 
-def _checked(image: Image.Image, deadline: Deadline) -> Image.Image:
-    deadline.check()
-    return image
+def _frames(opened: Opened, options: RenderOptions, fmt: str, deadline: Deadline) -> Iterator[tuple[Image.Image, int]]:
+    """Each frame of an animation in RGBA (transformed when asked: the image `turn` then applies
+    to), with its duration in ms; one decoded at a time."""
+    exif = orientation_of(opened.image)
+    crop = crop_region(options, exif, opened.width, opened.height)
+    for frame in ImageSequence.Iterator(opened.image):
+        deadline.check()
+        image = frame.convert("RGBA")
+        if options.transform is not None:
+            image = warp.apply(image, options.transform, crop, exif, 1.0, options.background, fmt)
+        yield image, int(frame.info.get("duration", 100) or 100)
 
 
 def _normalised(opened: Opened) -> Image.Image:
@@ -491,6 +521,7 @@ def _plans_before_decode(
         try:
             _, region = placed(options, orientation, opened.width, opened.height)
             p = make_plan(options, region, options.focal)
+            warp.check(options.transform, crop_region(options, orientation, opened.width, opened.height), limits)
             _check(p, fmt, limits, frames)
         except ImageProxyError as exc:
             refused = refused or exc
@@ -499,6 +530,21 @@ def _plans_before_decode(
     if refused is not None and not plans:
         raise refused
     return plans
+
+
+def _warp_bytes(opened: Opened, options: RenderOptions, fmt: str) -> int:
+    """The transform's canvas, for either orientation the source may turn out to have, and a
+    converted copy of the decode when a see-through background needs alpha (assumed needed)."""
+    if options.transform is None:
+        return 0
+    regions = []
+    for orientation in (1, 6):
+        try:
+            regions.append(crop_region(options, orientation, opened.width, opened.height)[2:])
+        except ImageProxyError:
+            continue  # a crop outside the source: refused when planned
+    copy = decoded_bytes(opened.image) if warp.needs_alpha("RGB", options.background, fmt) else 0
+    return warp.canvas_bytes(options.transform, regions) + copy if regions else 0
 
 
 def _geometry(opened: Opened, options: RenderOptions) -> tuple[int, int, tuple[int, int, int, int], Plan]:
@@ -532,11 +578,9 @@ def _render_animation(
 ) -> Rendered:
     frames, durations = [], []
     try:
-        for frame in ImageSequence.Iterator(opened.image):
-            deadline.check()
-            durations.append(int(frame.info.get("duration", 100) or 100))
-            resized = _resize(frame.convert("RGBA"), p, 1.0, region, orientation)
-            frames.append(_finish(resized, p, options, fmt, overlay))
+        for image, duration in _frames(opened, options, fmt, deadline):
+            durations.append(duration)
+            frames.append(_finish(_resize(image, p, 1.0, region, orientation), p, options, fmt, overlay))
     except DECODE_ERRORS:
         raise UnsupportedMedia("source animation data is truncated or corrupt") from None
     loop = opened.image.info.get("loop", 0)
