@@ -13,6 +13,7 @@ from imgproxy import thumbhash
 from imgproxy.signing import sign
 
 from .conftest import CORPUS, LiveServer, copy_from_corpus, manifest_rows
+from .origin import Origin
 from .thumbhash_decode import average_rgb, decode
 
 ROWS = manifest_rows()
@@ -156,3 +157,22 @@ def test_info_is_signed_like_the_picture(live_server):
         assert client.get(f"{path}?sig={sign(path, '', KEY)}").status_code == 200
         assert client.get(f"{path}?v=3&sig={sign(path, 'v=3', KEY)}").status_code == 200
         assert client.get(f"{path}?v=4&sig={sign(path, 'v=3', KEY)}").status_code == 403
+
+
+def test_remote_sources_follow_the_same_rules(live_server):
+    origin = Origin().start()
+    try:
+        open_ = live_server({"sources": {"remote": {"allowed_hosts": ["127.0.0.1"], "allow_private_addresses": True}}})
+        closed = live_server(name="closed")
+        url = origin.url("/photos/alpha_dice.png")
+        with open_.client() as client:
+            info = client.get(f"/info/{url}")
+            assert info.status_code == 200 and (info.json()["width"], info.json()["height"]) == (300, 225)
+            assert client.get(f"/info/{url}").headers["x-cache"] == "HIT"
+            assert client.get(f"/info/{origin.url('/status/404')}").status_code == 404
+            assert client.get(f"/info/{origin.url('/html-as-jpeg')}").status_code == 415
+        with closed.client() as client:
+            assert client.get(f"/info/{url}").status_code == 403  # no allowed_hosts: remote is off
+        assert origin.hits("/photos/alpha_dice.png") == 1
+    finally:
+        origin.stop()
