@@ -189,8 +189,9 @@ class Images:
         url = self.base_url + signed_url(
             INFO_PREFIX + quote(path, safe=PATH_SAFE), (), self.config.security.signing_keys
         )
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout)
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout)
         try:
             response = self._client.get(url)
             if response.status_code == 200:

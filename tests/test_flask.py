@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgproxy.flask import Images, Size, picture_params
 
-from .conftest import CORPUS
+from .conftest import CORPUS, LiveServer
 
 KEY = "flask-secret"
 DALMATIAN = "photos/progressive_dalmatian.jpg"  # 960x640
@@ -91,8 +91,6 @@ def check_every_url(imgs: list[dict[str, str | None]], scale: int = 1) -> list[I
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from .conftest import LiveServer
-
     server = LiveServer(tmp_path_factory.mktemp("flask"), {"security": {"key": KEY}})
     server.start()
     yield server
