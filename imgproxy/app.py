@@ -22,7 +22,7 @@ from .config import Config, load_config
 from .errors import SECURITY_HEADERS, BadRequest, ImageProxyError
 from .logs import AccessLog, skip_unused_record_fields
 from .metrics import MetricsEndpoint
-from .options import RenderOptions
+from .options import ALIASES, RenderOptions
 from .pages import page_routes
 from .pipeline import Renderer, Result, close_body
 from .remote import RemoteSource
@@ -36,6 +36,7 @@ HIT_LINES = [(b"x-cache", b"HIT"), (b"server-timing", b'cache;desc="HIT"')]
 ENTITY_HEADERS = (b"content-type", b"content-length")  # not on a 304
 SECURITY_FIELDS = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
 PICTURE_PREFIX = "/picture/"
+INFO_PARAMETERS = frozenset({"sig", *(spelling for spelling, name in ALIASES.items() if name == "version")})
 
 
 def error_response(exc: ImageProxyError, scope, config: Config, accept: str) -> Response:
@@ -71,6 +72,17 @@ class PreparedResponse:
         await send({"type": "http.response.body", "body": self.body})
 
 
+def request_headers(scope) -> tuple[str, str]:
+    """Accept and If-None-Match: both are lists, so repeated lines join with commas."""
+    accept = if_none_match = ""
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            accept += ("," if accept else "") + value.decode("latin-1")
+        elif name == b"if-none-match":
+            if_none_match += ("," if if_none_match else "") + value.decode("latin-1")
+    return accept, if_none_match
+
+
 class PictureEndpoint:
     """GET and HEAD /picture/<source>, as a plain ASGI app: cache hits are the hottest path of the
     service, so it reads the two request headers it needs straight from the scope."""
@@ -102,12 +114,7 @@ class PictureEndpoint:
         return self.config.parse_query(pairs)
 
     async def __call__(self, scope, receive, send) -> None:
-        accept = if_none_match = ""
-        for name, value in scope["headers"]:  # both are lists: repeated lines join with commas
-            if name == b"accept":
-                accept += ("," if accept else "") + value.decode("latin-1")
-            elif name == b"if-none-match":
-                if_none_match += ("," if if_none_match else "") + value.decode("latin-1")
+        accept, if_none_match = request_headers(scope)
         try:
             options = self.options_from(scope)
             result = await self.renderer.picture(scope["path_params"]["source"], options, accept, if_none_match)
@@ -141,6 +148,34 @@ class PictureEndpoint:
         if not isinstance(body, bytes):  # larger than memory_body_limit: streamed from its file
             return StreamingResponse(_chunks(body), headers={k.decode(): v.decode() for k, v in headers})
         return PreparedResponse(200, headers, body)
+
+
+class InfoEndpoint(PictureEndpoint):
+    """GET and HEAD /info/<source> (SPEC §11): signed like /picture (never unsigned by
+    allowed_widths); its only parameter is the cache-buster `v`. Answers carry /picture's headers."""
+
+    def options_from(self, scope) -> RenderOptions:
+        raw_query = scope["query_string"].decode("latin-1")
+        if len(raw_query) > MAX_QUERY_LENGTH:
+            raise BadRequest(f"query string longer than {MAX_QUERY_LENGTH} characters")
+        if self.signing_keys:
+            raw_path = scope.get("raw_path") or scope["path"].encode()
+            check_request(raw_path.decode("latin-1"), raw_query, self.signing_keys, ())
+        for name, _ in parse_qsl(raw_query, keep_blank_values=True):
+            if name not in INFO_PARAMETERS:
+                raise BadRequest(f"unknown parameter {name[:40]!r} (/info takes only v and sig)")
+        return self.parse_query(raw_query)  # checks v and the number of parameters
+
+    async def __call__(self, scope, receive, send) -> None:
+        accept, if_none_match = request_headers(scope)
+        try:
+            self.options_from(scope)
+            result = await self.renderer.info(scope["path_params"]["source"], if_none_match)
+        except ImageProxyError as exc:
+            response = error_response(exc, scope, self.config, accept)
+        else:
+            response = self.respond(scope["method"], if_none_match, result)
+        await response(scope, receive, send)
 
 
 class PictureFastPath:
@@ -250,6 +285,7 @@ def create_app(config: Config) -> PictureFastPath:
         ),
         *uploads.routes(),
         *page_routes(config),
+        Route("/info/{source:path}", InfoEndpoint(config, renderer), methods=["GET", "HEAD"]),
     ]
 
     async def client_error(request: Request, exc: ImageProxyError) -> Response:

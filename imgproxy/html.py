@@ -270,7 +270,14 @@ def picture_tag(
     return Markup("<picture>") + Markup("").join(lines) + Markup("</picture>")
 
 
+def img_size(source: str, config: Config | None = None, **params: object) -> tuple[int, int] | None:
+    """(width, height) the server answers for `source` with `params` (Flask-Images'
+    `resized_img_size`), from the local source's header; None when the size is unknown."""
+    config = config or DEFAULT_CONFIG
+    return result_size(source_size(source, config), build(source, config, params)[1])
+
+
 def install_jinja(env, config: Config) -> None:
     """Jinja2 globals of the same names, bound to `config`: `{{ picture_tag('a.jpg', widths=[320, 640]) }}`."""
-    for helper in (picture_url, srcset, img_attrs, img_tag, picture_tag):
+    for helper in (picture_url, srcset, img_attrs, img_tag, picture_tag, img_size):
         env.globals[helper.__name__] = functools.partial(helper, config=config)

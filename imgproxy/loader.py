@@ -98,3 +98,8 @@ def _check(image: Image.Image, limits: LimitsConfig, formats: tuple[str, ...]) -
                 f"{limits.max_animation_pixels} pixels over all frames"
             )
     return Opened(image, fmt, width, height, frames, animated)
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """An alpha channel, or a palette with a transparent entry."""
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info

@@ -24,7 +24,8 @@ from .cache import ResultCache, ResultMeta, etag_of
 from .config import Config
 from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode_within
 from .errors import Forbidden, GatewayTimeout, Overloaded
-from .loader import open_original
+from .info import INFO_KEY, source_info
+from .loader import has_alpha, open_original
 from .options import RenderOptions, with_encoding
 from .render import output_bytes, render
 from .sources import Original, is_remote
@@ -108,8 +109,7 @@ def render_original(
     opened = open_original(original, config.limits, config.security.allowed_source_formats)
     deadline = Deadline(config.render.timeout)
     with opened.image:
-        has_alpha = opened.image.mode in ("RGBA", "LA", "PA") or "transparency" in opened.image.info
-        fmt = output_format(requested_format, opened.format, has_alpha, opened.animated)
+        fmt = output_format(requested_format, opened.format, has_alpha(opened.image), opened.animated)
         overlay = config.watermarks[options.watermark] if options.watermark else None
         rendered = render(
             opened,
@@ -281,3 +281,22 @@ class Renderer:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.cache.close()
         self.storage.close()
+
+    async def info(self, source: str, if_none_match: str = "") -> Result:
+        """`/info`'s answer, cached like a result under the source's version (SPEC §11)."""
+        original = await self.load(source)
+        key = f"{original.key}|{INFO_KEY}"
+        hit = await self._lookup(key, if_none_match)
+        if hit is None and original.path is None and original.data is None:
+            original = await self.storage.open(original)  # the bytes, fetched only for a miss
+            key = f"{original.key}|{INFO_KEY}"
+            hit = await self._lookup(key, if_none_match)
+        if hit is not None:
+            return Result(hit[0], hit[1], "HIT", False)
+        body, meta = await self.run(self._info_and_store, key, original)
+        return Result(meta, body, "MISS", False, meta.render_ms)
+
+    def _info_and_store(self, key: str, original: Original) -> tuple[bytes, ResultMeta]:
+        body, meta = source_info(original, self.config, self.memory)
+        self.cache.put(key, body, meta)
+        return body, meta

@@ -14,7 +14,7 @@ from PIL import Image
 
 from imgproxy.config import Config, LocalSourceConfig, SecurityConfig, SourcesConfig, load_config
 from imgproxy.errors import BadRequest
-from imgproxy.html import img_attrs, img_tag, install_jinja, picture_tag, picture_url, srcset
+from imgproxy.html import img_attrs, img_size, img_tag, install_jinja, picture_tag, picture_url, srcset
 from imgproxy.signing import check_request
 
 from .conftest import CORPUS, LiveServer, copy_from_corpus
@@ -289,3 +289,16 @@ def test_demo_page_lists_the_sample_images_escaped(site):
         assert quoted["data-src"] == "/picture/demo/a%20%22quoted%22%20%3Cname%3E.png"
         assert (quoted["width"], quoted["height"]) == ("300", "225")
         assert client.get(quoted["data-src"] + "?scalex=100").status_code == 200
+
+
+@pytest.mark.timeout(120)
+def test_img_size_is_what_the_server_answers(corpus_server):
+    config = load_config(corpus_server.config_path, environ={})
+    assert img_size("photos/missing.jpg", config=config, width=10) is None
+    assert img_size("https://example.com/a.jpg", config=config, width=10) is None
+    with corpus_server.client() as client:
+        for source, params in SIZE_CASES:
+            response = client.get(picture_url(source, config=config, **params))
+            assert response.status_code == 200, (source, params, response.text)
+            with Image.open(io.BytesIO(response.content)) as image:
+                assert img_size(source, config=config, **params) == image.size, (source, params)
