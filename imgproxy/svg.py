@@ -52,7 +52,7 @@ UNITS["ex"] = UNITS["em"] / 2
 LENGTH = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(px|pt|pc|mm|cm|in|em|ex|%)?\s*")
 CSS_URL = re.compile(r"url\s*\(\s*['\"]?\s*([^'\")\s]*)")
 CSS_FILTER = re.compile(r"(?<![\w-])filter\s*:")
-CHILD_BASE_MEMORY = 512 * 1024**2  # address space of the child before its pixmap (Python, resvg, PNG)
+CHILD_BASE_MEMORY = 128 * 1024**2  # address space of the child before its pixmap (Python and resvg take ~40 MB)
 
 
 @dataclass(frozen=True)
