@@ -245,13 +245,17 @@ def declared_size(root: dict[str, str]) -> tuple[int, int]:
 
 
 def raster_size(scanned: Scanned, options: RenderOptions, fmt: str, limits: LimitsConfig) -> tuple[int, int]:
-    """The whole SVG's raster for this request: the scale that draws the planned window at the output
+    """The size the whole SVG is drawn at for this request: the planned window comes out at the output
     size. 413 (before anything is drawn) past the output limits or max_source_pixels."""
     region = source_region(options, scanned.width, scanned.height)
     plan = make_plan(options, region, options.focal)
     check_output(plan.canvas, fmt, limits.max_output_width, limits.max_output_height)
     left, top, right, bottom = plan.window
-    # stretch draws at the larger of the two scales; the resize then squeezes the other side
+    whole = plan.window == (0.0, 0.0, float(scanned.width), float(scanned.height))
+    if whole and options.mode != "stretch":
+        return plan.size  # drawn at exactly the output size: the render has nothing left to resample
+    # a window (crop) is drawn at the output's scale; stretch at the larger of its two scales, the
+    # resize then squeezes the other side
     scale = max(plan.size[0] / (right - left), plan.size[1] / (bottom - top))
     size = (max(1, round(scanned.width * scale)), max(1, round(scanned.height * scale)))
     if size[0] * size[1] > limits.max_source_pixels:
@@ -278,7 +282,8 @@ def font_file() -> str:
 def rasterize(text: str, size: tuple[int, int], deadline: Deadline) -> Image.Image:
     """Draw `text` at `size` (its aspect kept) in a child process, killed at the deadline."""
     memory = CHILD_BASE_MEMORY + size[0] * size[1] * 4 * 3  # pixmap, PNG rows and encoder
-    command = [sys.executable, "-m", "imgproxy.svgchild", str(size[0]), str(size[1]), font_file(), str(memory)]
+    # -P: nothing is imported from the working directory
+    command = [sys.executable, "-P", "-m", "imgproxy.svgchild", str(size[0]), str(size[1]), font_file(), str(memory)]
     remaining = deadline.end - time.monotonic()
     if remaining <= 0:
         deadline.check()

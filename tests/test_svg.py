@@ -181,6 +181,9 @@ def test_pipeline_modes_and_formats(server):
         jpeg = image_of(client.get("/picture/shapes.svg?format=jpeg&background=%2300ff00"))
         webp = image_of(client.get("/picture/shapes.svg?format=webp&width=100")).convert("RGBA")
         region = image_of(client.get("/picture/shapes.svg?crop=50%25,0,50%25,100%25")).convert("RGBA")
+        stretch = image_of(client.get("/picture/shapes.svg?width=100&height=100&mode=stretch")).convert("RGBA")
+        pad = image_of(client.get("/picture/shapes.svg?width=100&height=100&mode=pad")).convert("RGBA")
+        again = [client.get("/picture/shapes.svg?width=150", params={"v": v}).content for v in ("a", "b")]
     assert crop.size == (100, 100)  # the middle 100x100 of the 200x100 drawing
     assert close(crop.getpixel((25, 50)), RED + (255,)) and close(crop.getpixel((75, 25)), BLUE + (255,))
     assert jpeg.format == "JPEG" and jpeg.size == (200, 100)
@@ -188,6 +191,11 @@ def test_pipeline_modes_and_formats(server):
     assert webp.size == (100, 50) and alpha(webp, (75, 40)) < 16  # WebP keeps alpha
     assert region.size == (100, 100)
     assert close(region.getpixel((25, 25)), BLUE + (255,)) and alpha(region, (25, 75)) == 0
+    assert stretch.size == (100, 100)
+    assert close(stretch.getpixel((25, 50)), RED + (255,)) and close(stretch.getpixel((75, 25)), BLUE + (255,))
+    assert pad.size == (100, 100)
+    assert close(pad.getpixel((50, 10)), (255, 255, 255, 255)) and close(pad.getpixel((25, 50)), RED + (255,))
+    assert again[0] == again[1]  # two renders (two cache entries) of one drawing: the same bytes
 
 
 def test_text_draws_with_the_bundled_font(server, root):
