@@ -1,10 +1,10 @@
 """SVG sources (`[security] svg = "rasterize"`): a strict pre-scan, then resvg in a child process.
 
 resvg itself reads any file an `<image href>` names (measured: resvg 0.48 through resvg-py 0.5 reads
-`href="/etc/…"` even without a resources dir), so the pre-scan is the barrier: the SVG must parse as
-XML without a DTD or entities (no billion laughs) and may refer only to its own `#fragments` — a file,
-URL or `data:` reference in `href`/`src`, CSS `url(...)` or `@import` is a 415 and is never read or
-fetched. Scripts and filters are refused too (resvg runs no script; filter primitives such as
+`href="/etc/…"` without a resources dir, and `href="#name"` as a file in its working directory), so the
+pre-scan is the barrier: the SVG must parse as XML without a DTD or entities (no billion laughs) and
+may refer only to its own `#fragments` — a file, URL or `data:` reference in `href`/`src`, CSS
+`url(...)` or `@import`, or an `<image>` with any href is a 415 and is never read or fetched. Scripts and filters are refused too (resvg runs no script; filter primitives such as
 feMorphology and feTurbulence take minutes at any size).
 
 The SVG's declared size is the source size of the geometry; the raster is drawn at the planned
@@ -52,6 +52,7 @@ UNITS["ex"] = UNITS["em"] / 2
 LENGTH = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(px|pt|pc|mm|cm|in|em|ex|%)?\s*")
 CSS_URL = re.compile(r"url\s*\(\s*['\"]?\s*([^'\")\s]*)")
 CSS_FILTER = re.compile(r"(?<![\w-])filter\s*:")
+FONT = "aileron.ttf"
 CHILD_BASE_MEMORY = 128 * 1024**2  # address space of the child before its pixmap (Python and resvg take ~40 MB)
 
 
@@ -139,6 +140,9 @@ class _Scanner:
             raise _refuse("SVG filters are not supported")
         if local == "style":
             self.style_depth += 1
+        if local == "image" and any(a.rpartition(" ")[2] == "href" for a in attributes):
+            # resvg reads any <image> href that is no data: URL as a path, "#name" too
+            raise _refuse("SVG has an <image> that loads a file or URL; external references are not allowed")
         for attribute, value in attributes.items():
             _check_attribute(attribute.rpartition(" ")[2], value)
 
@@ -266,29 +270,33 @@ def raster_size(scanned: Scanned, options: RenderOptions, fmt: str, limits: Limi
 
 
 @functools.cache
-def font_file() -> str:
-    """Pillow's bundled Aileron, the only font resvg gets: text looks the same on every machine
-    (system fonts would change the bytes of one URL between hosts)."""
-    folder = tempfile.mkdtemp(prefix="imgproxy-svg-")
+def child_folder() -> Path:
+    """A private folder, the child's working directory (nothing else in it to find), holding Pillow's
+    bundled Aileron: the only font resvg gets, so text looks the same on every machine (system fonts
+    would change the bytes of one URL between hosts). Without FreeType in Pillow, text is not drawn."""
+    folder = Path(tempfile.mkdtemp(prefix="imgproxy-svg-"))
     atexit.register(shutil.rmtree, folder, True)
-    path = Path(folder) / "aileron.ttf"
     font = ImageFont.load_default(size=16)
-    if not isinstance(font, ImageFont.FreeTypeFont):  # Pillow without FreeType: resvg gets no font, text is not drawn
-        return ""
-    path.write_bytes(font.font_bytes)
-    return str(path)
+    if isinstance(font, ImageFont.FreeTypeFont):
+        (folder / FONT).write_bytes(font.font_bytes)
+    return folder
 
 
 def rasterize(text: str, size: tuple[int, int], deadline: Deadline) -> Image.Image:
     """Draw `text` at `size` (its aspect kept) in a child process, killed at the deadline."""
     memory = CHILD_BASE_MEMORY + size[0] * size[1] * 4 * 3  # pixmap, PNG rows and encoder
     # -P: nothing is imported from the working directory
-    command = [sys.executable, "-P", "-m", "imgproxy.svgchild", str(size[0]), str(size[1]), font_file(), str(memory)]
+    folder = child_folder()
+    if not folder.is_dir():  # a tmp cleaner removed it from a long-running server
+        child_folder.cache_clear()
+        folder = child_folder()
+    font = str(folder / FONT) if (folder / FONT).is_file() else ""
+    command = [sys.executable, "-P", "-m", "imgproxy.svgchild", str(size[0]), str(size[1]), font, str(memory)]
     remaining = deadline.end - time.monotonic()
     if remaining <= 0:
         deadline.check()
     try:
-        child = subprocess.run(command, input=text.encode("utf-8"), capture_output=True, timeout=remaining)
+        child = subprocess.run(command, input=text.encode("utf-8"), capture_output=True, timeout=remaining, cwd=folder)
     except subprocess.TimeoutExpired:
         raise Overloaded(f"drawing the SVG took longer than the {deadline.seconds:g} s budget", retry_after=5) from None
     if child.returncode != 0:

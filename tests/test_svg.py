@@ -246,6 +246,8 @@ def test_file_reference_is_refused_and_never_read(server, root, template):
     [
         '<image href="{url}" width="10" height="10"/>',
         '<image xlink:href="{url}" width="10" height="10"/>',
+        '<use href="{url}#shape"/>',
+        '<a xlink:href="{url}"><rect width="10" height="10"/></a>',
         '<rect width="10" height="10" fill="url({url}#paint)"/>',
         "<style>@import url({url});</style>",
         '<style>@font-face {{ font-family: x; src: url("{url}") }}</style>',
@@ -387,3 +389,18 @@ def test_uploads_still_refuse_svg(server):
         response = client.post("/upload", files={"image": ("shapes.svg", SHAPES.encode(), "image/svg+xml")})
     assert response.status_code == 415, response.text
     assert sorted(p for p in server.root.rglob("*") if "uploads" in p.parts and p.is_file()) == before
+
+
+def test_image_with_a_fragment_href_is_refused(server, root):
+    """resvg loads an <image> href that is no data: URL as a path, '#name' too (relative to the working
+    directory): an <image> that loads anything is refused."""
+    bait = server.workdir / "#bait.png"
+    Image.new("RGB", (4, 4), "white").save(bait)
+    old = os.stat(bait).st_mtime - 3 * 86400
+    os.utime(bait, (old, os.stat(bait).st_mtime))
+    url = put(root, "fragment-image.svg", svg('<image href="#bait.png" width="10" height="10"/>'))
+    with server.client() as client:
+        response = client.get(url)
+    assert response.status_code == 415, response.text
+    assert "<image>" in response.text
+    assert os.stat(bait).st_atime == old  # never read
