@@ -230,6 +230,7 @@ def make_renderer(config: Config) -> Renderer:
             cache_dir=config.path(remote_cfg.cache_dir),
             formats=config.security.allowed_source_formats,
             trusted_networks=remote_cfg.trusted_networks,
+            svg=config.security.svg == "rasterize",
         )
     return Renderer(config, cache, remote)
 

@@ -139,6 +139,7 @@ class SecurityConfig:
     keys: tuple[str, ...] = ()
     allowed_widths: tuple[int, ...] = ()  # unsigned access is opt-in
     allowed_source_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP")
+    svg: str = "refuse"
 
     @property
     def signing_keys(self) -> tuple[str, ...]:
@@ -325,6 +326,7 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "sources.remote.fetch_queue_limit": (lambda v: isinstance(v, int) and v >= 0, ">= 0"),
     "sources.remote.trusted_networks": (_networks_valid, "CIDR networks like 10.1.0.0/16"),
     "security.allowed_widths": (lambda v: all(w > 0 for w in v), "positive integers"),
+    "security.svg": (lambda v: v in ("refuse", "rasterize"), "refuse or rasterize"),
     "jobs.backend": (lambda v: v in ("local", "redis"), "local or redis"),
     "jobs.redis_url": (
         lambda v: isinstance(v, str) and (v == "" or v.split("://")[0] in ("redis", "rediss", "unix")),

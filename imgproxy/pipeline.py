@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
-from . import metrics
+from . import metrics, svg
 from .budget import UNLIMITED, Deadline, MemoryBudget
 from .cache import ResultCache, ResultMeta, etag_of
 from .config import Config
@@ -106,8 +106,13 @@ def render_original(
 ) -> tuple[bytes, ResultMeta]:
     """Open, render and encode (blocking; runs in the pool)."""
     started = time.perf_counter()
-    opened = open_original(original, config.limits, config.security.allowed_source_formats)
     deadline = Deadline(config.render.timeout)
+    if config.security.svg == "rasterize" and svg.is_svg(original):
+        # a raster of an SVG is RGBA; it is drawn for this request's plan and format
+        fmt = output_format(requested_format, svg.FORMAT, True, False)
+        opened = svg.open_svg(original, options, fmt, config.limits, budget, deadline)
+    else:
+        opened = open_original(original, config.limits, config.security.allowed_source_formats)
     with opened.image:
         fmt = output_format(requested_format, opened.format, has_alpha(opened.image), opened.animated)
         overlay = config.watermarks[options.watermark] if options.watermark else None

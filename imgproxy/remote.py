@@ -55,6 +55,7 @@ from .netguard import (
 from .originals import OriginalsCache
 from .shared import SharedTasks
 from .sources import Original
+from .svg import looks_like_svg
 
 SNIFF_BYTES = 16  # what Pillow's format checks look at
 MAX_URL_LENGTH = 2048
@@ -190,12 +191,14 @@ class RemoteSource:
         resolver: Resolver | None = None,
         formats: Iterable[str] = SecurityConfig.allowed_source_formats,
         trusted_networks: Iterable[str] = (),
+        svg: bool = False,
     ):
         for pattern in cfg.allowed_hosts:
             compile_host_pattern(pattern)  # a bad pattern fails at start-up, not per request
         self.cfg = cfg
         # MPO is opened by the JPEG plugin: its signature is JPEG's
         self.formats = tuple(dict.fromkeys("JPEG" if f == "MPO" else f for f in formats))
+        self.svg = svg  # [security] svg = "rasterize": XML passes the sniff, the render scans it
         policy = AddressPolicy(cfg.allow_private_addresses, trusted_networks)
         self.client = httpx.AsyncClient(
             transport=GuardedTransport(GuardedBackend(policy, resolver)),
@@ -326,7 +329,8 @@ class RemoteSource:
         }
 
     def _sniff(self, head: bytes | bytearray) -> None:
-        if sniff_format(bytes(head[:SNIFF_BYTES]), self.formats) is None:
+        start = bytes(head[:SNIFF_BYTES])
+        if sniff_format(start, self.formats) is None and not (self.svg and looks_like_svg(start)):
             raise UnsupportedMedia("remote source is not a supported image")
 
     async def aclose(self) -> None:
