@@ -38,7 +38,7 @@ from .errors import Overloaded, PayloadTooLarge, UnsupportedMedia
 from .geometry import check_output
 from .loader import Opened
 from .options import RenderOptions
-from .render import DECODE_ERRORS, make_plan, source_region
+from .render import DECODE_ERRORS, make_plan, oriented_size, placed
 from .sources import Original
 
 FORMAT = "SVG"  # Opened.format of a rasterised SVG
@@ -251,20 +251,26 @@ def declared_size(root: dict[str, str]) -> tuple[int, int]:
 def raster_size(scanned: Scanned, options: RenderOptions, fmt: str, limits: LimitsConfig) -> tuple[int, int]:
     """The size the whole SVG is drawn at for this request: the planned window comes out at the output
     size. 413 (before anything is drawn) past the output limits or max_source_pixels."""
-    region = source_region(options, scanned.width, scanned.height)
+    turn, region = placed(options, 1, scanned.width, scanned.height)  # rotate/flip: the plan is on the turned image
     plan = make_plan(options, region, options.focal)
     check_output(plan.canvas, fmt, limits.max_output_width, limits.max_output_height)
-    left, top, right, bottom = plan.window
-    whole = plan.window == (0.0, 0.0, float(scanned.width), float(scanned.height))
-    if whole and options.mode != "stretch":
-        return plan.size  # drawn at exactly the output size: the render has nothing left to resample
-    # a window (crop) is drawn at the output's scale; stretch at the larger of its two scales, the
-    # resize then squeezes the other side
-    scale = max(plan.size[0] / (right - left), plan.size[1] / (bottom - top))
-    size = (max(1, round(scanned.width * scale)), max(1, round(scanned.height * scale)))
+    if options.transform is not None or options.trim is not None:
+        # both read the drawing at their own points: drawn at its declared size, as a raster source is decoded
+        size = (scanned.width, scanned.height)
+    else:
+        left, top, right, bottom = plan.window
+        turned = oriented_size(scanned.width, scanned.height, turn)
+        whole = region == (0, 0, *turned) and plan.window == (0.0, 0.0, float(turned[0]), float(turned[1]))
+        if whole and options.mode != "stretch":
+            # drawn at exactly the output size (turned back to the drawing's sides): nothing left to resample
+            return oriented_size(*plan.size, turn)
+        # a window (crop) is drawn at the output's scale; stretch at the larger of its two scales, the
+        # resize then squeezes the other side
+        scale = max(plan.size[0] / (right - left), plan.size[1] / (bottom - top))
+        size = (max(1, round(scanned.width * scale)), max(1, round(scanned.height * scale)))
     if size[0] * size[1] > limits.max_source_pixels:
         raise PayloadTooLarge(
-            f"SVG would be drawn at {size[0]}x{size[1]} for this crop; the limit is {limits.max_source_pixels} pixels"
+            f"SVG would be drawn at {size[0]}x{size[1]} for this request; the limit is {limits.max_source_pixels} pixels"
         )
     return size
 

@@ -175,6 +175,20 @@ def test_drawn_at_the_output_size_not_upscaled(server):
     assert capped.size == (200, 100)  # no enlarging past the declared size (SPEC §2)
 
 
+def test_rotate_flip_transform_and_trim_apply_to_the_drawing(server):
+    """The drawing is the source of SPEC §12's steps: a turned request is drawn for the turned plan
+    (not squeezed), and transform/trim read it at its declared size."""
+    with server.client() as client:
+        turned = image_of(client.get("/picture/shapes.svg?width=100&rotate=90")).convert("RGBA")
+        flipped = image_of(client.get("/picture/shapes.svg?width=100&flip=h")).convert("RGBA")
+        warped = image_of(client.get("/picture/shapes.svg?transform=EXTENT,100,100,100,0,200,100")).convert("RGBA")
+    assert turned.size == (100, 200)  # red left half of the 200x100 drawing is now the top
+    assert close(turned.getpixel((50, 25)), RED + (255,)) and close(turned.getpixel((75, 150)), BLUE + (255,))
+    assert flipped.size == (100, 50)
+    assert close(flipped.getpixel((75, 25)), RED + (255,)) and close(flipped.getpixel((25, 12)), BLUE + (255,))
+    assert warped.size == (100, 100) and close(warped.getpixel((50, 25)), BLUE + (255,))
+
+
 def test_pipeline_modes_and_formats(server):
     with server.client() as client:
         crop = image_of(client.get("/picture/shapes.svg?width=100&height=100&mode=crop")).convert("RGBA")
