@@ -15,12 +15,15 @@ const FORMATS = Object.fromEntries(JSON.parse(root.dataset.formats).map((f) => [
 const DEBOUNCE_MS = 300;
 const FOCAL_STEP = 0.05;
 
-const answers = new Map(); // request (JSON) -> the sign endpoint's answer
-if (START) answers.set(JSON.stringify(START.request), START.answer);
+const answers = new Map(); // request -> the sign endpoint's answer
+const keyOf = (request) => JSON.stringify([request.source, request.params]);
+if (START) answers.set(keyOf(START.request), START.answer);
 let supported = []; // the formats this browser decodes, in the server's order
 let generation = 0; // the latest update: older ones drop what they get
 let controller = null;
 let timer = 0;
+let forced = false; // the pending update runs even for the request shown (a new token)
+let lastKey = null; // the request of the latest update
 let blobUrls = [];
 
 class ServiceError extends Error {
@@ -75,13 +78,14 @@ async function errorText(response) {
 }
 
 async function urlsFor(request, signal) {
-  const body = JSON.stringify(request);
-  if (answers.has(body)) return answers.get(body);
+  const key = keyOf(request);
+  if (answers.has(key)) return answers.get(key);
   const headers = authHeaders({ "Content-Type": "application/json", Accept: "application/json" });
+  const body = JSON.stringify(request);
   const response = await fetch("/playground/sign", { method: "POST", headers, body, signal });
   if (!response.ok) throw new ServiceError(response.status, await errorText(response));
   const answer = await response.json();
-  answers.set(body, answer);
+  answers.set(key, answer);
   return answer;
 }
 
@@ -211,7 +215,10 @@ function showFocal() {
 
 // ---- the update cycle
 
-async function update() {
+async function update(force) {
+  const request = currentRequest();
+  if (!force && keyOf(request) === lastKey) return; // e.g. the change event after the input event
+  lastKey = keyOf(request);
   const mine = ++generation;
   if (controller) controller.abort();
   controller = new AbortController();
@@ -220,7 +227,6 @@ async function update() {
   clearErrors();
   result.dataset.state = "loading";
   formatsSection.dataset.state = "loading";
-  const request = currentRequest();
   if (!request.source) {
     showError("Pick or upload an image first.");
     result.dataset.state = "error";
@@ -276,9 +282,14 @@ async function update() {
   formatsSection.dataset.state = "ready";
 }
 
-function schedule(delay) {
+function schedule(delay, force = false) {
   clearTimeout(timer);
-  timer = setTimeout(update, delay);
+  forced ||= force; // a pending forced update stays forced
+  timer = setTimeout(() => {
+    const now = forced;
+    forced = false;
+    update(now);
+  }, delay);
 }
 
 // ---- the focal point: click the source, or arrow keys on it, or type fp:X,Y
@@ -351,7 +362,7 @@ async function copyUrl() {
 function wire() {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    schedule(0);
+    schedule(0, true);
   });
   form.addEventListener("input", (event) => {
     const target = event.target;
@@ -366,7 +377,7 @@ function wire() {
       if (target.files[0]) upload(target.files[0]);
       return;
     }
-    schedule(0); // a token typed, a value committed: now
+    schedule(0, target === tokenInput); // a value committed: now; a new token: again
   });
   byId("copy").addEventListener("click", copyUrl);
   wireFocal();
@@ -375,4 +386,4 @@ function wire() {
 wire();
 supported = await detectFormats();
 root.dataset.formatsSupported = supported.join(" ");
-update();
+update(true);
