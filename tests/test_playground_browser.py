@@ -254,10 +254,16 @@ def test_the_comparison_shows_every_format_the_browser_decodes(browser, site):  
         assert int(item["bytes"]) == len(body) == int(seen.responses[url].all_headers()["content-length"])
         assert item["width"] == 640
         saving = math.floor((1 - len(body) / original) * 100 + 0.5)  # JavaScript's Math.round
-        assert f"{saving} % smaller than the original" in item["text"]
+        assert f"{saving} % smaller" in item["text"]
         assert seen.responses[url].all_headers()["content-type"] == f"image/{item['format']}"
+
+    # encoding=auto: the page sends what this browser decodes, as its <img> would
+    auto = change(page, "#param-encoding", "auto")
+    best = next(f for f in ("avif", "webp", "jpeg") if f in expected)
+    assert auto["format"] == f"image/{best}"
+    assert seen.response(site.url, auto["url"]).all_headers()["vary"] == "Accept"
     assert not seen.console_errors
-    print(f"\n{shown['url']}: " + ", ".join(f"{i['format']} {i['bytes']} B" for i in items))
+    print(f"\n{shown['url']}: " + ", ".join(f"{i['format']} {i['bytes']} B" for i in items) + f"; auto: {best}")
     context.close()
 
 

@@ -149,25 +149,25 @@ function showError(message, status, fallback = "error-general") {
 function showStats(loaded) {
   const { response, blob, img } = loaded;
   const set = (id, node) => byId(id).replaceChildren(node);
-  set("out-size", dataElement(`${img.naturalWidth}x${img.naturalHeight}`, `${img.naturalWidth} × ${img.naturalHeight} px`));
+  set("out-size", dataElement(`${img.naturalWidth}x${img.naturalHeight}`, `${img.naturalWidth} × ${img.naturalHeight}`));
   set("out-bytes", dataElement(blob.size, formatBytes(blob.size)));
   set("out-format", dataElement(response.headers.get("content-type"), response.headers.get("content-type")));
   set("out-cache", dataElement(response.headers.get("x-cache") || "", response.headers.get("x-cache") || "–"));
   const ms = renderTime(response.headers.get("server-timing"));
-  set("out-time", dataElement(ms ?? "", ms === null ? "cache hit: no render" : `${ms} ms`));
+  set("out-time", dataElement(ms ?? "", ms === null ? "none (a hit)" : `${ms} ms`));
 }
 
 function showOriginal(original) {
   const el = byId("original");
   el.textContent = original
-    ? `Original: ${original.width} × ${original.height} px, ${formatBytes(original.bytes)}`
-    : "Original: size not known here";
+    ? `Savings against the original: ${original.width} × ${original.height} px, ${formatBytes(original.bytes)}.`
+    : "The original's size is not known here.";
 }
 
 function saving(bytes, original) {
   if (!original) return "";
   const change = Math.round((1 - bytes / original.bytes) * 100);
-  return change >= 0 ? `${change} % smaller than the original` : `${-change} % larger than the original`;
+  return change >= 0 ? `${change} % smaller` : `${-change} % larger`;
 }
 
 function formatItem(fmt, outcome, original, chosen) {
@@ -176,8 +176,14 @@ function formatItem(fmt, outcome, original, chosen) {
   const figure = document.createElement("figure");
   const caption = document.createElement("figcaption");
   const name = document.createElement("strong");
-  name.textContent = fmt.toUpperCase() + (fmt === chosen ? " (shown above)" : "");
+  name.textContent = fmt.toUpperCase();
   caption.append(name);
+  if (fmt === chosen) {
+    item.classList.add("chosen");
+    const note = document.createElement("small");
+    note.textContent = " shown above";
+    caption.append(note);
+  }
   if (outcome.status === "fulfilled") {
     const { blob, src, img } = outcome.value;
     const picture = document.createElement("img");
@@ -187,7 +193,7 @@ function formatItem(fmt, outcome, original, chosen) {
     picture.height = img.naturalHeight;
     figure.append(picture);
     const line = document.createElement("span");
-    line.append(dataElement(blob.size, formatBytes(blob.size)));
+    line.append(dataElement(blob.size, `${blob.size.toLocaleString("en")} bytes`));
     const change = saving(blob.size, original);
     if (change) line.append(document.createElement("br"), change);
     caption.append(line);
