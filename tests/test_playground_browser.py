@@ -75,8 +75,8 @@ def site(tmp_path_factory):
     server.stop()
 
 
-def open_playground(browser, server: LiveServer, width: int = 1440, height: int = 900):  # noqa: F811
-    context = browser.new_context(viewport={"width": width, "height": height})
+def open_playground(browser, server: LiveServer, width: int = 1440, height: int = 900, **options):  # noqa: F811
+    context = browser.new_context(viewport={"width": width, "height": height}, **options)
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
     seen = Seen()
@@ -373,8 +373,8 @@ def test_screenshots_fit_the_width_and_are_not_blank(browser, site, tmp_path, wi
 
 
 def test_every_parameter_has_a_labelled_control_in_keyboard_order(browser, site):  # noqa: F811
-    context, page, seen = open_playground(browser, site)
-    wait_ready(page)
+    context, page, seen = open_playground(browser, site, permissions=["clipboard-read", "clipboard-write"])
+    shown = wait_ready(page)
     for p in PARAMETERS:
         control = page.locator(f'[data-param="{p.name}"]')
         assert control.count() == 1, p.name
@@ -389,5 +389,11 @@ def test_every_parameter_has_a_labelled_control_in_keyboard_order(browser, site)
         order.append(active)
     assert [name for name in order if name in {p.name for p in PARAMETERS}] == [p.name for p in PARAMETERS]
     assert "focal" in order and order.index("focal") < order.index(PARAMETERS[0].name)
+
+    # the copy button, from the keyboard: the absolute URL lands on the clipboard
+    page.focus("#copy")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('copy-status').textContent === 'Copied.'")
+    assert page.evaluate("() => navigator.clipboard.readText()") == site.url + shown["url"]
     assert not seen.console_errors
     context.close()

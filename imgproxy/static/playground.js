@@ -258,6 +258,7 @@ async function update(force) {
   try {
     main = await load(answer.url, acceptHeader(), signal);
   } catch (err) {
+    blobUrls = previous.concat(blobUrls); // the last good image stays, dimmed: revoked once replaced
     if (stale() || err.name === "AbortError") return;
     showError(err.message, err.status);
     result.dataset.state = formatsSection.dataset.state = "error";
