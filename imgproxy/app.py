@@ -25,6 +25,7 @@ from .metrics import MetricsEndpoint
 from .options import ALIASES, RenderOptions
 from .pages import page_routes
 from .pipeline import Renderer, Result, close_body
+from .playground import playground_routes
 from .remote import RemoteSource
 from .signing import check_request
 from .uploads import Uploads
@@ -287,6 +288,7 @@ def create_app(config: Config) -> PictureFastPath:
         *uploads.routes(),
         *page_routes(config),
         Route("/info/{source:path}", InfoEndpoint(config, renderer), methods=["GET", "HEAD"]),
+        *playground_routes(config),
     ]
 
     async def client_error(request: Request, exc: ImageProxyError) -> Response:

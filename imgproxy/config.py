@@ -186,6 +186,12 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class PlaygroundConfig:
+    enabled: bool = True
+    open_signing: bool = False
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
@@ -235,6 +241,7 @@ class Config:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    playground: PlaygroundConfig = field(default_factory=PlaygroundConfig)
     presets: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_PRESETS))
     base_dir: str = "."  # directory relative paths are resolved against (the config file's)
     watermarks: dict[str, Overlay] = field(default_factory=dict)  # loaded from [watermarks.NAME]

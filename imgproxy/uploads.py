@@ -123,6 +123,20 @@ def inspect(path: Path, config: Config, budget: MemoryBudget) -> tuple[str, int,
     return opened.format, width, height
 
 
+def check_bearer(request: Request, token: str, action: str) -> None:
+    """401 without `Authorization: Bearer <token>`, 403 with another token; nothing when `token` is empty."""
+    if not token:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized(
+            f"{action} needs Authorization: Bearer <token>", headers={"WWW-Authenticate": 'Bearer realm="imgproxy"'}
+        )
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Forbidden(f"{action} token is not valid")
+
+
 class ImagePart:
     """Multipart callbacks: exactly one part, the field `image`, streamed into a file."""
 
@@ -283,17 +297,7 @@ class Uploads:
         return JSONResponse(record, headers={"Cache-Control": "no-store"})
 
     def _check_token(self, request: Request) -> None:
-        token = self.settings.token
-        if not token:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        given = given.strip()
-        if scheme.lower() != "bearer" or not given:
-            raise Unauthorized(
-                "upload needs Authorization: Bearer <token>", headers={"WWW-Authenticate": 'Bearer realm="imgproxy"'}
-            )
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Forbidden("upload token is not valid")
+        check_bearer(request, self.settings.token, "upload")
 
     @staticmethod
     def _boundary(request: Request) -> bytes:
