@@ -14,6 +14,7 @@ from PIL import Image, ImageFile
 
 from .config import LimitsConfig
 from .errors import PayloadTooLarge, UnsupportedMedia
+from .heif import restore_exif_orientation
 from .sources import Original
 
 # Truncated files are errors (415), never silently grey-filled.
@@ -83,6 +84,8 @@ def _check(image: Image.Image, limits: LimitsConfig, formats: tuple[str, ...]) -
     if pixels > limits.max_source_pixels:
         raise PayloadTooLarge(f"source is {width}x{height} = {pixels} pixels; the limit is {limits.max_source_pixels}")
     fmt = image.format or ""
+    if fmt == "HEIF":
+        restore_exif_orientation(image)
     animated = fmt in ANIMATED_FORMATS and bool(getattr(image, "is_animated", False))
     frames = 1
     if animated:

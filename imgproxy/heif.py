@@ -1,0 +1,33 @@
+"""HEIC/HEIF sources through pillow-heif (libheif), registered as a Pillow plugin on import.
+
+Opening reads only the container: the size pillow-heif reports is the `ispe` box's (after the
+container's rotation), so the loader's limits apply before any pixel is decoded. libheif applies
+the container's `irot`/`imir` when decoding, and pillow-heif resets the EXIF orientation to 1
+(keeping the old value in info["original_orientation"]) so it is never applied on top. The EXIF
+value then only matters for a file whose container has no rotation or mirror of its own: it is
+put back for the render to apply, so the orientation is applied exactly once whichever carries it.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+from pillow_heif import register_heif_opener
+
+# Thumbnails, depth maps and auxiliary images are never used: skip reading them.
+register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+CONTAINER_ORIENTATION = ("irot", "imir")
+
+
+def restore_exif_orientation(image: Image.Image) -> None:
+    """Give the render the EXIF orientation of a HEIF whose container does not orient it."""
+    orientation = image.info.get("original_orientation")
+    if not isinstance(orientation, int) or not 2 <= orientation <= 8:
+        return
+    heif = getattr(image, "_heif_file", None)
+    if heif is None:
+        return
+    transformations = heif[heif.primary_index]._c_image.transformations
+    if any(t[0] in CONTAINER_ORIENTATION for t in transformations):
+        return  # libheif turns it upright while decoding
+    image.getexif()[0x0112] = orientation  # the render reads the orientation from here
