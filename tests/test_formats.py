@@ -14,10 +14,13 @@ import pillow_heif
 import pytest
 from PIL import Image, ImageCms
 
-from imgproxy.config import ConfigError, load_config
+from imgproxy.budget import decoded_bytes
+from imgproxy.config import ConfigError, LimitsConfig, load_config
 from imgproxy.errors import PayloadTooLarge
 from imgproxy.geometry import check_output
+from imgproxy.loader import open_original
 from imgproxy.pipeline import negotiate
+from imgproxy.sources import LocalSource
 
 from .conftest import CORPUS, copy_from_corpus
 from .test_bounds import MB, _status_kb
@@ -170,6 +173,20 @@ def test_a_huge_declared_size_is_413_before_any_decode(server, root):
     assert r.status_code == 413 and "pixels" in r.text, r.text
     assert upload.status_code == 413, upload.text
     assert (after - before) / MB < 40, f"peak RSS grew {(after - before) / MB:.0f} MB"
+
+
+def test_a_heif_decode_stays_within_what_the_memory_budget_counts(root, live_server):
+    """libheif's own buffers live while Pillow's fill: the budget counts them for an undecoded HEIF."""
+    server = live_server({"sources": {"local": {"root": str(root)}}})
+    assert _get(server, "/picture/exif6.heic?w=10").status_code == 200  # warm up the HEIF code
+    before = _status_kb(server.process.pid, "VmHWM")
+    assert _get(server, "/picture/iphone.heic?w=100").status_code == 200
+    grown = (_status_kb(server.process.pid, "VmHWM") - before) * 1024
+    opened = open_original(LocalSource(root, 10**9).load("iphone.heic"), LimitsConfig(), ("HEIF",))
+    with opened.image as image:
+        counted = decoded_bytes(image)
+    print(f"peak RSS grew {grown / 2**20:.0f} MB; the budget counts {counted / 2**20:.0f} MB")
+    assert grown <= counted
 
 
 @pytest.mark.timeout(300)  # ten renders of an 8.5-MP HEIC on a busy machine
