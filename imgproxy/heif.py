@@ -1,5 +1,8 @@
 """HEIC/HEIF sources through pillow-heif (libheif), registered as a Pillow plugin on import.
 
+libheif decodes a truncated file without an error, filling the missing tiles with one colour: a
+file whose top-level boxes (the image data's `mdat` among them) run past its end is refused.
+
 Opening reads only the container: the size pillow-heif reports is the `ispe` box's (after the
 container's rotation), so the loader's limits apply before any pixel is decoded. libheif applies
 the container's `irot`/`imir` when decoding, and pillow-heif resets the EXIF orientation to 1
@@ -9,6 +12,9 @@ put back for the render to apply, so the orientation is applied exactly once whi
 """
 
 from __future__ import annotations
+
+import struct
+from typing import BinaryIO
 
 from PIL import Image
 from pillow_heif import register_heif_opener
@@ -43,3 +49,23 @@ def restore_exif_orientation(image: Image.Image) -> None:
     if any(t[0] in CONTAINER_ORIENTATION for t in transformations):
         return  # libheif turns it upright while decoding
     image.getexif()[0x0112] = orientation  # the render reads the orientation from here
+
+
+def truncated(fp: BinaryIO) -> bool:
+    """Whether a top-level ISOBMFF box declares more bytes than the file has (reads box headers only)."""
+    end = fp.seek(0, 2)
+    offset = 0
+    while offset + 8 <= end:
+        fp.seek(offset)
+        size, _ = struct.unpack(">I4s", fp.read(8))
+        if size == 1:  # a 64-bit size follows the type
+            header = fp.read(8)
+            if len(header) < 8:
+                return True
+            size = struct.unpack(">Q", header)[0]
+        elif size == 0:  # the box runs to the end of the file
+            return False
+        if size < 8:
+            return True  # not a box: a corrupt file is refused like a short one
+        offset += size
+    return offset != end

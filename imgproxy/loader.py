@@ -14,7 +14,7 @@ from PIL import Image, ImageFile
 
 from .config import LimitsConfig
 from .errors import PayloadTooLarge, UnsupportedMedia
-from .heif import restore_exif_orientation
+from .heif import restore_exif_orientation, truncated
 from .sources import Original
 
 # Truncated files are errors (415), never silently grey-filled.
@@ -61,6 +61,8 @@ def open_original(original: Original, limits: LimitsConfig, formats: tuple[str, 
         allowed = ", ".join(formats)
         raise UnsupportedMedia(f"source is not a supported image (allowed: {allowed})") from None
     try:
+        if image.format == "HEIF" and truncated(fp):
+            raise UnsupportedMedia("source image data is truncated")
         return _check(image, limits, formats)
     except Exception:
         image.close()

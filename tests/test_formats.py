@@ -93,6 +93,8 @@ def root(tmp_path_factory) -> Path:
     small = _heif(Image.new("RGB", (64, 64), COLOUR), quality=50)
     (root / "bomb.heic").write_bytes(declared_size(small, 30000, 30000))  # 900 MP declared
     Image.new("RGB", (40, 30), COLOUR).save(root / "photo.jxl", quality=90)
+    iphone = (CORPUS / IPHONE).read_bytes()
+    (root / "half.heic").write_bytes(iphone[: len(iphone) // 2])  # libheif alone would fill the rest green
     return root
 
 
@@ -187,6 +189,13 @@ def test_a_heif_decode_stays_within_what_the_memory_budget_counts(root, live_ser
         counted = decoded_bytes(image)
     print(f"peak RSS grew {grown / 2**20:.0f} MB; the budget counts {counted / 2**20:.0f} MB")
     assert grown <= counted
+
+
+def test_a_truncated_heif_is_415_not_filled_in(server, root):
+    r = _get(server, "/picture/half.heic?w=100")
+    assert r.status_code == 415 and "truncated" in r.text, r.text
+    with server.client() as client:
+        assert post_file(client, (root / "half.heic").read_bytes(), "half.heic").status_code == 415
 
 
 @pytest.mark.timeout(300)  # ten renders of an 8.5-MP HEIC on a busy machine
