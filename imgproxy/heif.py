@@ -1,14 +1,14 @@
 """HEIC/HEIF sources through pillow-heif (libheif), registered as a Pillow plugin on import.
 
-libheif decodes a truncated file without an error, filling the missing tiles with one colour: a
-file whose top-level boxes (the image data's `mdat` among them) run past its end is refused.
-
 Opening reads only the container: the size pillow-heif reports is the `ispe` box's (after the
 container's rotation), so the loader's limits apply before any pixel is decoded. libheif applies
 the container's `irot`/`imir` when decoding, and pillow-heif resets the EXIF orientation to 1
 (keeping the old value in info["original_orientation"]) so it is never applied on top. The EXIF
 value then only matters for a file whose container has no rotation or mirror of its own: it is
 put back for the render to apply, so the orientation is applied exactly once whichever carries it.
+
+libheif decodes a truncated file without an error, filling the missing tiles with one colour: a
+file whose top-level boxes (the image data's `mdat` among them) run past its end is refused.
 """
 
 from __future__ import annotations
