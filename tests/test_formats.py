@@ -172,6 +172,7 @@ def test_a_huge_declared_size_is_413_before_any_decode(server, root):
     with server.client() as client:
         upload = post_file(client, (root / "bomb.heic").read_bytes(), "bomb.heic")
     after = _status_kb(pid, "VmHWM")
+    print(f"{r.status_code} {r.text.strip()}; upload {upload.status_code}; peak RSS +{(after - before) / MB:.1f} MB")
     assert r.status_code == 413 and "pixels" in r.text, r.text
     assert upload.status_code == 413, upload.text
     assert (after - before) / MB < 40, f"peak RSS grew {(after - before) / MB:.0f} MB"
