@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-quality bench-soak clean
+.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-quality bench-soak bench-formats clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ bench-soak: $(BENCH_STAMP)
 # SSIM and time of resize pipelines (ours at each reducing_gap vs thumbor's), and encoder settings.
 bench-quality: $(BENCH_STAMP)
 	$(PY) bench/quality.py
+
+# JPEG XL vs AVIF vs WebP vs JPEG at the configured qualities: bytes, encode time, SSIM per photo.
+bench-formats: $(BENCH_STAMP)
+	$(PY) bench/formats.py
 
 clean:
 	rm -rf cache images/demo .pytest_cache .hypothesis

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .errors import Overloaded
+from .heif import decoder_bytes
 
 
 class Deadline:
@@ -147,4 +148,5 @@ WORKING_SET = 1.35
 
 def decoded_bytes(image: Image.Image, working_set: float = WORKING_SET) -> int:
     """Memory a render of `image` needs at its current (possibly drafted) size."""
-    return int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, OTHER_MODE_BYTES) * working_set)
+    pixels = int(image.width * image.height * BYTES_PER_PIXEL.get(image.mode, OTHER_MODE_BYTES) * working_set)
+    return pixels + decoder_bytes(image)

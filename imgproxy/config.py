@@ -20,7 +20,7 @@ from .options import GRAVITIES, RenderOptions, parse_options, parse_preset
 from .watermark import Overlay, load_overlay
 
 SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
-WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif")
+WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif", "jxl")
 
 
 class Size(int):
@@ -121,6 +121,8 @@ class RenderConfig:
     png_compress_level: int = 6
     gif_optimize: bool = False
     hidpi_quality: int = 0  # 0: unset, `quality` applies at every dpr
+    jxl_quality: int = 82
+    jxl_effort: int = 3
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ class SecurityConfig:
     key: str = ""
     keys: tuple[str, ...] = ()
     allowed_widths: tuple[int, ...] = ()  # unsigned access is opt-in
-    allowed_source_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP")
+    allowed_source_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "HEIF")
     svg: str = "refuse"
 
     @property
@@ -153,7 +155,7 @@ class UploadsConfig:
     token: str = ""
     max_bytes: Size = Size(20 * 1024**2)
     dir: str = "uploads"
-    allowed_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP")
+    allowed_formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "HEIF")
     pregenerate_formats: tuple[str, ...] = ("webp", "source")
 
 
@@ -307,7 +309,7 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "render.queue_limit": (lambda v: 1 <= v <= 100000, "1..100000"),
     "render.default_format": (
         lambda v: v in WRITABLE_FORMATS + ("source", "auto"),
-        "jpeg, png, webp, avif, gif, source or auto",
+        "jpeg, png, webp, avif, gif, jxl, source or auto",
     ),
     "render.jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
     "render.webp_quality": (lambda v: 1 <= v <= 100, "1..100"),
@@ -354,8 +356,10 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "storage.s3.timeout": (lambda v: _number(v) > 0, "> 0"),
     "uploads.pregenerate_formats": (
         lambda v: all(f in WRITABLE_FORMATS + ("source",) for f in v),
-        "jpeg, png, webp, avif, gif or source",
+        "jpeg, png, webp, avif, gif, jxl or source",
     ),
+    "render.jxl_quality": (lambda v: 1 <= v <= 100, "1..100"),
+    "render.jxl_effort": (lambda v: 1 <= v <= 9, "1..9"),
 }
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import io
 
-from PIL import Image
+# registers Pillow's JXL writer (and a JXL reader, which the loader's allow-list keeps off by default)
+import pillow_jxl  # noqa: F401
+from PIL import Image, ImageCms
 
 from .budget import Deadline
 from .config import RenderConfig
-from .render import Rendered
+from .render import Rendered, _to_srgb
 
 CONTENT_TYPES = {
     "jpeg": "image/jpeg",
@@ -17,20 +19,34 @@ CONTENT_TYPES = {
     "webp": "image/webp",
     "avif": "image/avif",
     "gif": "image/gif",
+    "jxl": "image/jxl",
 }
 # Pillow format name of a source -> our output format, for sources we can write back as they are
-SOURCE_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "GIF": "gif"}
+SOURCE_FORMATS = {
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "AVIF": "avif",
+    "GIF": "gif",
+    "HEIF": "jpeg",
+}
 
 
 def default_quality(fmt: str, settings: RenderConfig) -> int | None:
-    return {"jpeg": settings.jpeg_quality, "webp": settings.webp_quality, "avif": settings.avif_quality}.get(fmt)
+    return {
+        "jpeg": settings.jpeg_quality,
+        "webp": settings.webp_quality,
+        "avif": settings.avif_quality,
+        "jxl": settings.jxl_quality,
+    }.get(fmt)
 
 
 def _mode_for(fmt: str, image: Image.Image) -> Image.Image:
     alpha = image.mode in ("RGBA", "LA")
     if fmt == "jpeg":
         return image if image.mode in ("RGB", "L") else image.convert("RGB")
-    if fmt in ("webp", "avif"):
+    if fmt in ("webp", "avif", "jxl"):
         wanted = "RGBA" if alpha else "RGB"
         return image if image.mode == wanted else image.convert(wanted)
     return image  # png and gif take L, LA, RGB and RGBA as they are
@@ -38,14 +54,17 @@ def _mode_for(fmt: str, image: Image.Image) -> Image.Image:
 
 def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderConfig) -> bytes:
     frames = [_mode_for(fmt, f) for f in rendered.frames]
+    icc_profile = rendered.icc_profile
+    if fmt == "jxl" and icc_profile:
+        frames, icc_profile = _in_srgb(frames, icc_profile), None
     for frame in frames:
         # Pillow's PNG and AVIF writers fall back to image.info for the ICC profile, and resize
         # copies info from the source: only what is passed below may reach the output
         frame.info = {}
     quality = quality or default_quality(fmt, settings)
     params: dict = {}
-    if rendered.icc_profile and fmt != "gif":
-        params["icc_profile"] = rendered.icc_profile
+    if icc_profile and fmt != "gif":
+        params["icc_profile"] = icc_profile
     if rendered.exif and fmt != "gif":
         params["exif"] = rendered.exif
     if fmt == "jpeg":
@@ -63,6 +82,10 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
         params.update(compress_level=settings.png_compress_level)
     elif fmt == "gif":
         params.update(optimize=settings.gif_optimize)
+    elif fmt == "jxl":
+        # exif: the plugin falls back to the image's own; lossless_jpeg: it would recompress the
+        # source file instead of these pixels when a frame is the opened JPEG itself
+        params.update(quality=quality, effort=settings.jxl_effort, exif=params.get("exif", b""), lossless_jpeg=False)
     if len(frames) > 1:
         params.update(save_all=True, append_images=frames[1:], duration=rendered.durations, loop=rendered.loop or 0)
         if fmt == "gif":
@@ -106,3 +129,11 @@ def encode_within(
         else:
             high = middle - 1
     return best, encodes
+
+
+def _in_srgb(frames: list[Image.Image], icc: bytes) -> list[Image.Image]:
+    """The JXL plugin cannot embed an ICC profile (its output is sRGB): convert the pixels instead."""
+    try:
+        return [ImageCms.applyTransform(f, _to_srgb(icc, f.mode)) or f for f in frames]
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return frames  # unusable profile: the pixels as they are, like render's fall-back

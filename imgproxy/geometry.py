@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from .errors import PayloadTooLarge
 
-# Largest side each encoder can write (libwebp; libjpeg; GIF's 16-bit header fields; libavif).
+# Largest side each encoder can write (libwebp; libjpeg; GIF's 16-bit header fields; libavif;
+# libjxl at codestream level 5, which every JPEG XL decoder must read).
 # PNG's limit (2^31 - 1) is far past any max_output_* that fits in memory.
-ENCODER_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "gif": 65535, "avif": 65536}
+ENCODER_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "gif": 65535, "avif": 65536, "jxl": 262144}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,14 @@ from .sources import LocalSource, Original, is_remote
 PREFIX = "/picture/"
 # canonical name -> the query parameter written into URLs (SPEC §2's primary names)
 QUERY_NAMES = {"width": "scalex", "height": "scaley", "version": "v"}
-MIME_TYPES = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+MIME_TYPES = {
+    "avif": "image/avif",
+    "webp": "image/webp",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "jxl": "image/jxl",
+}
 PATH_SAFE = "/:"
 DEFAULT_CONFIG = Config()
 # srcset and lazyloader width steps when [security] allowed_widths names none

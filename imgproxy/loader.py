@@ -14,6 +14,7 @@ from PIL import Image, ImageFile
 
 from .config import LimitsConfig
 from .errors import PayloadTooLarge, UnsupportedMedia
+from .heif import restore_exif_orientation, truncated
 from .sources import Original
 
 # Truncated files are errors (415), never silently grey-filled.
@@ -60,6 +61,8 @@ def open_original(original: Original, limits: LimitsConfig, formats: tuple[str, 
         allowed = ", ".join(formats)
         raise UnsupportedMedia(f"source is not a supported image (allowed: {allowed})") from None
     try:
+        if image.format == "HEIF" and truncated(fp):
+            raise UnsupportedMedia("source image data is truncated")
         return _check(image, limits, formats)
     except Exception:
         image.close()
@@ -83,6 +86,8 @@ def _check(image: Image.Image, limits: LimitsConfig, formats: tuple[str, ...]) -
     if pixels > limits.max_source_pixels:
         raise PayloadTooLarge(f"source is {width}x{height} = {pixels} pixels; the limit is {limits.max_source_pixels}")
     fmt = image.format or ""
+    if fmt == "HEIF":
+        restore_exif_orientation(image)
     animated = fmt in ANIMATED_FORMATS and bool(getattr(image, "is_animated", False))
     frames = 1
     if animated:

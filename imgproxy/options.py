@@ -18,7 +18,16 @@ from .errors import BadRequest, ConfigError, PayloadTooLarge
 from .orient import FLIPS, canonical
 
 SIGNATURE_PARAM = "sig"
-ENCODINGS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif", "auto": "auto"}
+ENCODINGS = {
+    "jpeg": "jpeg",
+    "jpg": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "avif": "avif",
+    "gif": "gif",
+    "jxl": "jxl",
+    "auto": "auto",
+}
 MODES = ("fit", "crop", "pad", "stretch")
 GRAVITIES = {
     "center": (0.5, 0.5),
@@ -476,7 +485,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("format", "fm"),
         _set_encoding,
         "choice",
-        "output format; `auto` picks AVIF, then WebP, from `Accept` (an animation stays animated: WebP, else GIF)",
+        "output format; `auto` picks AVIF, then WebP, then JPEG XL, from `Accept` (an animation stays animated: WebP, else GIF)",
         choices=tuple(dict.fromkeys(ENCODINGS.values())),
         example="webp",
     ),

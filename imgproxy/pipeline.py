@@ -56,7 +56,9 @@ AUTO = "auto:"
 
 
 def negotiate(accept: str) -> tuple[str, ...]:
-    """Which of AVIF and WebP (in this order) the client's Accept lists with q > 0."""
+    """Which of AVIF and WebP (in this order) the client's Accept lists with q > 0; JPEG XL only
+    when it lists neither: JXL comes after both and never carries an animation, so it changes
+    the answer only alone, and clients listing it besides AVIF or WebP keep their Accept class."""
     offered = set()
     for item in accept.lower().split(",")[:32]:
         media, *params = item.split(";")
@@ -70,7 +72,8 @@ def negotiate(accept: str) -> tuple[str, ...]:
                     quality = 0.0
         if quality > 0:
             offered.add(media.strip())
-    return tuple(fmt for fmt in ("avif", "webp") if f"image/{fmt}" in offered)
+    found = tuple(fmt for fmt in ("avif", "webp") if f"image/{fmt}" in offered)
+    return found or (("jxl",) if "image/jxl" in offered else ())
 
 
 def output_format(requested: str, source_format: str, has_alpha: bool, animated: bool) -> str:

@@ -48,7 +48,7 @@ DECODE_ERRORS = (
     ZeroDivisionError,
     zlib.error,
 )
-ALPHA_FORMATS = ("png", "webp", "avif", "gif")
+ALPHA_FORMATS = ("png", "webp", "avif", "gif", "jxl")
 ANIMATION_FORMATS = ("gif", "webp")
 # orientation tag -> transpose to apply (EXIF 2..8); 5..8 swap width and height
 TRANSPOSE = {

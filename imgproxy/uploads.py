@@ -68,6 +68,7 @@ EXTENSIONS = {
     "AVIF": "avif",
     "TIFF": "tif",
     "BMP": "bmp",
+    "HEIF": "heic",
 }
 SAME_FORMAT = {"MPO": "JPEG"}  # phones write MPO into .jpg files
 
