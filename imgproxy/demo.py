@@ -102,49 +102,46 @@ def _pine(
 
 
 def lake(width: int = 2400, height: int = 1600) -> Image.Image:
-    """Sunrise over a mountain lake: hazy peaks, a bright sky, a sharp pine on the near shore."""
+    """Sunrise over a mountain lake: hazy peaks, a warm sky, a sharp pine on the near shore."""
     rng = random.Random(1)
     horizon = height * 0.58
+    sun = (width * 0.64, height * 0.33)
     image = _gradient(
         width,
         height,
-        [
-            (0, (54, 92, 150)),
-            (0.35, (170, 170, 190)),
-            (0.58, (250, 196, 150)),
-            (0.6, (120, 110, 120)),
-            (1, (20, 30, 40)),
-        ],
+        [(0, (38, 74, 140)), (0.25, (110, 135, 190)), (0.45, (245, 185, 135)), (0.58, (255, 214, 160)), (1, (0, 0, 0))],
     )
-    image = ImageChops.add(
-        image, _glow(width, height, width * 0.62, horizon - height * 0.06, height * 0.7, (255, 170, 90), 0.8)
-    )
+    image = ImageChops.add(image, _glow(width, height, *sun, height * 0.55, (255, 150, 70), 0.7))
+    image = ImageChops.add(image, _glow(width, height, *sun, height * 0.06, (255, 250, 235), 1.0))
     # distant ranges: paler and softer the farther they are (haze and a shallow depth of field)
-    for depth, (colour, blur) in enumerate((((150, 140, 170), 10), ((105, 105, 135), 7), ((62, 70, 92), 4))):
-        outline = _ridge(rng, width, horizon - height * (0.22 - depth * 0.07), height * (0.12 - depth * 0.025))
+    ranges = (((196, 150, 160), 9, 0.2, 0.13), ((120, 100, 130), 6, 0.13, 0.09), ((52, 56, 78), 3, 0.06, 0.05))
+    for colour, blur, rise, rough in ranges:
+        outline = _ridge(rng, width, horizon - height * rise, height * rough, steps=10)
         _layer(image, [(x, min(y, horizon)) for x, y in outline], colour, blur)
-    # the water mirrors the sky and hills, softened by ripples
+    # light scattered in the haze over the far ranges
+    image = ImageChops.add(image, _glow(width, height, *sun, height * 0.35, (120, 70, 30), 0.5))
+    # the water mirrors the sky and hills, darker and softened by ripples
     sky = image.crop((0, 0, width, round(horizon)))
-    mirror = sky.transpose(Image.Transpose.FLIP_TOP_BOTTOM).filter(ImageFilter.GaussianBlur(5))
-    mirror = Image.blend(mirror, Image.new("RGB", mirror.size, (30, 45, 60)), 0.35)
+    mirror = sky.transpose(Image.Transpose.FLIP_TOP_BOTTOM).filter(ImageFilter.GaussianBlur(4))
+    mirror = Image.blend(mirror, Image.new("RGB", mirror.size, (20, 35, 55)), 0.4)
     image.paste(mirror.crop((0, 0, width, height - round(horizon))), (0, round(horizon)))
     ripples = Image.new("L", (width, height - round(horizon)), 0)
     rdraw = ImageDraw.Draw(ripples)
-    for _ in range(900):
-        y = rng.random() ** 1.6 * ripples.height
-        x = rng.uniform(0, width)
-        length = rng.uniform(20, 160) * (1 + y / ripples.height * 2)
-        rdraw.line((x, y, x + length, y), fill=rng.randint(40, 110), width=max(1, round(y / 120)))
-    ripples = ripples.filter(ImageFilter.GaussianBlur(1.2))
-    image.paste(Image.new("RGB", ripples.size, (255, 214, 170)), (0, round(horizon)), ripples)
+    for _ in range(2500):
+        y = rng.random() ** 1.5 * ripples.height
+        # most ripples catch the light on the sun's path, a few anywhere
+        x = rng.gauss(sun[0], width * 0.05 * (1 + y / ripples.height)) if rng.random() < 0.7 else rng.uniform(0, width)
+        length = rng.uniform(10, 90) * (1 + y / ripples.height * 3)
+        rdraw.line((x - length / 2, y, x + length / 2, y), fill=rng.randint(40, 150), width=max(1, round(y / 90)))
+    ripples = ripples.filter(ImageFilter.GaussianBlur(1.6))
+    image.paste(Image.new("RGB", ripples.size, (255, 222, 180)), (0, round(horizon)), ripples)
     # the near shore and the subject, in focus
     shore = _ridge(rng, width, height * 0.86, height * 0.05, steps=10)
     _layer(image, [(x, y + (width - x) / width * height * 0.05) for x, y in shore], (16, 18, 18), 1)
     draw = ImageDraw.Draw(image)
     for x, tall in ((width * 0.18, height * 0.62), (width * 0.24, height * 0.42), (width * 0.09, height * 0.5)):
         _pine(draw, x, height * 0.9, tall, (12, 16, 15), rng)
-    image = ImageChops.add(image, _glow(width, height, width * 0.62, horizon, height * 0.12, (255, 236, 200), 1.0))
-    return _grain(_vignette(image, 0.45), 11, 0.18)
+    return _grain(_vignette(image, 0.4), 11, 0.12)
 
 
 def meadow(width: int = 1200, height: int = 1800) -> Image.Image:

@@ -58,7 +58,7 @@ async function fillMine(original) {
   await loaded(hero);
   const entry = performance.getEntriesByName(hero.currentSrc, "resource")[0];
   const { format, width } = taken(hero);
-  const height = Math.round((width * hero.height) / hero.width);
+  const height = Math.round((width * hero.getAttribute("height")) / hero.getAttribute("width"));
   row.querySelector(".what").textContent = `${width}\u00d7${height} ${format}`;
   if (entry && entry.encodedBodySize) show(row, entry.encodedBodySize, original);
 }
