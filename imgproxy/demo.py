@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 DEMO_DIR = "demo"
-HERO = "lake.jpg"  # the page leads with this one when it is there
+HERO = "valley.jpg"  # the page leads with this one when it is there
 Colour = tuple[int, int, int]
 
 
@@ -287,7 +287,7 @@ def ensure_demo_images(root: Path) -> Path:
     meadow().save(target / "dusk-portrait.jpg", quality=92)
     forest().save(target / "forest.jpg", quality=92)
     dunes().save(target / "panorama.webp", quality=92)
-    marble().save(target / "marble.png")
+    marble().save(target / "badge.png")  # the name earlier versions used
     frames = spinner()
     frames[0].save(target / "spinner.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
     return target
