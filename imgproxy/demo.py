@@ -168,22 +168,26 @@ def meadow(width: int = 1200, height: int = 1800) -> Image.Image:
     cx, cy = width * 0.52, height * 0.36
     stem = [(cx + math.sin(t / 40) * width * 0.04, cy + t * height / 40 * 0.62) for t in range(41)]
     draw.line(stem, fill=(70, 110, 50), width=round(width * 0.014), joint="curve")
-    petals = Image.new("RGBA", (width, height))
+    # the petals are drawn and turned on a square around the flower only (full-size layers are slow)
+    length, across = width * 0.2, width * 0.06
+    side = round(length * 2.6)
+    ox, oy = cx - side / 2, cy - side / 2
+    petals = Image.new("RGBA", (side, side))
     for k in range(14):
         angle = k / 14 * math.tau + rng.uniform(-0.05, 0.05)
-        petal = Image.new("RGBA", (width, height))
+        petal = Image.new("RGBA", (side, side))
         pdraw = ImageDraw.Draw(petal)
-        length, across = width * 0.2, width * 0.06
         for i in range(12):  # layered ellipses: lighter toward the tip, a soft sheen
             f = i / 11
             shade = (round(235 + 20 * f), round(200 + 45 * f), round(120 + 110 * f), 255)
-            px = cx + math.cos(angle) * length * (0.3 + 0.4 * f)
-            py = cy + math.sin(angle) * length * (0.3 + 0.4 * f)
+            px = side / 2 + math.cos(angle) * length * (0.3 + 0.4 * f)
+            py = side / 2 + math.sin(angle) * length * (0.3 + 0.4 * f)
             rx, ry = length * (0.45 - 0.3 * f), across * (1 - 0.5 * f)
-            box = (px - rx, py - ry, px + rx, py + ry)
-            pdraw.ellipse(box, fill=shade)
-        petals.alpha_composite(petal.rotate(-math.degrees(angle), center=(cx, cy), resample=Image.Resampling.BICUBIC))
-    image.paste(petals.convert("RGB"), (0, 0), petals.getchannel("A").filter(ImageFilter.GaussianBlur(0.8)))
+            pdraw.ellipse((px - rx, py - ry, px + rx, py + ry), fill=shade)
+        turned = petal.rotate(-math.degrees(angle), center=(side / 2, side / 2), resample=Image.Resampling.BICUBIC)
+        petals.alpha_composite(turned)
+    edge = petals.getchannel("A").filter(ImageFilter.GaussianBlur(0.8))
+    image.paste(petals.convert("RGB"), (round(ox), round(oy)), edge)
     r = width * 0.07
     disk = _glow(width, height, cx - r * 0.3, cy - r * 0.3, r * 1.4, (255, 200, 60), 1.0)
     mask = Image.new("L", (width, height), 0)
