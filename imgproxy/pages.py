@@ -22,7 +22,8 @@ from starlette.staticfiles import StaticFiles
 from .config import Config
 from .demo import HERO
 from .errors import ImageProxyError
-from .html import candidates, install_jinja, result_size, source_size, width_steps
+from .geometry import output_size
+from .html import candidates, install_jinja, width_steps
 from .loader import open_original
 from .options import parse_preset
 from .render import orientation_of, oriented_size
@@ -65,6 +66,7 @@ PAGE_PADDING_REM = 1
 REM = 16
 HERO_SIZES = f"(min-width: {HERO_BREAK_REM}rem) {HERO_WIDE_REM}rem, calc(100vw - {2 * PAGE_PADDING_REM}rem)"
 DEVICES = (("Phone", 390, 3), ("Desktop", 1440, 1))  # (name, viewport CSS px, devicePixelRatio)
+DEVICE_FORMAT = "avif"  # what today's phones and desktops take first
 CARD_SIZES = "(min-width: 72rem) 11.2rem, (min-width: 40rem) 23vw, 45vw"  # the .cards grid in demo.css
 ROW_MIN_WIDTH = 640  # narrower sources are shown at their own size, not stretched into gallery rows
 ASPECT_STEPS = [r / 4 for r in range(2, 13)]  # 0.5 .. 3: the .ar-NNN classes in demo.css
@@ -113,16 +115,15 @@ def hero_slot(viewport: int) -> int:
     return viewport - 2 * PAGE_PADDING_REM * REM
 
 
-def device_figures(source: str, presets: list[str], config: Config) -> list[DeviceFigure]:
+def device_figures(hero: SourceFacts, presets: list[str], config: Config) -> list[DeviceFigure]:
     """Per device, the AVIF candidate its browser takes: the smallest that covers slot × dpr."""
-    size = source_size(source, config)
-    found = candidates(source, config, [{"preset": name, "encoding": "avif"} for name in presets])
+    found = candidates(hero.source, config, [{"preset": name, "encoding": DEVICE_FORMAT} for name in presets])
     out = []
     for name, viewport, dpr in DEVICES:
         need = hero_slot(viewport) * dpr
         pick = next((c for c in found if c.width >= need), found[-1])
-        width, height = result_size(size, pick.options) or (pick.width, 0)
-        out.append(DeviceFigure(name, viewport, dpr, pick.url, width, height, "AVIF"))
+        width, height = output_size(hero.width, hero.height, pick.options)
+        out.append(DeviceFigure(name, viewport, dpr, pick.url, width, height, DEVICE_FORMAT.upper()))
     return out
 
 
@@ -159,7 +160,7 @@ def page_routes(config: Config) -> list[BaseRoute]:
             images=[f.source for f in facts],
             facts=facts,
             hero=hero,
-            devices=device_figures(hero.source, presets, config) if hero else [],
+            devices=device_figures(hero, presets, config) if hero else [],
             hero_sizes=HERO_SIZES,
             card_sizes=CARD_SIZES,
             row_min_width=ROW_MIN_WIDTH,

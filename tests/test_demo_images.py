@@ -24,7 +24,7 @@ def test_the_sample_folder_holds_the_lead_photo_and_an_animation(tmp_path):
     names = {p.name for p in folder.iterdir()}
     assert demo.HERO in names and "spinner.gif" in names
     with Image.open(folder / "spinner.gif") as gif:
-        assert gif.n_frames == 12
+        assert getattr(gif, "n_frames", 1) == 12
     with Image.open(folder / demo.HERO) as photo:
         assert photo.size == (2400, 1600)
     again = demo.ensure_demo_images(tmp_path / "again")

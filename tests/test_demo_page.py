@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from imgproxy.config import load_config
-from imgproxy.pages import DEVICES, source_facts
+from imgproxy.pages import DEVICES, hero_slot, source_facts
 
 from .conftest import CORPUS
 from .test_browser import CHROMIUM, browser, open_page, path_of, site  # noqa: F401  (fixtures)
@@ -25,9 +25,10 @@ from .test_browser import CHROMIUM, browser, open_page, path_of, site  # noqa: F
 # First-view image bytes (resource timing, each image once), measured, then ~25 % added so an
 # encoder update moving AVIF sizes a few % does not fail it while a page that loads a second
 # large photo does. Measured: 390 px @3x 47.2 kB (the lead photo only, 1080 px AVIF); 768 px @1x
-# 88.2 kB and 1440 px @1x 136.3 kB (the lead photo at 768 px, the gallery rows near the fold, and
-# the <picture> cards, which Chromium's loading=lazy fetches within its 1250 px distance).
-BUDGETS = {390: 60_000, 768: 110_000, 1440: 170_000}
+# 88.2 kB and 1440 px @1x 136.3-146.8 kB in 9-10 images over runs (the lead photo at 768 px, the
+# gallery rows near the fold, and the <picture> cards, which Chromium's loading=lazy fetches
+# within its 1250 px distance: whether the last one counts depends on timing).
+BUDGETS = {390: 60_000, 768: 110_000, 1440: 185_000}
 VIEWPORTS = [(390, 844, 3), (768, 1024, 1), (1440, 900, 1)]
 CLS_LIMIT = 0.01
 
@@ -111,6 +112,8 @@ def test_demo_page_as_a_visitor_sees_it(browser, site, tmp_path, width, height, 
             assert answer.status_code == 200 and answer.headers["content-type"] == "image/avif"
             assert row["bytes"] == len(answer.content), row
     hero = page.evaluate("() => document.getElementById('hero-img').currentSrc")
+    # the slot pages.py computes the devices' picks from is the one demo.css lays out
+    assert abs(page.locator("#hero-img").bounding_box()["width"] - hero_slot(width)) < 1
     mine = int(page.get_attribute("#this-browser .bytes", "data-bytes"))
     assert mine == first[hero]
     device = next((url for (name, w, d), url in zip(DEVICES, [r["url"] for r in rows]) if (w, d) == (width, dpr)), None)
