@@ -1,13 +1,16 @@
 """The demo page (`GET /`) and its static files (`GET /static/...`), SPEC §8.
 
-The page shows every sample image under `<root>/demo/` twice: in a lazyloaded gallery (the
-`lazyload.js` way) and as a `<picture>` per image with a source per format over the presets
-(the server-side helper way). It carries its own Content-Security-Policy: only this origin's
-scripts, styles and images (plus data: images), no inline code.
+The page leads with one sample photo and what it costs: the original's bytes next to what a
+phone and a desktop receive. Then it shows every sample image under `<root>/demo/` twice: in a
+lazyloaded gallery (the `lazyload.js` way) and as a `<picture>` per image with a source per
+format over the presets (the server-side helper way). It carries its own
+Content-Security-Policy: only this origin's scripts, styles and images (plus data: images), no
+inline code.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -17,8 +20,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .config import Config
-from .html import install_jinja, source_size, width_steps
+from .demo import HERO
+from .errors import ImageProxyError
+from .geometry import output_size
+from .html import candidates, install_jinja, width_steps
+from .loader import open_original
 from .options import parse_preset
+from .render import orientation_of, oriented_size
+from .sources import LocalSource
 
 HERE = Path(__file__).parent
 DEMO_DIR = "demo"
@@ -49,6 +58,89 @@ def width_presets(config: Config) -> list[str]:
     return sorted(plain, key=lambda name: parse_preset(name, config.presets[name]).width or 0)
 
 
+# The hero's layout, shared by its `sizes` attribute, demo.css and the device figures: one
+# column below HERO_BREAK_REM, beside the figures at HERO_WIDE_REM from there on.
+HERO_BREAK_REM = 64
+HERO_WIDE_REM = 44
+PAGE_PADDING_REM = 1
+REM = 16
+HERO_SIZES = f"(min-width: {HERO_BREAK_REM}rem) {HERO_WIDE_REM}rem, calc(100vw - {2 * PAGE_PADDING_REM}rem)"
+DEVICES = (("Phone", 390, 3), ("Desktop", 1440, 1))  # (name, viewport CSS px, devicePixelRatio)
+DEVICE_FORMAT = "avif"  # what today's phones and desktops take first
+CARD_SIZES = "(min-width: 72rem) 11.2rem, (min-width: 40rem) 23vw, 45vw"  # the .cards grid in demo.css
+ROW_MIN_WIDTH = 640  # narrower sources are shown at their own size, not stretched into gallery rows
+ASPECT_STEPS = [r / 4 for r in range(2, 13)]  # 0.5 .. 3: the .ar-NNN classes in demo.css
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    source: str
+    width: int  # as shown (EXIF orientation applied)
+    height: int
+    format: str  # Pillow's name: JPEG, PNG, WEBP, GIF, ...
+    bytes: int
+    frames: int
+
+
+@dataclass(frozen=True)
+class DeviceFigure:
+    """What `<picture>` hands one device: the candidate it picks and that answer's size."""
+
+    name: str
+    viewport: int
+    dpr: int
+    url: str
+    width: int
+    height: int
+    format: str
+
+
+def source_facts(source: str, config: Config) -> SourceFacts | None:
+    """Size, format, bytes and frames of a local source from its header, or None when unreadable."""
+    local = LocalSource(config.path(config.sources.local.root), config.limits.max_source_bytes)
+    try:
+        original = local.load(source)
+        opened = open_original(original, config.limits, config.security.allowed_source_formats)
+    except ImageProxyError:
+        return None
+    with opened.image as image:
+        width, height = oriented_size(opened.width, opened.height, orientation_of(image))
+    return SourceFacts(source, width, height, opened.format, original.size, opened.frames)
+
+
+def hero_slot(viewport: int) -> int:
+    """CSS px the hero image takes in a viewport this wide (what HERO_SIZES says)."""
+    if viewport >= HERO_BREAK_REM * REM:
+        return HERO_WIDE_REM * REM
+    return viewport - 2 * PAGE_PADDING_REM * REM
+
+
+def device_figures(hero: SourceFacts, presets: list[str], config: Config) -> list[DeviceFigure]:
+    """Per device, the AVIF candidate its browser takes: the smallest that covers slot × dpr."""
+    found = candidates(hero.source, config, [{"preset": name, "encoding": DEVICE_FORMAT} for name in presets])
+    out = []
+    for name, viewport, dpr in DEVICES:
+        need = hero_slot(viewport) * dpr
+        pick = next((c for c in found if c.width >= need), found[-1])
+        width, height = output_size(hero.width, hero.height, pick.options)
+        out.append(DeviceFigure(name, viewport, dpr, pick.url, width, height, DEVICE_FORMAT.upper()))
+    return out
+
+
+def pick_hero(facts: list[SourceFacts]) -> SourceFacts | None:
+    """The demo's lead photo: HERO when present, else the largest still image."""
+    still = [f for f in facts if f.frames == 1]
+    named = [f for f in still if f.source.endswith("/" + HERO)]
+    ranked = named or sorted(still, key=lambda f: f.width * f.height, reverse=True)
+    return ranked[0] if ranked else None
+
+
+def aspect_class(width: int, height: int) -> str:
+    """`ar-150` for 3:2: the nearest aspect step, so gallery rows keep every photo's shape."""
+    ratio = min(ASPECT_STEPS, key=lambda step: abs(step - width / height))
+    return f"ar-{round(ratio * 100)}"
+
+
 def page_routes(config: Config) -> list[BaseRoute]:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -56,13 +148,23 @@ def page_routes(config: Config) -> list[BaseRoute]:
         undefined=jinja2.StrictUndefined,
     )
     install_jinja(env, config)
-    env.globals["source_size"] = lambda source: source_size(source, config)
+    env.globals["aspect_class"] = aspect_class
+    env.filters["bytes"] = human_bytes
     template = env.get_template("index.html")
 
     def index(request: Request) -> Response:  # sync: starlette runs it in a thread (header reads)
+        facts = [f for f in (source_facts(source, config) for source in demo_images(config)) if f]
+        presets = width_presets(config)
+        hero = pick_hero(facts) if presets else None
         html = template.render(
-            images=demo_images(config),
-            presets=width_presets(config),
+            images=[f.source for f in facts],
+            facts=facts,
+            hero=hero,
+            devices=device_figures(hero, presets, config) if hero else [],
+            hero_sizes=HERO_SIZES,
+            card_sizes=CARD_SIZES,
+            row_min_width=ROW_MIN_WIDTH,
+            presets=presets,
             widths=width_steps(config),
             root_margin=LAZY_ROOT_MARGIN,
             uploads_enabled=config.uploads.enabled,
@@ -73,3 +175,11 @@ def page_routes(config: Config) -> list[BaseRoute]:
         Route("/", index, methods=["GET", "HEAD"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
+
+
+def human_bytes(count: int) -> str:
+    """1234567 -> '1.23 MB' (decimal units, as browsers' network panels show them)."""
+    for unit, size in (("MB", 1_000_000), ("kB", 1_000)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}" if count < 100 * size else f"{count / size:.0f} {unit}"
+    return f"{count} B"

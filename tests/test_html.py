@@ -284,7 +284,8 @@ def test_demo_page_lists_the_sample_images_escaped(site):
         names = [a["alt"] for a in lazy]
         assert names == sorted(names) and 'demo/a "quoted" <name>.png' in names
         assert not any("notes.txt" in (a.get("data-src") or "") for a in lazy)
-        assert len([t for t, _ in tags if t == "picture"]) == len(lazy)
+        # one <picture> per image in the <picture> section, and one for the photo the page leads with
+        assert len([t for t, _ in tags if t == "picture"]) == len(lazy) + 1
         quoted = next(a for a in lazy if "quoted" in a["alt"])
         assert quoted["data-src"] == "/picture/demo/a%20%22quoted%22%20%3Cname%3E.png"
         assert (quoted["width"], quoted["height"]) == ("300", "225")

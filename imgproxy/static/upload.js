@@ -1,7 +1,11 @@
 // Demo upload form: sends the file to POST /upload (with a Bearer token once the server asks for
-// one), shows the upload's progress, then the returned <picture> and the pre-rendering job's
-// progress from GET /jobs/<id>. Without this script the form still posts and the JSON is shown.
+// one), shows the upload's progress, then the returned <picture>, its HTML, and the pre-rendering
+// job's progress from GET /jobs/<id>. Without this script the form still posts and the JSON is shown.
+// The drop zone is the native file input stretched over a label: dropping a file on it is the
+// browser's own behaviour; this script only names the chosen file and highlights the zone.
 const form = document.getElementById("upload-form");
+const zone = form?.querySelector(".drop");
+const chosen = document.getElementById("upload-file");
 const result = document.getElementById("upload-result");
 const tokenRow = document.getElementById("upload-token-row");
 const tokenInput = document.getElementById("upload-token");
@@ -59,6 +63,17 @@ async function follow(statusUrl, view) {
   }
 }
 
+if (zone && chosen) {
+  const input = form.elements.image;
+  input.addEventListener("change", () => {
+    const file = input.files[0];
+    chosen.textContent = file ? `${file.name} (${Math.ceil(file.size / 1000)} kB)` : chosen.dataset.empty;
+  });
+  chosen.dataset.empty = chosen.textContent;
+  for (const type of ["dragenter", "dragover"]) input.addEventListener(type, () => zone.classList.add("over"));
+  for (const type of ["dragleave", "drop"]) input.addEventListener(type, () => zone.classList.remove("over"));
+}
+
 if (form && result) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -88,9 +103,13 @@ if (form && result) {
     const figure = document.createElement("figure");
     figure.innerHTML = body.picture_html; // built and escaped by the server's picture_tag()
     const caption = document.createElement("figcaption");
-    caption.textContent = `${body.path} (${body.width}x${body.height} ${body.format}, ${body.bytes} bytes)`;
+    caption.textContent = `${body.path} (${body.width}\u00d7${body.height} ${body.format}, ${body.bytes} bytes)`;
     figure.append(caption);
-    result.replaceChildren(job.wrap, figure);
+    const snippet = document.createElement("pre");
+    snippet.className = "snippet";
+    snippet.append(document.createElement("code"));
+    snippet.firstChild.textContent = body.picture_html;
+    result.replaceChildren(job.wrap, figure, line("The HTML to put on your page:"), snippet);
     await follow(body.job.status_url, job);
   });
 }
