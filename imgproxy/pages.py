@@ -122,7 +122,9 @@ def device_figures(hero: SourceFacts, presets: list[str], config: Config) -> lis
     for name, viewport, dpr in DEVICES:
         need = hero_slot(viewport) * dpr
         pick = next((c for c in found if c.width >= need), found[-1])
-        width, height = output_size(hero.width, hero.height, pick.options)
+        size = output_size(hero.width, hero.height, pick.options)
+        assert size is not None  # width presets have no trim, the one step whose size needs the pixels
+        width, height = size
         out.append(DeviceFigure(name, viewport, dpr, pick.url, width, height, DEVICE_FORMAT.upper()))
     return out
 
