@@ -82,7 +82,7 @@ class Control:
 
 
 def controls(config: Config, values: dict[str, str]) -> list[Control]:
-    extra = {"preset": tuple(config.presets)}  # the configured names, as suggestions
+    extra = {"preset": tuple(config.presets), "watermark": tuple(config.watermarks)}  # configured names, as suggestions
     return [Control(p, p.choices or extra.get(p.name, ()), values.get(p.name, "")) for p in PARAMETERS]
 
 

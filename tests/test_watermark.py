@@ -16,6 +16,7 @@ from PIL import Image, ImageChops
 from imgproxy.config import ConfigError, load_config
 from imgproxy.errors import BadRequest
 from imgproxy.options import parse_options
+from imgproxy.playground import controls
 
 from .conftest import CORPUS, LiveServer, to_toml
 
@@ -302,3 +303,11 @@ def test_a_new_overlay_file_gives_new_answers_not_stale_ones(tmp_path):
         second.stop()
     assert blue.status_code == 200 and blue.headers["x-cache"] == "MISS" and blue.content != red.content
     assert Image.open(io.BytesIO(blue.content)).convert("RGB").getpixel((450, 300)) == (0, 0, 255)
+
+
+def test_the_playground_suggests_the_configured_watermarks(tmp_path):
+    draw_marks(tmp_path)
+    config = load_config(write_config(tmp_path, {"logo": {"image": "marks/red.png"}}), environ={})
+    by_name = {c.name: c for c in controls(config, {})}
+    assert by_name["watermark"].suggestions == ("logo",)
+    assert by_name["preset"].suggestions == tuple(config.presets)
