@@ -52,9 +52,9 @@ MARKUP = [
     (0.15, "auto"),  # <img srcset> with encoding=auto
 ]
 SOURCES = ["photos/progressive_dalmatian.jpg", "photos/grayscale_portrait.jpg", "photos/cmyk_park.jpg"]
-PICTURES = 12  # distinct pictures on the site: a source and a version each
+PICTURES = int(os.environ.get("BENCH_PICTURES", "40"))  # distinct pictures: a source and a version each
 WIDTHS = (320, 480)  # what the devices pick from the srcset
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "600"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "1000"))
 
 
 def wrk(url: str) -> str:

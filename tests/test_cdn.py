@@ -471,7 +471,7 @@ def test_width_auto_urls_vary_on_client_hints(live_server, tmp_path):
             ({}, "", "MISS"),
             ({}, "", "HIT"),
         ]
-        widths = {}
+        widths: dict[str, set[int]] = {}
         for hints, hint_class, cache in asks:
             response, hop = edge.get(url, **hints)
             assert response.status_code == 200, response.text
