@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-quality bench-soak bench-formats clean
+.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-peers: $(BENCH_STAMP)
 # Hit throughput through the nginx edge of deploy/nginx vs one replica directly.
 bench-cdn: $(BENCH_STAMP)
 	$(PY) bench/cdn.py
+
+# Edge hit share of a browsing mix, edge key before/after issue 17 (Accept class only where it matters).
+bench-cdn-mix: $(BENCH_STAMP)
+	$(PY) bench/cdn.py mix
 
 # Memory over 5 minutes of distinct cold renders (BENCH_SOAK_SECONDS=300): peak and drift.
 bench-soak: $(BENCH_STAMP)

@@ -3,8 +3,9 @@ tests/test_cdn.py, tests/test_multihost.py and bench/cdn.py).
 
 deploy/nginx/imgproxy.conf is wrapped in a minimal nginx.conf (pid, temp paths and logs in a
 temp dir, the current user) and the deployment-specific files are written beside it:
-listen.conf, upstream.conf, and jobs.conf — a copy of deploy/nginx/jobs-local.conf or
-jobs-redis.conf, whichever mode is asked for. nginx's access log, in the config's own
+listen.conf, upstream.conf, jobs.conf — a copy of deploy/nginx/jobs-local.conf or
+jobs-redis.conf, whichever mode is asked for — and format.conf (format-fixed.conf or
+format-auto.conf, for the replicas' [render] default_format). nginx's access log, in the config's own
 `imgproxy_edge` format, tells what happened to each request (did the edge answer, which
 replicas were tried).
 """
@@ -53,7 +54,7 @@ http {{
 
 LOG_LINE = re.compile(
     r'"(?P<method>\S+) (?P<uri>\S+) [^"]*" (?P<status>\d+) \d+ rt=\S+ cache=(?P<cache>\S+) '
-    r"upstream=(?P<upstream>.*) upstream_status=.* accept=(?P<accept>\S+)$"
+    r"upstream=(?P<upstream>.*) upstream_status=.* key=(?P<key>\S+) accept=(?P<accept>\S+)$"
 )
 
 ACCEPT_OTHER = "*/*"
@@ -75,7 +76,8 @@ class Hop:
     status: int
     cache: str  # HIT, MISS, … or "-" when the cache was not used
     upstreams: list[str]  # replicas tried, in order; empty when nginx answered alone
-    accept: str
+    accept: str  # the client's Accept class
+    key: str  # what the cache key holds besides the URL: "<Accept class or ->|<hint class>"
 
     @property
     def replica(self) -> str | None:
@@ -85,6 +87,8 @@ class Hop:
 class Edge:
     """nginx running deploy/nginx/imgproxy.conf in front of the given replica ports. `jobs` picks
     the routing of /upload and /jobs/*: "local" pins them to one replica, "redis" spreads them.
+    `default_format` ("fixed" or "auto") picks format.conf, for the replicas' [render]
+    default_format. `edge_conf` replaces deploy/nginx/imgproxy.conf (bench/cdn.py's "before").
     With `other_clients` (replicas' jobs GET through the edge too), log lines that are not the
     test's own requests are kept in `others` instead of failing the test."""
 
@@ -95,6 +99,8 @@ class Edge:
         jobs: str = "local",
         port: int | None = None,
         other_clients: bool = False,
+        default_format: str = "fixed",
+        edge_conf: Path = EDGE_CONF,
     ):
         self.dir = workdir
         self.port = port or free_port()
@@ -108,11 +114,12 @@ class Edge:
             "".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n" for p in replica_ports)
         )
         shutil.copyfile(DEPLOY / "nginx" / f"jobs-{jobs}.conf", workdir / "jobs.conf")
+        shutil.copyfile(DEPLOY / "nginx" / f"format-{default_format}.conf", workdir / "format.conf")
         user = ""
         if os.geteuid() == 0:  # workers would drop to nobody and lose access to the temp dir
             user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
         conf = workdir / "nginx.conf"
-        conf.write_text(WRAPPER.format(dir=workdir, user=user, edge_conf=EDGE_CONF))
+        conf.write_text(WRAPPER.format(dir=workdir, user=user, edge_conf=edge_conf))
         command = [NGINX, "-p", str(workdir), "-c", str(conf)]
         check = subprocess.run(command + ["-t"], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
@@ -177,6 +184,7 @@ class Edge:
             cache=match["cache"],
             upstreams=[] if upstream == "-" else [u.strip() for u in upstream.split(",")],
             accept=match["accept"],
+            key=match["key"],
         )
 
     def stop(self) -> None:

@@ -5,6 +5,8 @@ edge answer, which replicas were tried), and each replica's access log (did the 
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +16,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
+from PIL import Image
 
-from imgproxy.config import load_config
+from imgproxy.config import DEFAULT_PRESETS, RenderConfig, load_config
+from imgproxy.pipeline import negotiate
 
 from .conftest import LiveServer
 from .edge import ACCEPT_OTHER, DEPLOY, Edge, Hop, require_nginx
@@ -41,6 +45,12 @@ def magic_type(body: bytes) -> str:
         return "image/webp"
     if body[:3] == b"\xff\xd8\xff":
         return "image/jpeg"
+    if body[:2] == b"\xff\x0a" or body[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "image/jxl"
+    if body[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if body[:4] == b"GIF8":
+        return "image/gif"
     return "unknown"
 
 
@@ -66,7 +76,12 @@ class Cluster:
 @pytest.fixture
 def cluster(live_server, tmp_path):
     # each replica in its own directory, so each has its own cache; all read the corpus
-    replicas = [live_server({"log": {"level": "info"}}, name=f"replica{i}") for i in range(3)]
+    # a preset that negotiates its format, besides the shipped ones
+    settings = {
+        "log": {"level": "info"},
+        "presets": {**DEFAULT_PRESETS, "negotiated": {"width": 120, "encoding": "auto"}},
+    }
+    replicas = [live_server(settings, name=f"replica{i}") for i in range(3)]
     cluster = Cluster(Edge(tmp_path / "edge", [r.port for r in replicas]), replicas)
     yield cluster
     cluster.edge.stop()
@@ -187,8 +202,10 @@ def test_urls_spread_over_replicas_and_each_stays_on_one(cluster):
     assert all(shares.values()), f"a replica got no URL: {shares}"
     for replica in cluster.replicas:  # the replicas' own logs agree with nginx's
         assert picture_requests(replica) == shares[address(replica)]
-    # Another Accept class is another edge entry, but the same replica answers it, from its own
-    # cache: the URL asks for JPEG, which does not depend on Accept.
+    # A fresh edge (empty cache) in front of the same replicas sends each URL to the same replica,
+    # which answers from its own cache.
+    cluster.edge.stop()
+    cluster.edge = Edge(cluster.edge.dir.parent / "edge-fresh", [r.port for r in cluster.replicas])
     second = route(cluster.edge, urls, ACCEPT_WEBP)
     assert owners(second) == owner
     assert {response.headers["X-Cache"] for response, _ in second.values()} == {"HIT"}
@@ -214,7 +231,7 @@ def test_shared_jobs_spread_uploads_and_polls_over_every_replica(cluster, tmp_pa
     assert len(uploads) > 1 and uploads <= everyone, uploads
     assert len(polls) > 1 and polls <= everyone, polls
     # /picture is still hashed on its URL: three Accept classes, three edge misses, one replica
-    url = picture(0, "shared-jobs")
+    url = picture(0, "shared-jobs", encoding="auto")
     assert len({cluster.edge.get(url, accept=a)[1].replica for a in CONTENT_TYPE}) == 1
 
 
@@ -226,7 +243,9 @@ def test_a_stopped_replica_moves_only_its_share(cluster, tmp_path):
     gone = address(stopped)
     moved = {url for url in urls if owner[url] == gone}
 
-    # Failover: the same URLs in another Accept class are new to the edge and routed as before.
+    # Failover: the same URLs through a fresh edge (empty cache) are routed as before.
+    cluster.edge.stop()
+    cluster.edge = Edge(tmp_path / "edge-after-stop", [r.port for r in cluster.replicas])
     after = route(cluster.edge, urls, ACCEPT_WEBP)
     tried_gone = [url for url, (_, hop) in after.items() if gone in hop.upstreams]
     for url, (response, hop) in after.items():
@@ -261,6 +280,7 @@ def test_compose_runs_the_tested_config(tmp_path, monkeypatch):
     for name in ("nginx.conf", "imgproxy.conf", "upstream.conf", "listen.conf"):
         assert mounts[f"./nginx/{name}"] == f"/etc/nginx/{name}"
     assert mounts["./nginx/jobs-redis.conf"] == "/etc/nginx/jobs.conf", "jobs are shared: nothing pinned"
+    format_conf = next(f for f, target in mounts.items() if target == "/etc/nginx/format.conf")
     main_conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
     assert "include imgproxy.conf;" in main_conf and "keys_zone=imgproxy_edge:" in main_conf
 
@@ -281,6 +301,9 @@ def test_compose_runs_the_tested_config(tmp_path, monkeypatch):
         env = {k: re.sub(r"\$\{\w+:\?[^}]*\}", "set-by-compose", str(v)) for k, v in replica["environment"].items()}
         config = load_config(environ=env)
         assert (config.storage.backend, config.jobs.backend) == ("s3", "redis")
+        # the edge varies plain URLs on Accept exactly when the replicas negotiate their format
+        auto = config.render.default_format == "auto"
+        assert format_conf == f"./nginx/format-{'auto' if auto else 'fixed'}.conf", format_conf
         assert config.uploads.enabled and config.uploads.token, "serve refuses uploads on 0.0.0.0 without a token"
         endpoint, redis_url = urlsplit(config.storage.s3.endpoint), urlsplit(config.jobs.redis_url)
         assert endpoint.hostname in services and redis_url.hostname in services
@@ -291,3 +314,183 @@ def test_compose_runs_the_tested_config(tmp_path, monkeypatch):
         warm = urlsplit(config.jobs.warm_url)  # jobs warm through the edge, which listens on 80
         assert warm.hostname == "nginx" and (warm.port or 80) == 80 and "listen 80;" in listen_conf
     assert len(caches) == 3, "replicas must not share a cache directory"
+
+
+# Real browsers' Accept headers for images (and a few clients that send less), each with the
+# service's answer for it: the edge's class must give the replica an Accept that the service
+# reads the same way (pipeline.negotiate), so a class never mixes two answers.
+REAL_ACCEPTS = [
+    ACCEPT_AVIF,  # Chrome 85+, Edge, Opera, Samsung Internet
+    ACCEPT_AVIF_FIREFOX,  # Firefox 128+
+    "image/avif,image/webp,*/*",  # Firefox 93-127
+    "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,image/png,image/svg+xml,"
+    "image/*;q=0.8,*/*;q=0.5",  # Safari 17+
+    "image/webp,image/avif,video/*;q=0.8,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5",  # Safari 16
+    "image/webp,image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5",  # Safari 14-15
+    "image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5",  # Safari 13 and older
+    "image/webp,image/apng,image/*,*/*;q=0.8",  # Chrome 32-84
+    ACCEPT_WEBP,  # Firefox 65-92
+    "image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5",  # Firefox 47-64
+    "image/png, image/svg+xml, image/jxr, image/*; q=0.8, */*; q=0.5",  # IE 11
+    "image/png, image/svg+xml, image/*; q=0.8, */*; q=0.5",  # Edge 18 (EdgeHTML)
+    "image/jxl,image/avif,image/webp,image/png,image/*;q=0.8,*/*;q=0.5",  # Pale Moon, Thorium
+    "image/jxl,image/png,image/*;q=0.8,*/*;q=0.5",  # a JPEG XL viewer without AVIF/WebP
+    "image/avif,image/png,*/*;q=0.5",  # AVIF without WebP (an image library's client)
+    "IMAGE/WEBP , */*",  # case and spaces
+    "image/avif-sequence,image/webpx,*/*",  # look-alikes are not AVIF or WebP
+    "*/*",  # curl, wget, most libraries
+    "",  # none sent: httpx sends Accept: */* unless told, so this is an empty header
+]
+
+
+def normalised_accepts() -> dict[str, str]:
+    """The Accept the edge sends upstream for each class, read from imgproxy.conf's map."""
+    conf = (DEPLOY / "nginx" / "imgproxy.conf").read_text()
+    block = re.search(r"map \$imgproxy_accept_class \$imgproxy_accept_normalised \{(.*?)\}", conf, re.S)
+    assert block, "imgproxy.conf has no class -> Accept map"
+    return dict(re.findall(r'^\s*(\w+)\s+"([^"]*)";', block[1], re.M))
+
+
+def test_edge_accept_classes_match_the_service(cluster):
+    """nginx's class of each real Accept, sent upstream as its canonical Accept, reads as the same
+    offer in the service; and an encoding=auto answer has the format the service picks for the raw
+    header."""
+    normalised = normalised_accepts()
+    url = picture(0, "classes", encoding="auto")
+    mime = {"avif": "image/avif", "webp": "image/webp", "jxl": "image/jxl"}
+    classes: dict[tuple[str, ...], set[str]] = {}
+    for accept in REAL_ACCEPTS:
+        response, hop = cluster.edge.get(url, accept=accept)
+        assert response.status_code == 200, response.text
+        offered = negotiate(accept)
+        assert negotiate(normalised.get(hop.accept, normalised["default"])) == offered, (accept, hop.accept)
+        expected = mime[offered[0]] if offered else "image/jpeg"
+        assert response.headers["Content-Type"] == magic_type(response.content) == expected, accept
+        classes.setdefault(offered, set()).add(hop.accept)
+    # one class per answer of the service, and every answer it can give is in the list
+    assert all(len(names) == 1 for names in classes.values()), classes
+    assert set(classes) == {("avif", "webp"), ("avif",), ("webp",), ("jxl",), ()}
+    assert cluster.picture_requests() == len(classes), "one render per class"
+
+
+def test_a_fixed_format_url_is_one_edge_entry_for_every_accept(cluster):
+    """encoding=webp (any alias or case), or no encoding under a fixed default_format: the answer
+    does not depend on Accept, so the edge keeps it once and the origin sees one request."""
+    urls = {
+        picture(0, "fixed", encoding="webp"): "image/webp",
+        picture(1, "fixed", fm="WEBP"): "image/webp",
+        picture(2, "fixed", format="png"): "image/png",
+        picture(3, "fixed"): "image/jpeg",  # default_format "source": the JPEG source's format
+        picture(4, "fixed", preset="small", encoding="avif"): "image/avif",  # explicit beats the preset
+    }
+    for url, content_type in urls.items():
+        before = cluster.picture_requests()
+        bodies = set()
+        for n, accept in enumerate((ACCEPT_AVIF, ACCEPT_WEBP, ACCEPT_OTHER)):
+            response, hop = cluster.edge.get(url, accept=accept)
+            assert response.status_code == 200 and hop.key == "-|", (url, hop)
+            assert response.headers["Content-Type"] == magic_type(response.content) == content_type, url
+            assert (hop.cache, len(hop.upstreams)) == (("MISS", 1) if n == 0 else ("HIT", 0)), (url, accept, hop)
+            bodies.add(response.content)
+        assert len(bodies) == 1
+        assert cluster.picture_requests() == before + 1, f"{url} reached the origin more than once"
+
+
+def test_negotiated_urls_keep_one_entry_per_class(cluster):
+    """encoding=auto under its aliases, and a preset without encoding (nginx cannot tell whether it
+    sets one; this one does): per-class entries with the class's format."""
+    urls = [
+        picture(0, "negotiated", encoding="auto"),
+        picture(1, "negotiated", format="AUTO"),
+        picture(2, "negotiated", fm="auto"),
+        f"{SOURCE}?preset=negotiated&v=negotiated",
+    ]
+    asks = [
+        (ACCEPT_AVIF, "avif", "image/avif"),
+        (ACCEPT_WEBP, "webp", "image/webp"),
+        (ACCEPT_OTHER, "other", "image/jpeg"),
+    ]
+    for url in urls:
+        for first_round in (True, False):
+            for accept, accept_class, content_type in asks:
+                response, hop = cluster.edge.get(url, accept=accept)
+                assert response.status_code == 200 and hop.key == f"{accept_class}|", (url, hop)
+                assert response.headers["Content-Type"] == magic_type(response.content) == content_type, url
+                assert hop.cache == ("MISS" if first_round else "HIT"), (url, accept, hop)
+    assert cluster.picture_requests() == 3 * len(urls)
+
+
+def test_default_format_auto_makes_plain_urls_vary(live_server, tmp_path):
+    """format-auto.conf, for replicas with [render] default_format = "auto": a URL without encoding
+    is negotiated, so it gets an entry per class; a fixed format stays one entry."""
+    replica = live_server({"render": {"default_format": "auto"}})
+    edge = Edge(tmp_path / "edge-auto", [replica.port], default_format="auto")
+    try:
+        plain = picture(0, "default-auto")
+        for accept, content_type in CONTENT_TYPE.items():
+            response, hop = edge.get(plain, accept=accept)
+            assert (response.status_code, hop.cache) == (200, "MISS"), hop
+            assert response.headers["Content-Type"] == magic_type(response.content) == content_type
+            assert response.headers["Vary"] == "Accept"
+        fixed = picture(1, "default-auto", encoding="jpeg")
+        hops = [edge.get(fixed, accept=accept)[1] for accept in CONTENT_TYPE]
+        assert [(h.cache, h.key) for h in hops] == [("MISS", "-|"), ("HIT", "-|"), ("HIT", "-|")]
+        assert picture_requests(replica) == len(CONTENT_TYPE) + 1
+    finally:
+        edge.stop()
+
+
+HINTS = {"Sec-CH-Width": "300", "Sec-CH-Viewport-Width": "1280", "Sec-CH-DPR": "2"}
+
+
+def test_hints_do_not_split_fixed_width_urls(cluster):
+    """A numeric width does not depend on client hints: one entry, and the replica gets no hints."""
+    url = picture(0, "hints-fixed")
+    hops = [cluster.edge.get(url, **hints)[1] for hints in ({}, HINTS, {**HINTS, "Sec-CH-DPR": "3"})]
+    assert [(h.cache, h.key) for h in hops] == [("MISS", "-|"), ("HIT", "-|"), ("HIT", "-|")]
+    assert cluster.picture_requests() == 1
+
+
+@pytest.mark.skipif(
+    "client_hints" not in {f.name for f in dataclasses.fields(RenderConfig)},
+    reason="needs the service's client hints ([render] client_hints, width=auto: branch hints)",
+)
+def test_width_auto_urls_vary_on_client_hints(live_server, tmp_path):
+    """width=auto: the hint values are in the key (Sec-CH-Width, else the viewport width, and DPR):
+    the same values share one entry, other values get their own, sized by the service."""
+    replica = live_server({"render": {"client_hints": True}})
+    edge = Edge(tmp_path / "edge-hints", [replica.port])
+    try:
+        url = f"{SOURCE}?width=auto&v=hints"
+        asks = [  # hints, the key's hint class, the edge's answer
+            ({"Sec-CH-Width": "300", "Sec-CH-DPR": "1"}, "w300x1", "MISS"),
+            ({"Sec-CH-Width": "300", "Sec-CH-DPR": "1", "Sec-CH-Viewport-Width": "999"}, "w300x1", "HIT"),
+            ({"Sec-CH-Width": "300", "Sec-CH-DPR": "2"}, "w300x2", "MISS"),
+            ({"Sec-CH-Viewport-Width": "500"}, "vw500", "MISS"),
+            ({"Sec-CH-Width": "300", "Sec-CH-DPR": "2"}, "w300x2", "HIT"),
+            ({}, "", "MISS"),
+            ({}, "", "HIT"),
+        ]
+        widths: dict[str, set[int]] = {}
+        for hints, hint_class, cache in asks:
+            response, hop = edge.get(url, **hints)
+            assert response.status_code == 200, response.text
+            assert (hop.key, hop.cache) == (f"-|{hint_class}", cache), (hints, hop)
+            widths.setdefault(hint_class, set()).add(decoded_width(response.content))
+        assert all(len(w) == 1 for w in widths.values()), "one entry, one answer"
+        assert max(widths["w300x2"]) > max(widths["w300x1"]), "the DPR hint reached the replica"
+        assert picture_requests(replica) == 4
+        # a hint value the edge cannot read is passed on and never kept
+        for _ in range(2):
+            response, hop = edge.get(url, **{"Sec-CH-Width": "wide"})
+            assert hop.cache in ("BYPASS", "MISS") and len(hop.upstreams) == 1, hop
+        # hints with an explicit encoding=auto: both classes in the key
+        response, hop = edge.get(f"{url}&encoding=auto", accept=ACCEPT_WEBP, **{"Sec-CH-Width": "300"})
+        assert hop.key == "webp|w300" and response.headers["Content-Type"] == "image/webp"
+    finally:
+        edge.stop()
+
+
+def decoded_width(body: bytes) -> int:
+    with Image.open(io.BytesIO(body)) as image:
+        return image.width

@@ -45,7 +45,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEASE = 8.0  # [jobs] lease
 FRESHNESS = 3  # [storage.s3] freshness
 FORMATS = ["webp", "avif", "png", "source"]  # pre-rendered per preset: 5 presets x 4 = 20 renders of 12 MP
-ACCEPT_WEBP = "image/webp,*/*"  # other edge cache entries for the same URL, same answer from the replica
+ACCEPT_WEBP = "image/webp,*/*"  # other edge entries for a preset URL (it varies on Accept), same answer
 ACCEPT_AVIF = "image/avif,image/webp,*/*"
 OUTAGE = "photos/outage.jpg"  # in the bucket, never asked for before the store goes away
 SWAP = "photos/swap.jpg"  # overwritten in step 4
@@ -198,15 +198,18 @@ def test_three_replicas_sharing_only_seaweedfs_and_redis(cluster):
         for fmt in FORMATS
     }
     assert set(warmed) == set(variants), (sorted(warmed), sorted(variants))
-    owners: dict[str, str] = {}  # URL -> replica that keeps it
+    owners: dict[str, str] = {}  # plain preset URL -> replica that keeps it
     for url, (name, fmt) in variants.items():
         response, hop = edge.get(url)  # the Accept class the job used: the edge has it
         assert (response.status_code, hop.cache) == (200, "HIT"), (url, response.text)
         assert decoded_size(response.content) == expected_size(presets[name]), url
-        response, hop = edge.get(url, accept=ACCEPT_WEBP)  # another class: the edge asks the owner
-        assert (response.status_code, response.headers["x-cache"]) == (200, "HIT"), (url, response.headers)
-        assert cluster.name(hop) == warmed[url], f"{url} was warmed on {warmed[url]}, is served by {hop}"
-        owners[url] = hop.replica or ""
+        response, hop = edge.get(url, accept=ACCEPT_WEBP)
+        if fmt != "source":  # a fixed format is one edge entry for every Accept class
+            assert (response.status_code, hop.cache, hop.upstreams) == (200, "HIT", []), (url, hop)
+        else:  # a preset without encoding may negotiate: another class, the edge asks the owner
+            assert (response.status_code, response.headers["x-cache"]) == (200, "HIT"), (url, response.headers)
+            assert cluster.name(hop) == warmed[url], f"{url} was warmed on {warmed[url]}, is served by {hop}"
+            owners[url] = hop.replica or ""
         by_replica.setdefault(warmed[url], []).append(f"{name}.{fmt}")
     log(f"step 1: {len(variants)} variant URLs -> 200 at their sizes, edge HIT; rendered by the job on the replica")
     for replica, names in sorted(by_replica.items()):
