@@ -51,8 +51,8 @@ const rootMargin = script?.dataset.rootMargin || "200px";
 
 // per image: requested = largest width asked for; near = has come near the viewport;
 // exhausted = the server answered narrower than asked (the source is that small): stop upgrading;
-// lqip = the preview's URL until it has loaded (or failed); placeholder = the inline placeholder
-// until the first real image has loaded
+// lqip = the preview's (or inline placeholder's) URL until it has loaded or failed; placeholder =
+// the inline placeholder until the first real image has loaded
 const state = new WeakMap();
 const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
 
@@ -102,15 +102,17 @@ function settled(event) {
   const s = state.get(img);
   if (s.lqip) {
     if (img.currentSrc !== s.lqip) return;
-    s.lqip = null; // preview shown (or failed): go for the real image
+    s.lqip = null; // preview (or placeholder) shown, or failed: go for the real image
   } else if (s.placeholder && img.currentSrc === s.placeholder) {
-    return; // the inline placeholder's own event: the real image is still on its way
-  } else if (event.type === "load") {
-    img.classList.remove("lqip");
-    s.exhausted = img.naturalWidth < s.requested;
-    if (s.placeholder) fadeIn(img, s.placeholder);
+    return; // the inline placeholder's own late event: the real image is still on its way
+  } else {
+    if (event.type === "load") {
+      img.classList.remove("lqip");
+      s.exhausted = img.naturalWidth < s.requested;
+      if (s.placeholder) fadeIn(img, s.placeholder);
+    }
+    s.placeholder = null;
   }
-  s.placeholder = null;
   update(img);
 }
 
@@ -165,6 +167,8 @@ function register(img) {
   img.addEventListener("error", settled);
   if (img.hasAttribute("data-placeholder") && img.src.startsWith("data:")) {
     s.placeholder = img.src;
+    // a new src before the placeholder is decoded would replace it, not load behind it: wait for it
+    if (!(img.complete && img.naturalWidth)) s.lqip = img.src;
   } else if (img.hasAttribute("data-lqip")) {
     s.lqip = new URL(img.dataset.lqip || placeholderUrl(img.dataset.src), document.baseURI).href;
     img.classList.add("lqip");
