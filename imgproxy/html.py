@@ -5,8 +5,8 @@ too) and are checked by the same parser as the server, so a typo fails when the 
 URLs are signed when the config has keys, except the allowed-width ones the server accepts
 unsigned. `width`/`height` attributes are the size the server will answer, computed from the
 source's header (EXIF orientation included) without rendering, so pages reserve the space.
-`placeholder=True` writes the lazyloader's markup with the source's ThumbHash inline as a tiny
-PNG `src` (SPEC §11), so the page shows it without another request.
+`placeholder=True` puts the source's ThumbHash inline as a tiny PNG `src` (SPEC §11), so the page
+shows it without another request, and leaves the srcset for lazyload.js to put in place.
 """
 
 from __future__ import annotations
@@ -247,38 +247,32 @@ def img_attrs(
     instead (`src 1x, src-at-dpr-2 2x`), as Flask-Images' `hidpi`; the 2x request is encoded at
     the hidpi quality (`hidpi_quality=` here, else `[render] hidpi_quality`).
 
-    `placeholder` (True, or a ThumbHash in base64) makes it the lazyloader's image instead: see
-    placeholder_attrs."""
+    `placeholder` (True: the local source's; or a ThumbHash in base64, e.g. from /info) puts the
+    placeholder inline and the srcset in `data-srcset` (see lazy_attrs); unchanged when the source
+    has none to give (a remote source with True)."""
     config = config or DEFAULT_CONFIG
-    if placeholder:
-        if hidpi:
-            raise ValueError("placeholder images are sized by the lazyloader, which reads devicePixelRatio: drop hidpi")
-        return placeholder_attrs(source, width, config, placeholder, params)
     if hidpi:
-        return density_attrs(source, width, config, 2.0 if hidpi is True else float(hidpi), params)
-    if widths is None and width:
-        widths = default_widths(width, config)
-    found = candidates(source, config, width_variants(widths or (), params))
-    src, options = build(source, config, {**params, "width": width})
-    return size_attrs(source, config, src, options, found, sizes or default_sizes(width))
+        attrs = density_attrs(source, width, config, 2.0 if hidpi is True else float(hidpi), params)
+    else:
+        if widths is None and width:
+            widths = default_widths(width, config)
+        found = candidates(source, config, width_variants(widths or (), params))
+        src, options = build(source, config, {**params, "width": width})
+        attrs = size_attrs(source, config, src, options, found, sizes or default_sizes(width))
+    uri = placeholder_for(source, config, placeholder) if placeholder else None
+    return lazy_attrs(attrs, uri) if uri else attrs
 
 
-def placeholder_attrs(
-    source: str, width: int | None, config: Config, placeholder: bool | str, params: Mapping[str, object]
-) -> dict[str, object]:
-    """The lazyloader's `<img>` with the placeholder inline: `src` is the ThumbHash as a PNG data URI
-    (allowed by the pages' `img-src data:`; a CSS background would need an inline style), `data-src`
-    the URL without a width (the lazyloader adds the one the layout needs), `width`/`height` the
-    size of the `width` request so the box is reserved, and the bare `data-placeholder` that makes
-    the lazyloader fade the real image in. Without a placeholder (a remote source) the image is
-    still lazyloaded, with an empty box until it arrives."""
-    uri = placeholder_for(source, config, placeholder)
-    attrs: dict[str, object] = {"src": uri, "data-src": build(source, config, params)[0]}
-    size = result_size(source_size(source, config), build(source, config, {**params, "width": width})[1])
-    if size:
-        attrs["width"], attrs["height"] = size
-    attrs["data-placeholder"] = uri is not None
-    return attrs
+def lazy_attrs(attrs: Mapping[str, object], placeholder: str) -> dict[str, object]:
+    """An `<img>`'s attributes with the placeholder data URI as `src` (the pages' CSP allows `img-src
+    data:`; a CSS background would need an inline style) and the real candidates in `data-srcset`,
+    which lazyload.js moves to `srcset` near the viewport (the browser then picks, as without it;
+    the URLs stay signed). `width`/`height` stay, so the box is reserved; the bare `data-placeholder`
+    makes the lazyloader fade the image in over the placeholder."""
+    lazy: dict[str, object] = {"src": placeholder, "data-srcset": attrs.get("srcset") or attrs["src"]}
+    lazy.update((name, attrs[name]) for name in ("sizes", "width", "height") if name in attrs)
+    lazy["data-placeholder"] = True
+    return lazy
 
 
 def density_attrs(
@@ -341,8 +335,8 @@ def img_tag(
     **params: object,
 ) -> Markup:
     """`<img>` with srcset/sizes and the real width/height; `attrs` adds or overrides HTML attributes.
-    `hidpi`: a fixed-size image with a density srcset; `placeholder`: the lazyloader's image with the
-    ThumbHash inline (see img_attrs)."""
+    `hidpi`: a fixed-size image with a density srcset; `placeholder`: the ThumbHash inline until the
+    lazyloader loads the image (see img_attrs)."""
     found = img_attrs(
         source, width=width, sizes=sizes, widths=widths, config=config, hidpi=hidpi, placeholder=placeholder, **params
     )
@@ -359,15 +353,17 @@ def picture_tag(
     alt: str = "",
     attrs: Mapping[str, object] | None = None,
     config: Config | None = None,
+    placeholder: bool | str = False,
     **params: object,
 ) -> Markup:
     """`<picture>`: a `<source type srcset sizes>` per format, then an `<img>` fallback.
 
     The candidates are `presets` by name, else `widths`, else the width steps around `width`
     (all configured steps without it). The fallback's `src` is the `width` request when given,
-    else the largest candidate.
+    else the largest candidate. `placeholder` as in img_attrs: every srcset waits in `data-srcset`.
     """
     config = config or DEFAULT_CONFIG
+    uri = placeholder_for(source, config, placeholder) if placeholder else None
     if presets is not None:
         variants = [{**params, "preset": name} for name in presets]
     else:
@@ -378,10 +374,12 @@ def picture_tag(
         if fmt not in MIME_TYPES:
             raise ValueError(f"unknown format {fmt!r} (allowed: {', '.join(MIME_TYPES)})")
         found = candidates(source, config, [{**v, "encoding": fmt} for v in variants])
-        lines.append(tag("source", {"type": MIME_TYPES[fmt], "srcset": join_srcset(found), "sizes": sizes}))
+        srcset_name = "data-srcset" if uri else "srcset"
+        lines.append(tag("source", {"type": MIME_TYPES[fmt], srcset_name: join_srcset(found), "sizes": sizes}))
     found = candidates(source, config, variants)
     src, options = build(source, config, {**params, "width": width}) if width else (found[-1].url, found[-1].options)
-    lines.append(tag("img", html_attrs(size_attrs(source, config, src, options, found, sizes), alt, attrs)))
+    img = size_attrs(source, config, src, options, found, sizes)
+    lines.append(tag("img", html_attrs(lazy_attrs(img, uri) if uri else img, alt, attrs)))
     return Markup("<picture>") + Markup("").join(lines) + Markup("</picture>")
 
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from imgproxy import html, thumbhash
 from imgproxy.config import load_config
-from imgproxy.html import PLACEHOLDER_SIDE, img_attrs, img_size, img_tag, install_jinja, picture_url
+from imgproxy.html import PLACEHOLDER_SIDE, img_attrs, img_size, img_tag, install_jinja, picture_tag
 
 from .conftest import CORPUS, copy_from_corpus
 from .origin import Origin
@@ -125,9 +125,10 @@ def test_img_tag_carries_the_placeholder_of_the_info_answer(corpus_server):
             first = time.process_time() - started
             name, attrs = parsed(markup)
             assert name == "img"
-            # the lazyloader's image: the URL without a width in data-src, no srcset for the browser to load
-            assert attrs["data-src"] == picture_url(source, config)
-            assert "srcset" not in attrs and "sizes" not in attrs
+            # the srcset the helper writes without a placeholder, parked in data-srcset for the lazyloader
+            plain = parsed(img_tag(source, width=320, alt="a photo", config=config))[1]
+            assert attrs["data-srcset"] == plain["srcset"] and attrs["sizes"] == plain["sizes"]
+            assert "srcset" not in attrs and "data-src" not in attrs
             assert "data-placeholder" in attrs and attrs["alt"] == "a photo"
             # the box is reserved at the size the 320-px request will have
             assert (int(attrs["width"]), int(attrs["height"])) == img_size(source, config, width=320)
@@ -160,8 +161,25 @@ def test_jinja_global_and_img_attrs_give_the_same_placeholder(corpus_server):
     assert rendered == img_tag("photos/tree.webp", width=320, placeholder=True, config=config)
     attrs = img_attrs("photos/tree.webp", width=320, placeholder=True, config=config)
     assert parsed(rendered)[1]["src"] == attrs["src"] and attrs["data-placeholder"] is True
-    with pytest.raises(ValueError, match="hidpi"):
-        img_tag("photos/tree.webp", width=320, placeholder=True, hidpi=True, config=config)
+    dense = img_attrs("photos/tree.webp", width=320, placeholder=True, hidpi=True, config=config)
+    assert dense["data-srcset"] == img_attrs("photos/tree.webp", width=320, hidpi=True, config=config)["srcset"]
+    assert dense["src"] == attrs["src"] and str(dense["data-srcset"]).endswith(" 2x")
+
+
+def test_picture_tag_parks_every_srcset(corpus_server):
+    config = load_config(corpus_server.config_path, environ={})
+    parser, plain = Tags(), Tags()
+    parser.feed(picture_tag("photos/tree.webp", width=320, alt="a tree", placeholder=True, config=config))
+    plain.feed(picture_tag("photos/tree.webp", width=320, alt="a tree", config=config))
+    assert [tag for tag, _ in parser.tags] == ["picture", "source", "source", "img"]
+    for (tag, attrs), (_, without) in zip(parser.tags[1:], plain.tags[1:]):
+        assert attrs["data-srcset"] == without["srcset"] and "srcset" not in attrs, tag
+    img = parser.tags[-1][1]
+    assert img["src"] == img_attrs("photos/tree.webp", width=320, placeholder=True, config=config)["src"]
+    assert "data-placeholder" in img and (img["width"], img["height"]) == (
+        plain.tags[-1][1]["width"],
+        plain.tags[-1][1]["height"],
+    )
 
 
 def test_the_placeholder_follows_the_source_version(live_server, writable_root, monkeypatch):
@@ -194,9 +212,8 @@ def test_remote_sources_take_a_thumbhash_or_go_without(live_server):
         with server.client() as client:
             info = client.get(f"/info/{url}").json()
         hits = origin.hits("/photos/alpha_dice.png")
-        # True: no fetch while the page renders; the image is still lazyloaded, without a placeholder
-        plain = parsed(img_tag(url, width=300, placeholder=True, config=config))[1]
-        assert "src" not in plain and "data-placeholder" not in plain and plain["data-src"]
+        # True: no fetch while the page renders; the ordinary markup, without a placeholder
+        assert img_tag(url, width=300, placeholder=True, config=config) == img_tag(url, width=300, config=config)
         assert origin.hits("/photos/alpha_dice.png") == hits
         # a hash the app kept from /info (or from the upload's answer) gives the placeholder
         given = parsed(img_tag(url, width=300, placeholder=info["thumbhash"], config=config))[1]

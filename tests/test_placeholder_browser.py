@@ -6,6 +6,7 @@ prefers-reduced-motion)."""
 from __future__ import annotations
 
 import base64
+import html
 import io
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +15,7 @@ from PIL import Image, ImageChops, ImageStat
 from playwright import sync_api
 
 from imgproxy.config import load_config
-from imgproxy.html import WIDTH_STEPS, img_attrs, img_tag
+from imgproxy.html import WIDTH_STEPS, img_attrs, img_tag, picture_tag
 from imgproxy.pages import PAGE_CSP
 from imgproxy.signing import sign
 
@@ -37,13 +38,13 @@ window.covers = [];
 new MutationObserver((records) => records.forEach((r) => r.addedNodes.forEach((node) => {
   if (!node.classList?.contains('imgproxy-cover')) return;
   const style = getComputedStyle(node), at = node.getBoundingClientRect();
-  const img = document.querySelector('img[data-src]').getBoundingClientRect();
+  const img = document.querySelector('img[data-placeholder]').getBoundingClientRect();
   window.covers.push({className: node.className, src: node.src, property: style.transitionProperty,
     duration: parseFloat(style.transitionDuration), offset: [at.left - img.left, at.top - img.top,
     at.width - img.width, at.height - img.height]});
 }))).observe(document, {childList: true, subtree: true});
 """
-SHOWN_JS = """() => { const i = document.querySelector('img[data-src]');
+SHOWN_JS = """() => { const i = document.querySelector('img[data-placeholder]');
   return i.currentSrc.includes('/picture/') && i.complete && i.naturalWidth > 16
     && !document.querySelector('.imgproxy-cover'); }"""
 
@@ -78,10 +79,12 @@ def difference(a: Image.Image, b: Image.Image) -> float:
     return sum(ImageStat.Stat(ImageChops.difference(a, b)).mean) / 3
 
 
-@pytest.mark.parametrize("motion", ["no-preference", "reduce"])
-def test_placeholder_first_then_the_image_faded_in_without_layout_shift(browser, site, motion):
+@pytest.mark.parametrize(
+    "helper,motion", [(img_tag, "no-preference"), (img_tag, "reduce"), (picture_tag, "no-preference")]
+)
+def test_placeholder_first_then_the_image_faded_in_without_layout_shift(browser, site, helper, motion):
     config = load_config(site.config_path, environ={})
-    markup = img_tag(SOURCE, width=WIDTH, alt="A valley", placeholder=True, config=config)
+    markup = helper(SOURCE, width=WIDTH, alt="A valley", placeholder=True, config=config)
     page_url = site.url + "/placeholder-page"
     with site.client() as client:
         dominant = client.get(f"/info/{SOURCE}", params={"sig": sig_of(config)}).json()["dominant_color"]
@@ -106,11 +109,16 @@ def test_placeholder_first_then_the_image_faded_in_without_layout_shift(browser,
         with page.expect_request(lambda r: "/picture/" in r.url) as asked:
             page.goto(page_url, wait_until="domcontentloaded")
         real = asked.value.url
-        assert parse_qs(urlsplit(real).query) == {"scalex": [str(WIDTH)], "encoding": ["auto"]}
+        # a candidate of the srcset the helper parked, the one the browser picks for a 640-px slot at 1x
+        # (the AVIF <source> of a <picture>), signed by the helper where the server wants it
+        query = parse_qs(urlsplit(real).query)
+        assert real.removeprefix(site.url) in html.unescape(markup)
+        assert query.get("encoding") == (["avif"] if helper is picture_tag else None)
+        assert query["scalex"] == [str(WIDTH)]
 
         # while the real image is held back, the image paints its inline placeholder, at its final size
         # (Chromium keeps painting the old image but reports currentSrc "" meanwhile: judged by pixels)
-        image = page.locator("img[data-src]")
+        image = page.locator("img[data-placeholder]")
         src = img_attrs(SOURCE, width=WIDTH, placeholder=True, config=config)["src"]  # what the markup carried
         assert isinstance(src, str) and src.startswith("data:image/png;base64,") and f'src="{src}"' in markup
         box = image.bounding_box()
@@ -142,7 +150,7 @@ def test_placeholder_first_then_the_image_faded_in_without_layout_shift(browser,
             assert max(abs(v) for v in cover["offset"]) < 0.5, cover
         assert not errors, errors  # a CSP violation (an inline style) would show here
         print(
-            f"\n{motion}: real image {real}, held frame off the placeholder by {to_placeholder:.1f} levels and off the "
+            f"\n{helper.__name__} {motion}: real image {real}, held frame off the placeholder by {to_placeholder:.1f} levels and off the "
             f"image by {to_real:.1f}; CLS {cls:.4f}; covers {[(c['property'], c['duration']) for c in covers]}"
         )
     finally:

@@ -22,10 +22,13 @@
  * - data-lqip on an <img>: a tiny blurred preview is shown until the real image arrives
  *   (data-lqip="" builds ?scalex=32&blur=…; a URL value is used as is, e.g. a signed one).
  *   The preview carries the class "lqip" so the page's CSS can style it.
+ * - data-srcset instead of data-src (on the <img> and on its <picture>'s <source>s): moved to
+ *   srcset when the image comes near the viewport; the browser picks the candidate, as usual.
  * - data-placeholder on an <img> whose src is an inline data: image (imgproxy.html's
- *   placeholder=True writes the source's ThumbHash so): it stays shown until the real image has
- *   loaded, then the real image fades in over it. The fade is in /static/placeholder.css (link it;
- *   without it the swap is instant); with prefers-reduced-motion there is no fade.
+ *   placeholder=True writes the source's ThumbHash so, with data-srcset): it stays shown until the
+ *   real image has loaded, then the real image fades in over it. The fade is in
+ *   /static/placeholder.css (link it; without it the swap is instant); with prefers-reduced-motion
+ *   there is no fade.
  * - No JavaScript: the <noscript> sibling above shows a fixed-size image instead.
  * - Images added to the page later are picked up automatically; observe(element) does it by hand.
  */
@@ -89,12 +92,24 @@ function update(img) {
   const s = state.get(img);
   // the preview first: once it is displayed, the real image loads behind it and replaces it
   if (!s || !s.near || s.exhausted || s.lqip) return;
+  if (!img.dataset.src) return reveal(img);
   const cssWidth = img.getBoundingClientRect().width;
   if (!cssWidth) return; // not laid out (display: none): wait for the ResizeObserver
   const width = stepFor(cssWidth * pixelRatio());
   if (width <= s.requested) return;
   s.requested = width;
   img.src = sizedUrl(img.dataset.src, width);
+}
+
+/** A data-srcset image near the viewport: its candidates (and its <picture>'s) go live. */
+function reveal(img) {
+  if (img.getAttribute("srcset") === img.dataset.srcset) return;
+  if (img.parentElement?.tagName === "PICTURE") {
+    img.parentElement.querySelectorAll("source[data-srcset]").forEach((source) => {
+      source.srcset = source.dataset.srcset;
+    });
+  }
+  img.srcset = img.dataset.srcset;
 }
 
 function settled(event) {
@@ -160,7 +175,7 @@ const resized = "ResizeObserver" in window
   : null;
 
 function register(img) {
-  if (state.has(img) || !img.dataset.src) return;
+  if (state.has(img) || !(img.dataset.src || img.dataset.srcset)) return;
   const s = { requested: 0, near: !nearby, exhausted: false, lqip: null, placeholder: null };
   state.set(img, s);
   img.addEventListener("load", settled);
@@ -169,7 +184,7 @@ function register(img) {
     s.placeholder = img.src;
     // a new src before the placeholder is decoded would replace it, not load behind it: wait for it
     if (!(img.complete && img.naturalWidth)) s.lqip = img.src;
-  } else if (img.hasAttribute("data-lqip")) {
+  } else if (img.hasAttribute("data-lqip") && (img.dataset.lqip || img.dataset.src)) {
     s.lqip = new URL(img.dataset.lqip || placeholderUrl(img.dataset.src), document.baseURI).href;
     img.classList.add("lqip");
     img.src = s.lqip;
@@ -179,10 +194,10 @@ function register(img) {
   update(img);
 }
 
-/** Start handling every img[data-src] inside `root` (the page does this for itself). */
+/** Start handling every img[data-src] and img[data-srcset] inside `root` (the page does this for itself). */
 export function observe(root = document) {
   if (root instanceof HTMLImageElement) register(root);
-  root.querySelectorAll?.("img[data-src]").forEach(register);
+  root.querySelectorAll?.("img[data-src], img[data-srcset]").forEach(register);
 }
 
 function watchPixelRatio() {
