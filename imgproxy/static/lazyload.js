@@ -118,8 +118,10 @@ function settled(event) {
   if (s.lqip) {
     if (img.currentSrc !== s.lqip) return;
     s.lqip = null; // preview (or placeholder) shown, or failed: go for the real image
-  } else if (s.placeholder && img.currentSrc === s.placeholder) {
-    return; // the inline placeholder's own late event: the real image is still on its way
+  } else if (s.placeholder && (!img.currentSrc || img.currentSrc === s.placeholder)) {
+    // the inline placeholder's own late event: the real image is still on its way (while it is,
+    // Chromium reports currentSrc "" though it keeps painting the placeholder)
+    return;
   } else {
     if (event.type === "load") {
       img.classList.remove("lqip");
