@@ -223,3 +223,14 @@ def test_remote_sources_take_a_thumbhash_or_go_without(live_server):
                 img_tag(url, width=300, placeholder=bad, config=config)
     finally:
         origin.stop()
+
+
+@pytest.mark.parametrize("name", ["bad/truncated_image.png", "bad/decompression_bomb.gif", "bad/giant-image.jpg"])
+def test_sources_info_refuses_get_the_ordinary_markup_quickly(corpus_server, name):
+    config = load_config(corpus_server.config_path, environ={})
+    with corpus_server.client() as client:
+        assert 400 <= client.get(f"/info/{name}").status_code < 500
+    started = time.process_time()
+    markup = img_tag(name, width=320, alt="", placeholder=True, config=config)
+    assert markup == img_tag(name, width=320, alt="", config=config)
+    assert time.process_time() - started < 5  # refused on the header, not decoded (CPU time: a bound, not a goal)
