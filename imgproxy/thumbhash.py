@@ -1,5 +1,6 @@
 """ThumbHash (Evan Wallace's published algorithm, https://evanw.github.io/thumbhash/): a ~25-byte
 placeholder holding the average colour, the aspect ratio and a few DCT terms of L, P, Q and alpha.
+`encode` makes one for /info; `decode` turns one back into the small image the HTML helpers inline.
 
 Written here rather than taken from PyPI: the `thumbhash` package (0.1.2, 2023) fails on every
 image with alpha (an operator-precedence slip) and loops over every pixel once per coefficient in
@@ -95,3 +96,84 @@ def encode(w: int, h: int, rgba: bytes) -> bytes:
     nibbles += [0] * (len(nibbles) % 2)
     out += [low | high << 4 for low, high in zip(nibbles[::2], nibbles[1::2])]
     return bytes(out)
+
+
+def aspect_ratio(hash_: bytes) -> float:
+    """Width / height as the hash keeps it (the short side in 1/7ths of the long, 1/5ths with alpha)."""
+    long_side = 5 if hash_[2] & 0x80 else 7
+    if not hash_[3] & 7:
+        raise ValueError("not a ThumbHash: its short side has no terms")
+    if hash_[4] & 0x80:  # landscape
+        return long_side / (hash_[3] & 7)
+    return (hash_[3] & 7) / long_side
+
+
+def _lpq_to_rgb(lum: float, p: float, q: float) -> tuple[float, float, float]:
+    blue = lum - 2 / 3 * p
+    red = (3 * lum - blue + q) / 2
+    return red, red - q, blue
+
+
+def average_rgb(hash_: bytes) -> tuple[int, int, int]:
+    """The average colour the hash's header holds (its DC terms), 0..255."""
+    header24 = hash_[0] | hash_[1] << 8 | hash_[2] << 16
+    rgb = _lpq_to_rgb((header24 & 63) / 63, ((header24 >> 6) & 63) / 31.5 - 1, ((header24 >> 12) & 63) / 31.5 - 1)
+    red, green, blue = (round(255 * max(0.0, min(1.0, v))) for v in rgb)
+    return red, green, blue
+
+
+def _decode_channel(nibbles: list[int], start: int, nx: int, ny: int, scale: float) -> dict[tuple[int, int], float]:
+    """The AC terms of one channel, (cx, cy) -> value, read from `nibbles[start:]`."""
+    terms = [(cx, cy) for cx, cy in _coefficients(nx, ny) if cx or cy]
+    return {term: (nibbles[start + i] / 7.5 - 1) * scale for i, term in enumerate(terms)}
+
+
+def _plane(dc: float, ac: dict[tuple[int, int], float], fx: list[list[float]], fy: list[list[float]]) -> list[float]:
+    """dc + sum of ac * cos(x) * cos(y) * 2 at every pixel, row-major; the x sums once per (cy, x)."""
+    w, h = len(fx[0]), len(fy[0])
+    rows = []
+    for cy in sorted({cy for _, cy in ac}):
+        terms = [(f, fx[cx]) for (cx, ty), f in ac.items() if ty == cy]
+        rows.append(([sum(f * cos[x] for f, cos in terms) for x in range(w)], fy[cy]))
+    return [dc + sum(row[x] * cos_y[y] * 2 for row, cos_y in rows) for y in range(h) for x in range(w)]
+
+
+def decode(hash_: bytes, side: int = 32) -> tuple[int, int, bytes]:
+    """(w, h, RGBA bytes) of the placeholder a hash describes, `side` px on its long side; at 32
+    exactly the reference `thumbHashToRGBA` (values truncated to 0..255 as its Uint8Array does)."""
+    if len(hash_) < 5:
+        raise ValueError(f"a ThumbHash has at least 5 bytes, not {len(hash_)}")
+    header24 = hash_[0] | hash_[1] << 8 | hash_[2] << 16
+    header16 = hash_[3] | hash_[4] << 8
+    has_alpha = bool(header24 >> 23)
+    landscape = bool(header16 >> 15)
+    long_side = 5 if has_alpha else 7
+    lx = max(3, long_side if landscape else header16 & 7)
+    ly = max(3, header16 & 7 if landscape else long_side)
+    start = 6 if has_alpha else 5
+    nibbles = [n for b in hash_[start:] for n in (b & 15, b >> 4)]
+    sizes = [(lx, ly), (3, 3), (3, 3)] + ([(5, 5)] if has_alpha else [])
+    needed = sum(len(_coefficients(nx, ny)) - 1 for nx, ny in sizes)
+    if len(nibbles) < needed or (has_alpha and len(hash_) < 6):
+        raise ValueError(f"a ThumbHash with these dimensions has {start + (needed + 1) // 2} bytes, not {len(hash_)}")
+    l_ac = _decode_channel(nibbles, 0, lx, ly, ((header24 >> 18) & 31) / 31)
+    # P and Q boosted by 1.25 as the reference does, against the quantisation's loss of saturation
+    p_ac = _decode_channel(nibbles, len(l_ac), 3, 3, ((header16 >> 3) & 63) / 63 * 1.25)
+    q_ac = _decode_channel(nibbles, len(l_ac) + len(p_ac), 3, 3, ((header16 >> 9) & 63) / 63 * 1.25)
+    ratio = aspect_ratio(hash_)
+    w = js_round(side if ratio > 1 else side * ratio)
+    h = js_round(side / ratio if ratio > 1 else side)
+    fx, fy = _cosines(w, max(lx, 5)), _cosines(h, max(ly, 5))
+    lum = _plane((header24 & 63) / 63, l_ac, fx, fy)
+    p = _plane(((header24 >> 6) & 63) / 31.5 - 1, p_ac, fx, fy)
+    q = _plane(((header24 >> 12) & 63) / 31.5 - 1, q_ac, fx, fy)
+    if has_alpha:
+        a_ac = _decode_channel(nibbles, len(l_ac) + len(p_ac) + len(q_ac), 5, 5, (hash_[5] >> 4) / 15)
+        alpha = _plane((hash_[5] & 15) / 15, a_ac, fx, fy)
+    else:
+        alpha = [1.0] * (w * h)
+    out = bytearray()
+    for values in zip(lum, p, q, alpha):
+        rgba = (*_lpq_to_rgb(*values[:3]), values[3])
+        out += bytes(int(255 * max(0.0, min(1.0, v))) for v in rgba)  # truncated, as a Uint8Array stores
+    return w, h, bytes(out)

@@ -11,10 +11,10 @@ from PIL import Image
 
 from imgproxy import thumbhash
 from imgproxy.signing import sign
+from imgproxy.thumbhash import average_rgb, decode
 
 from .conftest import CORPUS, LiveServer, copy_from_corpus, manifest_rows
 from .origin import Origin
-from .thumbhash_decode import average_rgb, decode
 
 ROWS = manifest_rows()
 RENDER = [r for r in ROWS if r["expect"] == "render"]
@@ -56,7 +56,8 @@ def assert_placeholder_fits(info: dict) -> None:
     """The ThumbHash decodes to the source's aspect ratio (as closely as its 3 bits allow) and, for an
     opaque image, holds about its average colour."""
     th = base64.b64decode(info["thumbhash"], validate=True)
-    placeholder = decode(th)
+    side_x, side_y, rgba = decode(th)
+    placeholder = Image.frombytes("RGBA", (side_x, side_y), rgba)
     long_terms = 5 if th[2] & 0x80 else 7  # ThumbHash keeps the short side in 1/5 or 1/7 of the long
     w, h = info["width"], info["height"]
     short = min(w, h) / max(w, h)

@@ -22,6 +22,13 @@
  * - data-lqip on an <img>: a tiny blurred preview is shown until the real image arrives
  *   (data-lqip="" builds ?scalex=32&blur=…; a URL value is used as is, e.g. a signed one).
  *   The preview carries the class "lqip" so the page's CSS can style it.
+ * - data-srcset instead of data-src (on the <img> and on its <picture>'s <source>s): moved to
+ *   srcset when the image comes near the viewport; the browser picks the candidate, as usual.
+ * - data-placeholder on an <img> whose src is an inline data: image (imgproxy.html's
+ *   placeholder=True writes the source's ThumbHash so, with data-srcset): it stays shown until the
+ *   real image has loaded, then the real image fades in over it. The fade is in
+ *   /static/placeholder.css (link it; without it the swap is instant); with prefers-reduced-motion
+ *   there is no fade.
  * - No JavaScript: the <noscript> sibling above shows a fixed-size image instead.
  * - Images added to the page later are picked up automatically; observe(element) does it by hand.
  */
@@ -47,8 +54,10 @@ const rootMargin = script?.dataset.rootMargin || "200px";
 
 // per image: requested = largest width asked for; near = has come near the viewport;
 // exhausted = the server answered narrower than asked (the source is that small): stop upgrading;
-// lqip = the preview's URL until it has loaded (or failed)
+// lqip = the preview's (or inline placeholder's) URL until it has loaded or failed; placeholder =
+// the inline placeholder until the first real image has loaded
 const state = new WeakMap();
+const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
 
 function paramName(pair) {
   try {
@@ -83,6 +92,7 @@ function update(img) {
   const s = state.get(img);
   // the preview first: once it is displayed, the real image loads behind it and replaces it
   if (!s || !s.near || s.exhausted || s.lqip) return;
+  if (!img.dataset.src) return reveal(img);
   const cssWidth = img.getBoundingClientRect().width;
   if (!cssWidth) return; // not laid out (display: none): wait for the ResizeObserver
   const width = stepFor(cssWidth * pixelRatio());
@@ -91,17 +101,65 @@ function update(img) {
   img.src = sizedUrl(img.dataset.src, width);
 }
 
+/** A data-srcset image near the viewport: its candidates (and its <picture>'s) go live. */
+function reveal(img) {
+  if (img.getAttribute("srcset") === img.dataset.srcset) return;
+  if (img.parentElement?.tagName === "PICTURE") {
+    img.parentElement.querySelectorAll("source[data-srcset]").forEach((source) => {
+      source.srcset = source.dataset.srcset;
+    });
+  }
+  img.srcset = img.dataset.srcset;
+}
+
 function settled(event) {
   const img = event.currentTarget;
   const s = state.get(img);
   if (s.lqip) {
     if (img.currentSrc !== s.lqip) return;
-    s.lqip = null; // preview shown (or failed): go for the real image
-  } else if (event.type === "load") {
-    img.classList.remove("lqip");
-    s.exhausted = img.naturalWidth < s.requested;
+    s.lqip = null; // preview (or placeholder) shown, or failed: go for the real image
+  } else if (s.placeholder && (!img.currentSrc || img.currentSrc === s.placeholder)) {
+    // the inline placeholder's own late event: the real image is still on its way (while it is,
+    // Chromium reports currentSrc "" though it keeps painting the placeholder)
+    return;
+  } else {
+    if (event.type === "load") {
+      img.classList.remove("lqip");
+      s.exhausted = img.naturalWidth < s.requested;
+      if (s.placeholder) fadeIn(img, s.placeholder);
+    }
+    s.placeholder = null;
   }
   update(img);
+}
+
+/**
+ * The image has just replaced its inline placeholder: lay a copy of the placeholder over it and fade
+ * that out, which shows the image fading in over it (an <img> cannot fade its content over its own
+ * background). The copy is placed through the CSSOM, which the pages' CSP (style-src 'self')
+ * allows, unlike style attributes; it is absolutely positioned, so nothing around it moves.
+ */
+function fadeIn(img, placeholder) {
+  if (reducedMotion.matches) return;
+  const cover = Object.assign(document.createElement("img"), { src: placeholder, alt: "", className: "imgproxy-cover" });
+  cover.setAttribute("aria-hidden", "true");
+  const { objectFit, objectPosition } = getComputedStyle(img);
+  Object.assign(cover.style, {
+    position: "absolute", left: "0px", top: "0px", margin: "0", padding: "0", border: "0",
+    maxWidth: "none", maxHeight: "none", pointerEvents: "none", objectFit, objectPosition,
+  });
+  img.after(cover); // after, not before: rules such as img:first-child keep matching the image
+  const to = img.getBoundingClientRect();
+  const from = cover.getBoundingClientRect();
+  Object.assign(cover.style, {
+    left: `${to.left - from.left}px`, top: `${to.top - from.top}px`, width: `${to.width}px`, height: `${to.height}px`,
+  });
+  const done = () => cover.remove();
+  cover.addEventListener("transitionend", done);
+  cover.addEventListener("transitioncancel", done);
+  cover.getBoundingClientRect(); // style it opaque first, so adding the class starts the transition
+  cover.classList.add("imgproxy-faded");
+  if (!parseFloat(getComputedStyle(cover).transitionDuration)) done(); // placeholder.css not linked
 }
 
 const nearby = "IntersectionObserver" in window
@@ -119,12 +177,16 @@ const resized = "ResizeObserver" in window
   : null;
 
 function register(img) {
-  if (state.has(img) || !img.dataset.src) return;
-  const s = { requested: 0, near: !nearby, exhausted: false, lqip: null };
+  if (state.has(img) || !(img.dataset.src || img.dataset.srcset)) return;
+  const s = { requested: 0, near: !nearby, exhausted: false, lqip: null, placeholder: null };
   state.set(img, s);
   img.addEventListener("load", settled);
   img.addEventListener("error", settled);
-  if (img.hasAttribute("data-lqip")) {
+  if (img.hasAttribute("data-placeholder") && img.src.startsWith("data:")) {
+    s.placeholder = img.src;
+    // a new src before the placeholder is decoded would replace it, not load behind it: wait for it
+    if (!(img.complete && img.naturalWidth)) s.lqip = img.src;
+  } else if (img.hasAttribute("data-lqip") && (img.dataset.lqip || img.dataset.src)) {
     s.lqip = new URL(img.dataset.lqip || placeholderUrl(img.dataset.src), document.baseURI).href;
     img.classList.add("lqip");
     img.src = s.lqip;
@@ -134,10 +196,10 @@ function register(img) {
   update(img);
 }
 
-/** Start handling every img[data-src] inside `root` (the page does this for itself). */
+/** Start handling every img[data-src] and img[data-srcset] inside `root` (the page does this for itself). */
 export function observe(root = document) {
   if (root instanceof HTMLImageElement) register(root);
-  root.querySelectorAll?.("img[data-src]").forEach(register);
+  root.querySelectorAll?.("img[data-src], img[data-srcset]").forEach(register);
 }
 
 function watchPixelRatio() {
