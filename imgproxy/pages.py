@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .config import Config
+from .hints import page_headers
 from .html import install_jinja, source_size, width_steps
 from .options import parse_preset
 
@@ -67,7 +68,9 @@ def page_routes(config: Config) -> list[BaseRoute]:
             root_margin=LAZY_ROOT_MARGIN,
             uploads_enabled=config.uploads.enabled,
         )
-        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+        return HTMLResponse(
+            html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache", **page_headers(config)}
+        )
 
     return [
         Route("/", index, methods=["GET", "HEAD"]),
