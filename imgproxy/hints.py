@@ -5,8 +5,8 @@ before the cache key is made, so the key holds the resolved width and a `width=a
 its entry with the explicit `width=N` request it resolved to.
 
 Units, as Chromium sends them (measured, tests/test_hints_browser.py): `Sec-CH-Width` is the image's
-layout width in physical pixels (ceil of CSS width x DPR; only for an <img> with `sizes` or a `width`
-attribute), `Sec-CH-Viewport-Width` is in CSS pixels, `Sec-CH-DPR` a decimal such as 2.625. A hint
+layout width in physical pixels (ceil of CSS width x DPR; for an <img> with `sizes`, or with a `width`
+attribute in parsed markup), `Sec-CH-Viewport-Width` is in CSS pixels, `Sec-CH-DPR` a decimal such as 2.625. A hint
 that is not a plain bounded number is ignored as if absent: it comes from the client, and a bad
 one must never cost more than a fallback.
 """
