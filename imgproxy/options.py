@@ -481,7 +481,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("scalex", "w"),
         _set_width,
         "int",
-        "target box width in CSS pixels; `auto`: from the browser's client hints (`[render] client_hints`)",
+        "target box width in CSS pixels, or `auto` (client hints)",
         low=1,
         high=MAX_DIMENSION,
         example="640",
