@@ -20,6 +20,7 @@ from . import malloc
 from .cache import ResultCache, etag_matches
 from .config import Config, load_config
 from .errors import SECURITY_HEADERS, BadRequest, ImageProxyError
+from .hints import client_hints, resolve_width
 from .logs import AccessLog, skip_unused_record_fields
 from .metrics import MetricsEndpoint
 from .options import ALIASES, RenderOptions
@@ -118,14 +119,17 @@ class PictureEndpoint:
         accept, if_none_match = request_headers(scope)
         try:
             options = self.options_from(scope)
+            hints_used: tuple[str, ...] = ()
+            if options.auto_width:  # before the cache key: it holds the width the hints resolve to
+                options, hints_used = resolve_width(options, client_hints(scope["headers"]), self.config)
             result = await self.renderer.picture(scope["path_params"]["source"], options, accept, if_none_match)
         except ImageProxyError as exc:
             response = error_response(exc, scope, self.config, accept)
         else:
-            response = self.respond(scope["method"], if_none_match, result)
+            response = self.respond(scope["method"], if_none_match, result, hints_used)
         await response(scope, receive, send)
 
-    def respond(self, method: str, if_none_match: str, result: Result):
+    def respond(self, method: str, if_none_match: str, result: Result, hints_used: tuple[str, ...] = ()):
         meta = result.meta
         headers = [*meta.header_lines, self.cache_control, *SECURITY_HEADERS]
         if result.cache_status == "HIT":
@@ -135,8 +139,9 @@ class PictureEndpoint:
                 (b"x-cache", b"MISS"),
                 (b"server-timing", f'cache;desc="MISS", render;dur={result.render_ms:.1f}'.encode()),
             ]
-        if result.vary_accept:
-            headers.append((b"vary", b"Accept"))
+        if result.vary_accept or hints_used:
+            vary = ("Accept",) * result.vary_accept + hints_used
+            headers.append((b"vary", ", ".join(vary).encode()))
         if result.max_bytes_unmet:
             headers.append((b"x-max-bytes", b"unmet"))
         body = result.body

@@ -123,6 +123,7 @@ class RenderConfig:
     hidpi_quality: int = 0  # 0: unset, `quality` applies at every dpr
     jxl_quality: int = 82
     jxl_effort: int = 3
+    client_hints: bool = False  # Accept-CH on pages, width=auto on /picture (SPEC §11)
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class Config:
             self.limits.max_output_height,
             self.watermark_digests,
             hidpi_quality=self.render.hidpi_quality or None,
+            client_hints=self.render.client_hints,
         )
 
 

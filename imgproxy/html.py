@@ -51,6 +51,7 @@ PATH_SAFE = "/:"
 DEFAULT_CONFIG = Config()
 # srcset and lazyloader width steps when [security] allowed_widths names none
 WIDTH_STEPS = (160, 320, 480, 640, 768, 960, 1080, 1280, 1600, 1920, 2560)
+AUTO = "auto"  # img_attrs(width="auto"): sized by client hints
 # The inline placeholder's long side. A ThumbHash has at most 7 terms a side, so 16 samples hold it:
 # on the corpus 360-470 B of PNG against 760-1200 B at the reference decoder's 32 px, and the
 # browser's smooth upscaling of it differs from the 32-px decode by 1-2.5 levels on average.
@@ -233,7 +234,7 @@ def default_sizes(width: int | None) -> str:
 
 def img_attrs(
     source: str,
-    width: int | None = None,
+    width: int | str | None = None,
     sizes: str | None = None,
     widths: Iterable[int] | None = None,
     config: Config | None = None,
@@ -246,11 +247,14 @@ def img_attrs(
     `hidpi` (True: 2, or a density up to 4) makes it a fixed-size image with a density srcset
     instead (`src 1x, src-at-dpr-2 2x`), as Flask-Images' `hidpi`; the 2x request is encoded at
     the hidpi quality (`hidpi_quality=` here, else `[render] hidpi_quality`).
+    `width="auto"`: one URL sized by client hints instead (see auto_attrs).
 
     `placeholder` (True: the local source's; or a ThumbHash in base64, e.g. from /info) puts the
     placeholder inline and the srcset in `data-srcset` (see lazy_attrs); unchanged when the source
     has none to give (a remote source with True)."""
     config = config or DEFAULT_CONFIG
+    if isinstance(width, str):
+        return auto_attrs(source, width, sizes, config, bool(hidpi or widths), params)
     if hidpi:
         attrs = density_attrs(source, width, config, 2.0 if hidpi is True else float(hidpi), params)
     else:
@@ -273,6 +277,19 @@ def lazy_attrs(attrs: Mapping[str, object], placeholder: str) -> dict[str, objec
     lazy.update((name, attrs[name]) for name in ("sizes", "width", "height") if name in attrs)
     lazy["data-placeholder"] = True
     return lazy
+
+
+def auto_attrs(
+    source: str, width: str, sizes: str | None, config: Config, other_sizing: bool, params: Mapping[str, object]
+) -> dict[str, object]:
+    """`src` with `width=auto` (SPEC §11, needs `[render] client_hints`) and `sizes` (default 100vw):
+    Chromium sends Sec-CH-Width for an <img> with `sizes`, and the server sizes the answer by it. No
+    srcset (the server picks) and no width/height (the size is the browser's)."""
+    if width != AUTO:
+        raise ValueError(f"width: {width!r} is not a number or 'auto'")
+    if other_sizing:
+        raise ValueError("width='auto' sizes the image from client hints: it takes no widths or hidpi")
+    return {"src": build(source, config, {**params, "width": AUTO})[0], "sizes": sizes or default_sizes(None)}
 
 
 def density_attrs(
@@ -324,7 +341,7 @@ def html_attrs(attrs: dict[str, object], alt: str, extra: Mapping[str, object] |
 
 def img_tag(
     source: str,
-    width: int | None = None,
+    width: int | str | None = None,
     alt: str = "",
     sizes: str | None = None,
     widths: Iterable[int] | None = None,

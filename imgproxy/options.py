@@ -94,10 +94,14 @@ class RenderOptions:
     trim: int | None = None  # border tolerance 0..255; None: no trim
     pixelate: int | None = None  # block size in output pixels
     transform: Transform | None = None
+    # width=auto (SPEC §11): "" none; AUTO_DEVICE: the width and dpr come from client hints; AUTO_URL: the
+    # width does, `dpr` was given. hints.resolve_width replaces it with a width before any cache key.
+    auto_width: str = ""
 
     def cache_key(self) -> str:
         """Canonical text: every spelling of the same request gives the same key, and since parsing
         already canonicalised every number (PLACES), two options with one key render the same."""
+        assert not self.auto_width, "width=auto is resolved from the request's hints before the key is made"
         parts = [
             f"w={self.width or ''}",
             f"h={self.height or ''}",
@@ -253,6 +257,18 @@ def _version(param: str, raw: str) -> str:
 
 def _set_size(values: dict, name: str, param: str, raw: str) -> None:
     values[name] = _integer(param, raw, 1, MAX_DIMENSION)
+
+
+AUTO_DEVICE = "device"  # width=auto without `dpr`: the device's (Sec-CH-DPR)
+AUTO_URL = "url"  # width=auto with `dpr` given
+
+
+def _set_width(values: dict, name: str, param: str, raw: str) -> None:
+    """A width, or `auto`: a marker here (parsing stays pure); _canonical records whether `dpr` was given."""
+    if raw.strip().lower() == "auto":
+        values["auto_width"] = AUTO_DEVICE
+    else:
+        _set_size(values, name, param, raw)
 
 
 def _set_encoding(values: dict, name: str, param: str, raw: str) -> None:
@@ -463,9 +479,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "width",
         ("scalex", "w"),
-        _set_size,
+        _set_width,
         "int",
-        "target box width in CSS pixels",
+        "target box width in CSS pixels, or `auto` (client hints)",
         low=1,
         high=MAX_DIMENSION,
         example="640",
@@ -635,6 +651,8 @@ def _canonical(values: dict, hidpi_quality: int | None = None) -> RenderOptions:
     elif mode == "pad" and values.get("gravity") == "smart":  # content-aware is for crop; pad centres
         values["gravity"], values["focal"] = "fp", GRAVITIES["center"]
     values["rotate"], values["flip"] = canonical(values.get("rotate", 0), values.get("flip", ""))
+    if values.get("auto_width") and "dpr" in values:
+        values["auto_width"] = AUTO_URL
     return RenderOptions(**values)
 
 
@@ -649,6 +667,8 @@ def parse_preset(name: str, params: Mapping[str, object]) -> RenderOptions:
             _apply(values, key, raw, f"presets.{name}.{key}")
         except BadRequest as exc:
             raise ConfigError(exc.message) from None
+        if values.get("auto_width"):  # a preset is the fallback of width=auto, never auto itself
+            raise ConfigError(f"presets.{name}.{key}: auto is for URLs (width=auto), not presets")
     return _canonical(values)
 
 
@@ -659,10 +679,12 @@ def parse_options(
     max_height: int = MAX_DIMENSION,
     watermarks: Mapping[str, str] | None = None,
     hidpi_quality: int | None = None,
+    client_hints: bool = False,
 ) -> RenderOptions:
     """Query pairs (already percent-decoded) -> RenderOptions; `sig` is skipped (checked elsewhere).
     `watermarks`: the configured watermark names, each with its digest (Config.watermark_digests).
-    `hidpi_quality`: `[render] hidpi_quality`, the quality at `dpr` >= 2 when the query names none."""
+    `hidpi_quality`: `[render] hidpi_quality`, the quality at `dpr` >= 2 when the query names none.
+    `client_hints`: `[render] client_hints`; off, `width=auto` is a 400."""
     explicit: dict[str, tuple[str, str]] = {}
     for param, raw in query:
         if param == SIGNATURE_PARAM:
@@ -689,6 +711,8 @@ def parse_options(
             _apply(values, key, str(value).lower() if isinstance(value, bool) else str(value), f"preset {raw}")
     for name, (param, raw) in explicit.items():
         _apply(values, name, raw, param)
+    if values.get("auto_width") and not client_hints:
+        raise BadRequest(f"{explicit['width'][0]}: auto needs [render] client_hints = true (or give a number)")
     if "watermark" in values:
         values["watermark_digest"] = _watermark_digest(watermark_param or "watermark", values["watermark"], watermarks)
     options = _canonical(values, hidpi_quality)

@@ -23,6 +23,7 @@ from .config import Config
 from .demo import HERO
 from .errors import ImageProxyError
 from .geometry import output_size
+from .hints import page_headers
 from .html import candidates, install_jinja, width_steps
 from .loader import open_original
 from .options import parse_preset
@@ -171,7 +172,9 @@ def page_routes(config: Config) -> list[BaseRoute]:
             root_margin=LAZY_ROOT_MARGIN,
             uploads_enabled=config.uploads.enabled,
         )
-        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+        return HTMLResponse(
+            html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache", **page_headers(config)}
+        )
 
     return [
         Route("/", index, methods=["GET", "HEAD"]),

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from .config import Config
 from .encode import CONTENT_TYPES, encode
 from .errors import BadRequest, Forbidden, ImageProxyError, PayloadTooLarge
+from .hints import page_headers
 from .html import PATH_SAFE, PREFIX, header_size, query_pairs
 from .options import ALIASES, BY_NAME, PARAMETERS, Parameter
 from .pages import DEMO_DIR, demo_images
@@ -217,7 +218,10 @@ def playground_routes(config: Config) -> list[BaseRoute]:
 
     def page(request: Request) -> Response:  # sync: starlette runs it in a thread (header reads)
         html = page_html(config, template, formats)
-        return HTMLResponse(html, headers={"Content-Security-Policy": PLAYGROUND_CSP, "Cache-Control": "no-cache"})
+        return HTMLResponse(
+            html,
+            headers={"Content-Security-Policy": PLAYGROUND_CSP, "Cache-Control": "no-cache", **page_headers(config)},
+        )
 
     async def sign(request: Request) -> Response:
         if must_sign:

@@ -61,13 +61,16 @@ def split_query(raw_query: str) -> tuple[list[str], list[str]]:
 
 
 def is_allowed_width_request(pairs: Iterable[tuple[str, str]], allowed_widths: tuple[int, ...]) -> bool:
-    """Exactly one width from `allowed_widths`, optionally `encoding=auto` and a `dpr` of UNSIGNED_DPRS."""
+    """Exactly one width from `allowed_widths` or `auto` (client hints resolve it to one of them, SPEC
+    §11) when that list is set, optionally `encoding=auto` and a `dpr` of UNSIGNED_DPRS."""
     seen: set[str] = set()
     width_ok = False
     for name, value in pairs:
         if name in WIDTH_NAMES:
             kind = "width"
-            width_ok = value.isascii() and value.isdigit() and len(value) <= 6 and int(value) in allowed_widths
+            width_ok = (value == "auto" and bool(allowed_widths)) or (
+                value.isascii() and value.isdigit() and len(value) <= 6 and int(value) in allowed_widths
+            )
             if not width_ok:
                 return False
         elif name in ENCODING_NAMES:
