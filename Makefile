@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats clean
+.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats bench-bytes bench-jpeg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,15 @@ bench-quality: $(BENCH_STAMP)
 # JPEG XL vs AVIF vs WebP vs JPEG at the configured qualities: bytes, encode time, SSIM per photo.
 bench-formats: $(BENCH_STAMP)
 	$(PY) bench/formats.py
+
+# Bytes at the same look (SSIMULACRA2): ours at q80 and quality=auto, auto_format first vs smallest,
+# vs thumbor and ipx at q80, every corpus photo at 480/1080/1920 px, with SPEC §11's goal check.
+bench-bytes: $(BENCH_STAMP)
+	$(PY) bench/bytes.py
+
+# libjpeg-turbo q80 vs jpegli and mozjpeg's lossless pass at equal SSIMULACRA2: bytes and CPU time.
+bench-jpeg: $(BENCH_STAMP)
+	$(PY) bench/jpeg_encoders.py
 
 clean:
 	rm -rf cache images/demo .pytest_cache .hypothesis

@@ -124,6 +124,7 @@ class RenderConfig:
     jxl_quality: int = 82
     jxl_effort: int = 3
     client_hints: bool = False  # Accept-CH on pages, width=auto on /picture (SPEC §11)
+    jpeg_encoder: str = "libjpeg"
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,7 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "render.jpeg_subsampling": (lambda v: v in ("4:4:4", "4:2:2", "4:2:0"), "4:4:4, 4:2:2 or 4:2:0"),
     "render.timeout": (lambda v: v > 0, "> 0"),
     "render.reducing_gap": (lambda v: 1.0 <= v <= 4.0, "1.0..4.0"),
+    "render.jpeg_encoder": (lambda v: v in ("libjpeg", "jpegli"), "libjpeg or jpegli"),
     "cache.eviction_policy": (
         lambda v: v in ("least-recently-used", "least-recently-stored", "least-frequently-used"),
         "least-recently-used, least-recently-stored or least-frequently-used",
@@ -567,6 +569,14 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
         problems.append('jobs.redis_url: required with jobs.backend = "redis"')
     if config.storage.backend == "s3" and not config.storage.s3.bucket:
         problems.append('storage.s3.bucket: required when storage.backend = "s3"')
+    if config.render.jpeg_encoder == "jpegli" and (
+        config.render.jpeg_progressive or config.render.jpeg_subsampling != "4:2:0"
+    ):
+        # pyjpegli takes a quality only: refuse settings it would silently ignore
+        problems.append(
+            'render.jpeg_encoder: "jpegli" writes baseline 4:2:0 only: '
+            'set jpeg_progressive = false and jpeg_subsampling = "4:2:0"'
+        )
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
     watermarks = _load_watermarks(watermark_tables, base_dir, problems)
     names = watermark_tables if isinstance(watermark_tables, dict) else {}  # a broken one is named once

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import struct
 
 # registers Pillow's JXL writer (and a JXL reader, which the loader's allow-list keeps off by default)
 import pillow_jxl  # noqa: F401
+import pyjpegli
 from PIL import Image, ImageCms
 
 from .budget import Deadline
@@ -62,6 +64,8 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
         # copies info from the source: only what is passed below may reach the output
         frame.info = {}
     quality = quality or default_quality(fmt, settings)
+    if fmt == "jpeg" and settings.jpeg_encoder == "jpegli" and len(frames) == 1 and frames[0].mode == "RGB":
+        return _jpegli(frames[0], quality or settings.jpeg_quality, icc_profile, rendered.exif)
     params: dict = {}
     if icc_profile and fmt != "gif":
         params["icc_profile"] = icc_profile
@@ -129,6 +133,29 @@ def encode_within(
         else:
             high = middle - 1
     return best, encodes
+
+
+ICC_CHUNK = 65519  # an APP2 payload (65533 at most) less the 12-byte ICC_PROFILE tag and 2 sequence bytes
+MAX_SEGMENT = 65533
+
+
+def _jpegli(frame: Image.Image, quality: int, icc_profile: bytes | None, exif: bytes | None) -> bytes:
+    """jpegli through pyjpegli (baseline 4:2:0; grey frames stay with libjpeg, which writes one
+    channel). Its API takes pixels only, so the EXIF (APP1) and the ICC profile (APP2 chunks, as
+    libjpeg writes them) go in right after SOI."""
+    body = pyjpegli.encode(frame.tobytes(), frame.width, frame.height, quality=quality)
+    segments = b""
+    if exif and len(exif) <= MAX_SEGMENT:  # Exif.tobytes() starts with "Exif\0\0"; Pillow refuses longer
+        segments += _segment(0xE1, exif)
+    if icc_profile:
+        chunks = [icc_profile[i : i + ICC_CHUNK] for i in range(0, len(icc_profile), ICC_CHUNK)]
+        for number, chunk in enumerate(chunks[:255], 1):
+            segments += _segment(0xE2, b"ICC_PROFILE\0" + bytes((number, min(len(chunks), 255))) + chunk)
+    return body[:2] + segments + body[2:]
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
 
 
 def _in_srgb(frames: list[Image.Image], icc: bytes) -> list[Image.Image]:
