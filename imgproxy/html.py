@@ -27,6 +27,7 @@ from PIL import Image
 
 from . import thumbhash
 from .config import Config, LimitsConfig
+from .encode import CONTENT_TYPES
 from .errors import ImageProxyError
 from .geometry import output_size
 from .info import source_info
@@ -39,14 +40,6 @@ from .sources import LocalSource, Original, is_remote
 PREFIX = "/picture/"
 # canonical name -> the query parameter written into URLs (SPEC §2's primary names)
 QUERY_NAMES = {"width": "scalex", "height": "scaley", "version": "v"}
-MIME_TYPES = {
-    "avif": "image/avif",
-    "webp": "image/webp",
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "gif": "image/gif",
-    "jxl": "image/jxl",
-}
 PATH_SAFE = "/:"
 DEFAULT_CONFIG = Config()
 # srcset and lazyloader width steps when [security] allowed_widths names none
@@ -388,11 +381,11 @@ def picture_tag(
     sizes = sizes or default_sizes(width)
     lines = []
     for fmt in formats:
-        if fmt not in MIME_TYPES:
-            raise ValueError(f"unknown format {fmt!r} (allowed: {', '.join(MIME_TYPES)})")
+        if fmt not in CONTENT_TYPES:
+            raise ValueError(f"unknown format {fmt!r} (allowed: {', '.join(CONTENT_TYPES)})")
         found = candidates(source, config, [{**v, "encoding": fmt} for v in variants])
         srcset_name = "data-srcset" if uri else "srcset"
-        lines.append(tag("source", {"type": MIME_TYPES[fmt], srcset_name: join_srcset(found), "sizes": sizes}))
+        lines.append(tag("source", {"type": CONTENT_TYPES[fmt], srcset_name: join_srcset(found), "sizes": sizes}))
     found = candidates(source, config, variants)
     src, options = build(source, config, {**params, "width": width}) if width else (found[-1].url, found[-1].options)
     img = size_attrs(source, config, src, options, found, sizes)

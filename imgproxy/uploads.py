@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from .budget import Deadline, MemoryBudget, decoded_bytes
 from .config import Config
+from .encode import CONTENT_TYPES
 from .errors import (
     BadRequest,
     Forbidden,
@@ -43,7 +44,7 @@ from .errors import (
     Unauthorized,
     UnsupportedMedia,
 )
-from .html import MIME_TYPES, candidates, join_srcset, picture_tag, picture_url, width_steps, width_variants
+from .html import candidates, join_srcset, picture_tag, picture_url, width_steps, width_variants
 from .jobs import JobQueue, JobsUnavailable
 from .loader import open_original
 from .pages import width_presets
@@ -351,7 +352,7 @@ class Uploads:
         config = self.config
         plain = width_presets(config)  # presets that keep the aspect ratio: srcset candidates
         variants = [{"preset": name} for name in plain] or width_variants(width_steps(config), {})
-        formats = [f for f in self.settings.pregenerate_formats if f in MIME_TYPES]
+        formats = [f for f in self.settings.pregenerate_formats if f in CONTENT_TYPES]
         alt = stored.path.rsplit("/", 1)[-1]
         return {
             "id": stored.id,
