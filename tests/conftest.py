@@ -306,3 +306,16 @@ def copy_from_corpus(relative: str, root: Path, name: str | None = None) -> Path
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(CORPUS / relative, target)
     return target
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under playwright, for the browser tests (tests/chromium.py has their set-up)."""
+    from playwright import sync_api
+
+    from .chromium import CHROMIUM, CHROMIUM_ARGS  # that module imports this one
+
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -9,43 +9,23 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from PIL import Image, ImageStat
-from playwright import sync_api  # noqa: E402  (a test dependency in pyproject.toml)
 
 from imgproxy.config import load_config
-from imgproxy.html import WIDTH_STEPS, picture_url
+from imgproxy.html import picture_url
 
-from .conftest import LiveServer
+from .chromium import WAIT_MS, marks, signed_site
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-quic",
-    "--no-first-run",
-]
 VIEWPORTS = [(375, 667, 2), (768, 1024, 1), (1440, 900, 1), (1024, 768, 1.25)]
 PIXEL_RATIOS = [1, 1.5, 2, 3]  # lazyload.js rounds devicePixelRatio up to these
 EDGE = 2  # px: elements this close to the load margin could go either way; not judged
-WAIT_MS = 90_000  # generous: on a busy machine the server renders each lazy image slowly
 
-pytestmark = [
-    pytest.mark.timeout(180),
-    # CI must run these (.ci/run installs chromium); a developer machine without it skips them
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-        reason="Debian's chromium is not installed (.ci/run installs it)",
-    ),
-]
+pytestmark = marks()
 
 GALLERY_JS = """() => {
   const script = document.querySelector('script[data-widths]');
@@ -110,24 +90,7 @@ def expected_widths(layout: dict) -> tuple[dict[str, int], set[str]]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("browser-site")
-    settings = {
-        "sources": {"local": {"root": str(workdir / "images"), "generate_demo": True}},
-        # the lazyloader's widths pass unsigned, as the README says to set it up
-        "security": {"key": "browser-test-key", "allowed_widths": list(WIDTH_STEPS)},
-    }
-    server = LiveServer(workdir, settings)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    yield from signed_site(tmp_path_factory.mktemp("browser-site"), "browser-test-key")
 
 
 def open_page(browser, site, width: int, height: int, dpr: float):

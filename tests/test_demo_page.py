@@ -3,15 +3,13 @@ test_browser.py): the lead photo's figures are the real bytes, nothing is shown 
 source allows, nothing shifts, nothing overflows, the first view stays within a byte budget, the
 animation still moves, and the upload form shows its progress and the returned `<picture>`.
 
-Screenshots go to $DEMO_SHOTS when set (the ones the README's demo description was checked
+Screenshots go to $IMGPROXY_SHOTS when set (the ones the README's demo description was checked
 against), else to pytest's tmp_path.
 """
 
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -19,8 +17,9 @@ from PIL import Image
 from imgproxy.config import load_config
 from imgproxy.pages import DEVICES, hero_slot, source_facts
 
+from .chromium import marks, shots_dir, signed_site
 from .conftest import CORPUS
-from .test_browser import CHROMIUM, browser, open_page, path_of, site  # noqa: F401  (fixtures)
+from .test_browser import open_page, path_of
 
 # First-view image bytes (resource timing, each image once), measured, then ~25 % added so an
 # encoder update moving AVIF sizes a few % does not fail it while a page that loads a second
@@ -32,13 +31,7 @@ BUDGETS = {390: 60_000, 768: 110_000, 1440: 185_000}
 VIEWPORTS = [(390, 844, 3), (768, 1024, 1), (1440, 900, 1)]
 CLS_LIMIT = 0.01
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-        reason="Debian's chromium is not installed (.ci/run installs it)",
-    ),
-]
+pytestmark = marks(timeout=240)
 
 LAYOUT_SHIFTS_JS = """
 window.__shift = 0;
@@ -72,12 +65,6 @@ SHOWN_JS = """async () => Promise.all([...document.images].map(async (img) => {
 }))"""
 
 
-def shots_dir(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("DEMO_SHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def scroll_through(page) -> None:
     """Bring every image near the viewport in turn and wait until all of them have loaded."""
     for img in page.locator("img").all():
@@ -86,8 +73,13 @@ def scroll_through(page) -> None:
     page.evaluate("window.scrollTo(0, 0)")
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    yield from signed_site(tmp_path_factory.mktemp("demo-site"), "demo-test-key")
+
+
 @pytest.mark.parametrize("width,height,dpr", VIEWPORTS, ids=[f"{w}px@{d}x" for w, _, d in VIEWPORTS])
-def test_demo_page_as_a_visitor_sees_it(browser, site, tmp_path, width, height, dpr):  # noqa: F811
+def test_demo_page_as_a_visitor_sees_it(browser, site, tmp_path, width, height, dpr):
     config = load_config(site.config_path, environ={})
     context, page, seen = open_page(browser, site, width, height, dpr)
     page.add_init_script(LAYOUT_SHIFTS_JS)
@@ -158,7 +150,7 @@ def test_demo_page_as_a_visitor_sees_it(browser, site, tmp_path, width, height, 
     context.close()
 
 
-def test_upload_shows_progress_the_picture_and_its_html(browser, site, tmp_path):  # noqa: F811
+def test_upload_shows_progress_the_picture_and_its_html(browser, site, tmp_path):
     context, page, seen = open_page(browser, site, 390, 844, 3)
     photo = CORPUS / "photos" / "grayscale_portrait.jpg"
     with page.expect_response(lambda r: r.url.endswith("/upload")) as upload:

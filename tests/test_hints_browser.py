@@ -13,8 +13,9 @@ from playwright import sync_api
 from imgproxy.hints import ACCEPT_CH, round_up
 from imgproxy.html import WIDTH_STEPS
 
-from .conftest import LiveServer
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, pytestmark  # noqa: F401  (same skip and timeout)
+from .chromium import WAIT_MS, marks, signed_site
+
+pytestmark = marks()
 
 VIEWPORT = (800, 600)
 SOURCE = "demo/valley.jpg"
@@ -32,25 +33,8 @@ LOADED_JS = (
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("hints-browser")
-    settings = {
-        "sources": {"local": {"root": str(workdir / "images"), "generate_demo": True}},
-        "render": {"client_hints": True},
-        # a signed service: width=auto passes unsigned because allowed_widths is set
-        "security": {"key": "hints-browser-key", "allowed_widths": list(WIDTH_STEPS)},
-    }
-    server = LiveServer(workdir, settings)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    # a signed service: width=auto passes unsigned because allowed_widths is set
+    yield from signed_site(tmp_path_factory.mktemp("hints-browser"), "hints-browser-key", render={"client_hints": True})
 
 
 @pytest.mark.parametrize("dpr", [1, 2, 2.625])

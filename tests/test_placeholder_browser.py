@@ -19,8 +19,9 @@ from imgproxy.html import WIDTH_STEPS, img_attrs, img_tag, picture_tag
 from imgproxy.pages import PAGE_CSP
 from imgproxy.signing import sign
 
-from .conftest import LiveServer
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, pytestmark  # noqa: F401  (same skip and timeout)
+from .chromium import WAIT_MS, marks, signed_site
+
+pytestmark = marks()
 
 SOURCE = "demo/valley.jpg"
 WIDTH = 640
@@ -51,23 +52,7 @@ SHOWN_JS = """() => { const i = document.querySelector('img[data-placeholder]');
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("placeholder-site")
-    settings = {
-        "sources": {"local": {"root": str(workdir / "images"), "generate_demo": True}},
-        "security": {"key": "placeholder-test-key", "allowed_widths": list(WIDTH_STEPS)},
-    }
-    server = LiveServer(workdir, settings)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    yield from signed_site(tmp_path_factory.mktemp("placeholder-site"), "placeholder-test-key")
 
 
 def shot_of(locator: sync_api.Locator) -> Image.Image:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -23,19 +21,13 @@ from playwright import sync_api
 from imgproxy.options import BY_NAME, PARAMETERS
 from imgproxy.signing import check_request
 
+from .chromium import WAIT_MS, marks, shots_dir
 from .conftest import CORPUS, LiveServer
-from .test_browser import CHROMIUM, WAIT_MS, assert_not_blank, browser  # noqa: F401  (browser: a fixture)
+from .test_browser import assert_not_blank
 
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-        reason="Debian's chromium is not installed (.ci/run installs it)",
-    ),
-]
+pytestmark = marks(timeout=300)
 KEY = "playground-browser-key"
 TOKEN = "playground-browser-token"
-SHOTS = Path(os.environ.get("IMGPROXY_SHOTS", "/work/shots"))
 ALWAYS_DECODED = {"jpeg", "png", "gif", "webp", "avif"}  # every Chromium this project supports
 REFUSED = "Failed to load resource: the server responded with a status of 4"
 
@@ -75,7 +67,7 @@ def site(tmp_path_factory):
     server.stop()
 
 
-def open_playground(browser, server: LiveServer, width: int = 1440, height: int = 900, **options):  # noqa: F811
+def open_playground(browser, server: LiveServer, width: int = 1440, height: int = 900, **options):
     context = browser.new_context(viewport={"width": width, "height": height}, **options)
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
@@ -120,7 +112,7 @@ def image_of(data: bytes) -> Image.Image:
     return image
 
 
-def test_each_kind_of_control_changes_the_url_and_the_image(browser, site):  # noqa: F811
+def test_each_kind_of_control_changes_the_url_and_the_image(browser, site):
     context, page, seen = open_playground(browser, site)
     shown = wait_ready(page)
     assert (query(shown["url"]), shown["size"]) == ({"scalex": "640"}, "640x427")  # an image on load
@@ -182,7 +174,7 @@ def test_each_kind_of_control_changes_the_url_and_the_image(browser, site):  # n
     context.close()
 
 
-def test_the_numbers_shown_are_the_response_headers(browser, site):  # noqa: F811
+def test_the_numbers_shown_are_the_response_headers(browser, site):
     context, page, seen = open_playground(browser, site)
     first = wait_ready(page)
     second = change(page, "#param-quality", "55")
@@ -232,7 +224,7 @@ def decodable(page, server: LiveServer, formats: list[str]) -> set[str]:
     return found
 
 
-def test_the_comparison_shows_every_format_the_browser_decodes(browser, site):  # noqa: F811
+def test_the_comparison_shows_every_format_the_browser_decodes(browser, site):
     context, page, seen = open_playground(browser, site)
     shown = wait_ready(page)
     written = [
@@ -282,7 +274,7 @@ def test_the_comparison_shows_every_format_the_browser_decodes(browser, site):  
         ("#param-preset", "nope", 400),
     ],
 )
-def test_a_bad_value_shows_the_service_message_next_to_its_control(browser, site, selector, value, status):  # noqa: F811
+def test_a_bad_value_shows_the_service_message_next_to_its_control(browser, site, selector, value, status):
     context, page, seen = open_playground(browser, site)
     wait_ready(page)
     change(page, "#source", "demo/spinner.gif")  # 240 px: a region of 900 px is outside it
@@ -305,7 +297,7 @@ def test_a_bad_value_shows_the_service_message_next_to_its_control(browser, site
     context.close()
 
 
-def test_signing_with_a_key_needs_the_token_and_the_key_stays_on_the_server(browser, tmp_path):  # noqa: F811
+def test_signing_with_a_key_needs_the_token_and_the_key_stays_on_the_server(browser, tmp_path):
     settings = {
         "sources": {"local": {"root": str(tmp_path / "images"), "generate_demo": True}},
         "security": {"key": KEY},
@@ -345,7 +337,7 @@ def test_signing_with_a_key_needs_the_token_and_the_key_stays_on_the_server(brow
 
 
 @pytest.mark.parametrize("width,height", [(390, 844), (768, 1024), (1440, 900)])
-def test_screenshots_fit_the_width_and_are_not_blank(browser, site, tmp_path, width, height):  # noqa: F811
+def test_screenshots_fit_the_width_and_are_not_blank(browser, site, tmp_path, width, height):
     context, page, seen = open_playground(browser, site, width, height)
     wait_ready(page)
     page.evaluate("() => Promise.all([...document.images].map((i) => i.complete || i.decode()))")
@@ -355,12 +347,7 @@ def test_screenshots_fit_the_width_and_are_not_blank(browser, site, tmp_path, wi
                      document.documentElement.clientWidth + 0.5).map((e) => e.id || e.className || e.tagName)})"""
     )
     assert overflow["page"][0] <= overflow["page"][1] and overflow["wide"] == [], overflow
-    try:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        path = SHOTS / f"playground-{width}.png"
-    except OSError:
-        path = tmp_path / f"playground-{width}.png"
-    shot = page.screenshot(path=path, full_page=True)
+    shot = page.screenshot(path=shots_dir(tmp_path) / f"playground-{width}.png", full_page=True)
     assert_not_blank(shot)
     box = page.locator("#image").bounding_box()
     assert box["width"] > 100 and box["x"] >= 0 and box["x"] + box["width"] <= width
@@ -372,7 +359,7 @@ def test_screenshots_fit_the_width_and_are_not_blank(browser, site, tmp_path, wi
     context.close()
 
 
-def test_every_parameter_has_a_labelled_control_in_keyboard_order(browser, site):  # noqa: F811
+def test_every_parameter_has_a_labelled_control_in_keyboard_order(browser, site):
     context, page, seen = open_playground(browser, site, permissions=["clipboard-read", "clipboard-write"])
     shown = wait_ready(page)
     for p in PARAMETERS:
