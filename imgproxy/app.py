@@ -104,8 +104,16 @@ class PictureEndpoint:
             raise BadRequest(f"query string longer than {MAX_QUERY_LENGTH} characters")
         if self.signing_keys:
             raw_path = scope.get("raw_path") or scope["path"].encode()
-            check_request(raw_path.decode("latin-1"), raw_query, self.signing_keys, self.config.security.allowed_widths)
+            check_request(raw_path.decode("latin-1"), raw_query, self.signing_keys, self.unsigned_widths())
+        self.check_names(raw_query)
         return self.parse_query(raw_query)
+
+    def unsigned_widths(self) -> tuple[int, ...]:
+        """Widths a request may ask for without a signature when a key is set."""
+        return self.config.security.allowed_widths
+
+    def check_names(self, raw_query: str) -> None:
+        """Route-specific parameter rules before parsing (parsing names unknown ones anyway)."""
 
     def _parse_query(self, raw_query: str) -> RenderOptions:
         """Pure in the query string, so remembered per string (errors are not remembered)."""
@@ -160,17 +168,13 @@ class InfoEndpoint(PictureEndpoint):
     """GET and HEAD /info/<source> (SPEC §11): signed like /picture (never unsigned by
     allowed_widths); its only parameter is the cache-buster `v`. Answers carry /picture's headers."""
 
-    def options_from(self, scope) -> RenderOptions:
-        raw_query = scope["query_string"].decode("latin-1")
-        if len(raw_query) > MAX_QUERY_LENGTH:
-            raise BadRequest(f"query string longer than {MAX_QUERY_LENGTH} characters")
-        if self.signing_keys:
-            raw_path = scope.get("raw_path") or scope["path"].encode()
-            check_request(raw_path.decode("latin-1"), raw_query, self.signing_keys, ())
+    def unsigned_widths(self) -> tuple[int, ...]:
+        return ()  # never unsigned: /info has no width
+
+    def check_names(self, raw_query: str) -> None:
         for name, _ in parse_qsl(raw_query, keep_blank_values=True):
             if name not in INFO_PARAMETERS:
                 raise BadRequest(f"unknown parameter {name[:40]!r} (/info takes only v and sig)")
-        return self.parse_query(raw_query)  # checks v and the number of parameters
 
     async def __call__(self, scope, receive, send) -> None:
         accept, if_none_match = request_headers(scope)
