@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-quality bench-soak bench-formats clean
+.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-quality bench-soak bench-formats bench-autoquality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ bench-quality: $(BENCH_STAMP)
 # JPEG XL vs AVIF vs WebP vs JPEG at the configured qualities: bytes, encode time, SSIM per photo.
 bench-formats: $(BENCH_STAMP)
 	$(PY) bench/formats.py
+
+# quality=auto: its score and target judged by SSIMULACRA2 per photo and width, then the server path.
+bench-autoquality: $(BENCH_STAMP)
+	$(PY) bench/autoquality.py --widths 480,1080,1920 --save /tmp/autoquality.json
+	$(PY) bench/autoquality.py --server
 
 clean:
 	rm -rf cache images/demo .pytest_cache .hypothesis

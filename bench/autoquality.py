@@ -1,10 +1,11 @@
 """Which score `quality=auto` should search on, and its target: SSIMULACRA2 is the judge.
 
-    python bench/autoquality.py [--corpus DIR] [--widths 480,1080,1920] [--save FILE] [--only A,B] [--server]
+    python bench/autoquality.py [--corpus DIR] [--widths 480,1080,1920] [--save FILE] [--only A,B] [--judged Q,Q]
+        [--part I/N] [--server]
     python bench/autoquality.py --load FILE [FILE ...]
 
-`--save` keeps the measurements as JSON (one run per width can go on each core); `--load` prints
-the summary of saved runs together.
+`--save` keeps the measurements as JSON (one run per width or per `--part` of the photos can go on
+each core); `--load` prints the summary of saved runs together.
 
 Every photo of <corpus>/photos/large_* and <corpus>/bench/ (the HEIC too) is rendered by
 imgproxy.render to each width (sRGB pixels), then encoded as JPEG at q 30..70 in steps of 10, then 75..95 in steps of 5.
@@ -20,7 +21,8 @@ fixed target gives the same look on every image: the point of `quality=auto`.
 
 `--server` then runs the real thing at 1080 px (imgproxy.pipeline.render_original, config.toml's
 settings): per photo, bytes and SSIMULACRA2 at fixed q80 vs quality=auto, encodes made, render
-ms (median of 3, CPU time of this thread), for JPEG, and medians for WebP, AVIF and JXL.
+ms (median of 3, CPU time of the process), for JPEG, and medians for WebP, AVIF and JXL; then
+auto_format "first" vs "smallest" (bytes, render ms, which format won).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def s2(reference_png: bytes, body: bytes) -> float:
     return float(compute_ssimulacra2(io.BytesIO(reference_png), io.BytesIO(body)))
 
 
-def measure(name: str, image: Image.Image, config: Config) -> Row:
+def measure(name: str, image: Image.Image, config: Config, judged: tuple[int, ...] = JUDGED) -> Row:
     reference = io.BytesIO()
     image.save(reference, "PNG")
     row = Row(name, {}, {c: {} for c in CANDIDATES}, {}, {})
@@ -129,7 +131,7 @@ def measure(name: str, image: Image.Image, config: Config) -> Row:
             started = time.thread_time()
             row.scores[candidate][q] = fn(image, out)
             costs[candidate].append((time.thread_time() - started) * 1000)
-        if q in JUDGED:
+        if q in judged:
             row.judged[q] = s2(reference.getvalue(), body)
     row.cost_ms = {c: statistics.median(v) for c, v in costs.items()}
     return row
@@ -137,7 +139,8 @@ def measure(name: str, image: Image.Image, config: Config) -> Row:
 
 def judged_at(row: Row, q: float) -> float:
     """SSIMULACRA2 at `q`, linear between the judged qualities."""
-    return float(np.interp(q, JUDGED, [row.judged[j] for j in JUDGED]))
+    judged = sorted(row.judged)
+    return float(np.interp(q, judged, [row.judged[j] for j in judged]))
 
 
 def chosen(row: Row, candidate: str, target: float) -> int:
@@ -155,26 +158,31 @@ def calibrate(rows: list[Row], candidate: str, goal: float) -> float:
     return round(high, 4)
 
 
+def _spread(values: list[float]) -> str:
+    """Median, median absolute deviation (robust to the odd image SSIMULACRA2 scores far off), stdev, min."""
+    median = statistics.median(values)
+    mad = statistics.median(abs(v - median) for v in values)
+    return f"{median:>7.1f} {mad:>6.2f} {statistics.pstdev(values):>6.2f} {min(values):>7.1f}"
+
+
 def summary(rows: list[Row]) -> None:
     fixed = [r.judged[BASELINE] for r in rows]
     goal = statistics.median(fixed)
     base_bytes = statistics.median(r.bytes[BASELINE] for r in rows)
-    print(f"\n{len(rows)} renders; fixed q{BASELINE}: SSIMULACRA2 median {goal:.1f}, ", end="")
-    print(f"stdev {statistics.pstdev(fixed):.2f}, min {min(fixed):.1f}, median {base_bytes / 1000:.1f} KB")
+    print(f"\n{len(rows)} renders; SSIMULACRA2 (S2) of what each keeps: median, MAD, stdev, min")
     print(
-        f"{'score':<14} {'target':>7} {'S2 med':>7} {'S2 sd':>6} {'S2 min':>7} {'KB med':>7} {'bytes/q80':>9} {'ms/score':>8}"
+        f"{'score':<14} {'target':>7} {'S2 med':>7} {'S2 MAD':>6} {'S2 sd':>6} {'S2 min':>7} {'KB med':>7} {'ms/score':>8}"
     )
+    print(f"{'fixed q80':<14} {'':>7} {_spread(fixed)} {base_bytes / 1000:>7.1f}")
     for candidate in CANDIDATES:
+        if any(candidate not in r.scores for r in rows):
+            continue  # not measured at every width
         target = calibrate(rows, candidate, goal)
         kept = [chosen(r, candidate, target) for r in rows]
         looks = [judged_at(r, q) for r, q in zip(rows, kept)]
         sizes = [r.bytes[q] for r, q in zip(rows, kept)]
-        ratio = statistics.median(r.bytes[q] / r.bytes[BASELINE] for r, q in zip(rows, kept))
         cost = statistics.median(r.cost_ms[candidate] for r in rows)
-        print(
-            f"{candidate:<14} {target:>7.4f} {statistics.median(looks):>7.1f} {statistics.pstdev(looks):>6.2f} "
-            f"{min(looks):>7.1f} {statistics.median(sizes) / 1000:>7.1f} {ratio:>9.2f} {cost:>8.1f}"
-        )
+        print(f"{candidate:<14} {target:>7.4f} {_spread(looks)} {statistics.median(sizes) / 1000:>7.1f} {cost:>8.1f}")
 
 
 def server(corpus: Path, config: Config, width: int) -> None:
@@ -188,12 +196,12 @@ def server(corpus: Path, config: Config, width: int) -> None:
             rendered(path, width, config).frames[0].save(reference, "PNG")
             figures = []
             for quality in (None, "auto"):
-                options = RenderOptions(width=width, quality=quality)  # type: ignore[arg-type]
+                options = RenderOptions(width=width, quality=quality)
                 times = []
                 for _ in range(3):
-                    started = time.thread_time()
+                    started = time.process_time()  # the encoders' own threads count too
                     body, _meta = render_original(source, options, fmt, config)
-                    times.append((time.thread_time() - started) * 1000)
+                    times.append((time.process_time() - started) * 1000)
                 figures.append((len(body), s2(reference.getvalue(), body), statistics.median(times)))
             lines.append((path.name, *figures))
         if fmt == "jpeg":
@@ -205,6 +213,32 @@ def server(corpus: Path, config: Config, width: int) -> None:
         print(
             f"{fmt:<6} median  fixed: {med[0] / 1000:.1f} KB S2 {med[1]:.1f} (sd {sd[0]:.1f}) {med[2]:.0f} ms | "
             f"auto: {med[3] / 1000:.1f} KB S2 {med[4]:.1f} (sd {sd[1]:.1f}) {med[5]:.0f} ms"
+        )
+
+
+def smallest(corpus: Path, config: Config, width: int) -> None:
+    """auto_format: "first" (AVIF) vs "smallest" (AVIF, WebP, JXL and JPEG), fixed and auto quality."""
+    print(f"\nauto_format at {width} px, Accept: image/avif,image/webp,image/jxl (medians over the photos)")
+    for quality in (None, "auto"):
+        figures: dict[str, list[tuple[int, float]]] = {"auto:avif,webp": [], "smallest:avif,webp,jxl": []}
+        chosen: dict[str, int] = {}
+        for path in photos(corpus):
+            options = RenderOptions(width=width, quality=quality)
+            for requested, found in figures.items():
+                times = []
+                for _ in range(3):
+                    started = time.process_time()
+                    body, meta = render_original(original(path), options, requested, config)
+                    times.append((time.process_time() - started) * 1000)
+                found.append((len(body), statistics.median(times)))
+                if requested.startswith("smallest"):
+                    chosen[meta.content_type] = chosen.get(meta.content_type, 0) + 1
+        (first, best) = figures.values()
+        print(
+            f"quality={quality or 'default'}: first {statistics.median(b for b, _ in first) / 1000:.1f} KB "
+            f"{statistics.median(t for _, t in first):.0f} ms | smallest "
+            f"{statistics.median(b for b, _ in best) / 1000:.1f} KB {statistics.median(t for _, t in best):.0f} ms, "
+            f"bytes/first {statistics.median(b / f for (b, _), (f, _) in zip(best, first)):.2f}, chosen {chosen}"
         )
 
 
@@ -223,15 +257,18 @@ def main() -> None:
         for name in list(CANDIDATES):
             if name not in only:
                 del CANDIDATES[name]
+    judged = tuple(int(q) for q in args[args.index("--judged") + 1].split(",")) if "--judged" in args else JUDGED
     config = configured()
     if "--server" in args:
         server(corpus, config, 1080)
+        smallest(corpus, config, 1080)
         return
+    part, parts = (int(v) for v in args[args.index("--part") + 1].split("/")) if "--part" in args else (1, 1)
     rows = []
-    for path in photos(corpus):
+    for path in photos(corpus)[part - 1 :: parts]:
         for width in widths:
             image = rendered(path, width, config).frames[0]
-            row = measure(f"{path.name}@{width}", image, config)
+            row = measure(f"{path.name}@{width}", image, config, judged)
             rows.append(row)
             print(
                 f"{row.name:<36} q80 {row.bytes[BASELINE] / 1000:6.1f} KB S2 {row.judged[BASELINE]:5.1f}  "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from collections.abc import Callable
 
 # registers Pillow's JXL writer (and a JXL reader, which the loader's allow-list keeps off by default)
@@ -101,11 +102,15 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
 LOSSLESS = ("png", "gif")
 MIN_QUALITY = 10  # max_bytes never goes below it: past that the picture is not worth the bytes
 MAX_EXTRA_ENCODES = 6  # the floor, then a bisection between it and the requested quality
-# quality=auto: a bisection over [render] auto_quality_min..max stops once fewer than AUTO_PRECISION
-# qualities are left (a step of 1-3 changes the bytes by a few %): 5 encodes over 30..95, and a
-# 6th at the maximum when no quality tried meets the target
+# quality=auto: a search over [render] auto_quality_min..max stops once fewer than AUTO_PRECISION
+# qualities are left between a failing and a passing try (a step of 1-3 changes the bytes by a few
+# %), after AUTO_MAX_ENCODES tries at most (typically 3; a 6th encode at the maximum when none met
+# the target). It starts at the format's configured quality, steps AUTO_STEP (doubling) while every
+# try is on one side, then aims where the scores of the closest failing and passing tries cross
+# the target.
 AUTO_PRECISION = 4
 AUTO_MAX_ENCODES = 5
+AUTO_STEP = 10
 
 
 def _bisect(
@@ -116,16 +121,18 @@ def _bisect(
     tries: int,
     deadline: Deadline,
     precision: int = 1,
+    guess: Callable[[int, int], int] | None = None,
 ) -> tuple[bytes | None, int, int]:
     """The boundary of a monotone test over the qualities low..high: `attempt(q)` encodes at q and
     gives the body when it passes, else None. `upward`: passing at q means every lower quality
     passes too (a byte cap): the highest passing one is kept; otherwise (a look target) the lowest.
-    At most `tries` attempts, until fewer than `precision` qualities are left; each checks the
-    deadline first. (the kept body or None, its quality or 0, attempts made)"""
+    `guess(low, high)` picks each try in low..high (default: the middle). At most `tries` attempts,
+    until fewer than `precision` qualities are left; each checks the deadline first.
+    (the kept body or None, its quality or 0, attempts made)"""
     best, kept, made = None, 0, 0
     while high - low + 1 >= precision and low <= high and made < tries:
         deadline.check()
-        middle = (low + high) // 2
+        middle = guess(low, high) if guess else (low + high) // 2
         body = attempt(middle)
         made += 1
         if body is None:
@@ -137,25 +144,50 @@ def _bisect(
 
 
 def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: Deadline) -> tuple[bytes, int, int]:
-    """quality=auto: the lowest quality in auto_quality_min..max (a bounded bisection) whose output,
+    """quality=auto: the lowest quality in auto_quality_min..max (a bounded search) whose output,
     decoded, scores at least `auto_quality_target` against the pixels encoded (imgproxy.perceptual);
     the maximum when none tried does. (body, quality, encodes made)"""
     frame = rendered.frames[0]
     if fmt == "jxl" and rendered.icc_profile:  # its writer converts to sRGB: compare with what it sees
         frame = _in_srgb([frame], rendered.icc_profile)[0]
     reference = perceptual.Reference(frame)
+    target = settings.auto_quality_target
+    scores: dict[int, float] = {}
+    failed: dict[int, bytes] = {}
 
     def attempt(quality: int) -> bytes | None:
         body = encode(rendered, fmt, quality, settings)
         with Image.open(io.BytesIO(body)) as decoded:
-            return body if reference.score(decoded) >= settings.auto_quality_target else None
+            scores[quality] = reference.score(decoded)
+        if scores[quality] >= target:
+            return body
+        failed[quality] = body
+        return None
+
+    def guess(low: int, high: int) -> int:
+        below = [q for q in scores if scores[q] < target]
+        above = [q for q in scores if scores[q] >= target]
+        if not scores:
+            q = default_quality(fmt, settings) or (low + high) // 2
+        elif not below:
+            q = min(above) - AUTO_STEP * 2 ** (len(above) - 1)
+        elif not above:
+            q = max(below) + AUTO_STEP * 2 ** (len(below) - 1)
+        else:
+            fail, passed = max(below), min(above)
+            rise = scores[passed] - scores[fail]
+            share = (target - scores[fail]) / rise if rise > 0 else 0.5
+            q = fail + math.ceil(share * (passed - fail))
+        return min(max(q, low), high)
 
     low, high = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
-    body, quality, encodes = _bisect(low, high, attempt, False, AUTO_MAX_ENCODES, deadline, AUTO_PRECISION)
-    if body is None:
-        deadline.check()
-        return encode(rendered, fmt, high, settings), high, encodes + 1
-    return body, quality, encodes
+    body, quality, encodes = _bisect(low, high, attempt, False, AUTO_MAX_ENCODES, deadline, AUTO_PRECISION, guess)
+    if body is not None:
+        return body, quality, encodes
+    if high in failed:  # the maximum was tried: it is the answer
+        return failed[high], high, encodes
+    deadline.check()
+    return encode(rendered, fmt, high, settings), high, encodes + 1
 
 
 def encode_within(

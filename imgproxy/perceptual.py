@@ -27,7 +27,8 @@ def _box(a: np.ndarray) -> np.ndarray:
     of 2 x 2 of those. Windows overlap, so every block edge of a JPEG or a DCT codec is inside one."""
     step = WINDOW // 2
     h, w = a.shape[0] // step * step, a.shape[1] // step * step
-    blocks = a[:h, :w].reshape(h // step, step, w // step, step).sum(axis=(1, 3))
+    rows = sum(a[i:h:step, :w] for i in range(step))  # strided adds: faster than reshape().sum()
+    blocks = sum(rows[:, i:w:step] for i in range(step))
     return (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) * (1 / (WINDOW * WINDOW))
 
 

@@ -114,7 +114,7 @@ def test_a_flat_image_gets_the_lowest_quality_and_a_noisy_one_the_highest():
     noisy = Rendered([Image.fromarray(noise)])
     strict = dataclasses.replace(SETTINGS, auto_quality_target=0.9999)  # met by no quality tried
     body, encodes = encode_within(noisy, "jpeg", "auto", strict, None, Deadline(60))
-    assert body == encode(noisy, "jpeg", SETTINGS.auto_quality_max, SETTINGS) and encodes == AUTO_MAX_ENCODES + 1
+    assert body == encode(noisy, "jpeg", SETTINGS.auto_quality_max, SETTINGS) and encodes <= AUTO_MAX_ENCODES + 1
 
 
 def test_max_bytes_caps_what_auto_chose():
