@@ -27,8 +27,12 @@ def _box(a: np.ndarray) -> np.ndarray:
     of 2 x 2 of those. Windows overlap, so every block edge of a JPEG or a DCT codec is inside one."""
     step = WINDOW // 2
     h, w = a.shape[0] // step * step, a.shape[1] // step * step
-    rows = sum(a[i:h:step, :w] for i in range(step))  # strided adds: faster than reshape().sum()
-    blocks = sum(rows[:, i:w:step] for i in range(step))
+    rows = a[0:h:step, :w].copy()  # strided adds: faster than reshape().sum()
+    for i in range(1, step):
+        rows += a[i:h:step, :w]
+    blocks = rows[:, 0:w:step].copy()
+    for i in range(1, step):
+        blocks += rows[:, i:w:step]
     return (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) * (1 / (WINDOW * WINDOW))
 
 
