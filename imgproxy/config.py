@@ -123,7 +123,7 @@ class RenderConfig:
     hidpi_quality: int = 0  # 0: unset, `quality` applies at every dpr
     jxl_quality: int = 82
     jxl_effort: int = 3
-    auto_quality_target: float = 0.99  # imgproxy.perceptual's score; chosen by bench/autoquality.py
+    auto_quality_target: float = 0.9895  # imgproxy.perceptual's score; chosen by bench/autoquality.py
     auto_quality_min: int = 30
     auto_quality_max: int = 95
     auto_format: str = "first"

@@ -102,15 +102,17 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
 LOSSLESS = ("png", "gif")
 MIN_QUALITY = 10  # max_bytes never goes below it: past that the picture is not worth the bytes
 MAX_EXTRA_ENCODES = 6  # the floor, then a bisection between it and the requested quality
-# quality=auto: a search over [render] auto_quality_min..max stops once fewer than AUTO_PRECISION
+# quality=auto: a search over [render] auto_quality_min..max. It starts at the format's configured
+# quality, steps by the score's usual rise per quality (AUTO_SLOPE, doubling while every try is on
+# one side), then aims where the scores of the closest failing and passing tries cross the target.
+# It stops when a passing try is within AUTO_MARGIN of the target or fewer than AUTO_PRECISION
 # qualities are left between a failing and a passing try (a step of 1-3 changes the bytes by a few
-# %), after AUTO_MAX_ENCODES tries at most (typically 3; a 6th encode at the maximum when none met
-# the target). It starts at the format's configured quality, steps AUTO_STEP (doubling) while every
-# try is on one side, then aims where the scores of the closest failing and passing tries cross
-# the target.
+# %), and after AUTO_MAX_ENCODES tries (typically 2-3; a last encode at the maximum when no try met
+# the target and the maximum was not tried).
 AUTO_PRECISION = 4
 AUTO_MAX_ENCODES = 5
-AUTO_STEP = 10
+AUTO_SLOPE = 0.0006  # multi-scale SSIM per quality step near the target (bench/autoquality.py's grid)
+AUTO_MARGIN = 2 * AUTO_SLOPE
 
 
 def _bisect(
@@ -121,18 +123,20 @@ def _bisect(
     tries: int,
     deadline: Deadline,
     precision: int = 1,
-    guess: Callable[[int, int], int] | None = None,
+    guess: Callable[[int, int], int | None] | None = None,
 ) -> tuple[bytes | None, int, int]:
     """The boundary of a monotone test over the qualities low..high: `attempt(q)` encodes at q and
     gives the body when it passes, else None. `upward`: passing at q means every lower quality
     passes too (a byte cap): the highest passing one is kept; otherwise (a look target) the lowest.
-    `guess(low, high)` picks each try in low..high (default: the middle). At most `tries` attempts,
+    `guess(low, high)` picks each try in low..high (default: the middle), or None to stop. At most `tries` attempts,
     until fewer than `precision` qualities are left; each checks the deadline first.
     (the kept body or None, its quality or 0, attempts made)"""
     best, kept, made = None, 0, 0
     while high - low + 1 >= precision and low <= high and made < tries:
         deadline.check()
         middle = guess(low, high) if guess else (low + high) // 2
+        if middle is None:
+            break
         body = attempt(middle)
         made += 1
         if body is None:
@@ -164,15 +168,17 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
         failed[quality] = body
         return None
 
-    def guess(low: int, high: int) -> int:
+    def guess(low: int, high: int) -> int | None:
         below = [q for q in scores if scores[q] < target]
         above = [q for q in scores if scores[q] >= target]
+        if above and scores[min(above)] - target < AUTO_MARGIN:
+            return None  # a quality or two lower would miss it
         if not scores:
             q = default_quality(fmt, settings) or (low + high) // 2
-        elif not below:
-            q = min(above) - AUTO_STEP * 2 ** (len(above) - 1)
-        elif not above:
-            q = max(below) + AUTO_STEP * 2 ** (len(below) - 1)
+        elif not below or not above:
+            nearest = min(above) if above else max(below)
+            steps = (target - scores[nearest]) / AUTO_SLOPE * 2 ** (len(scores) - 1)
+            q = nearest + (math.ceil(steps) if steps > 0 else math.floor(steps))
         else:
             fail, passed = max(below), min(above)
             rise = scores[passed] - scores[fail]
