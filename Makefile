@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats bench-bytes bench-jpeg clean
+.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats bench-bytes bench-jpeg bench-autoquality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,11 @@ bench-bytes: $(BENCH_STAMP)
 # libjpeg-turbo q80 vs jpegli and mozjpeg's lossless pass at equal SSIMULACRA2: bytes and CPU time.
 bench-jpeg: $(BENCH_STAMP)
 	$(PY) bench/jpeg_encoders.py
+
+# quality=auto: its score and target judged by SSIMULACRA2 per photo and width, then the server path.
+bench-autoquality: $(BENCH_STAMP)
+	$(PY) bench/autoquality.py --widths 480,1080,1920 --save /tmp/autoquality.json
+	$(PY) bench/autoquality.py --server
 
 clean:
 	rm -rf cache images/demo .pytest_cache .hypothesis

@@ -125,6 +125,10 @@ class RenderConfig:
     jxl_effort: int = 3
     client_hints: bool = False  # Accept-CH on pages, width=auto on /picture (SPEC §11)
     jpeg_encoder: str = "libjpeg"
+    auto_quality_target: float = 0.9895  # imgproxy.perceptual's score; chosen by bench/autoquality.py
+    auto_quality_min: int = 30
+    auto_quality_max: int = 95
+    auto_format: str = "first"
 
 
 @dataclass(frozen=True)
@@ -364,6 +368,10 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     ),
     "render.jxl_quality": (lambda v: 1 <= v <= 100, "1..100"),
     "render.jxl_effort": (lambda v: 1 <= v <= 9, "1..9"),
+    "render.auto_quality_target": (lambda v: 0.5 <= v < 1, "0.5..1 (below 1)"),
+    "render.auto_quality_min": (lambda v: 1 <= v <= 100, "1..100"),
+    "render.auto_quality_max": (lambda v: 1 <= v <= 100, "1..100"),
+    "render.auto_format": (lambda v: v in ("first", "smallest"), "first or smallest"),
 }
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import struct
+from collections.abc import Callable
 
 # registers Pillow's JXL writer (and a JXL reader, which the loader's allow-list keeps off by default)
 import pillow_jxl  # noqa: F401
 import pyjpegli
 from PIL import Image, ImageCms
 
+from . import perceptual
 from .budget import Deadline
 from .config import RenderConfig
+from .options import AUTO_QUALITY
 from .render import Rendered, _to_srgb
 
 CONTENT_TYPES = {
@@ -102,37 +106,138 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
 LOSSLESS = ("png", "gif")
 MIN_QUALITY = 10  # max_bytes never goes below it: past that the picture is not worth the bytes
 MAX_EXTRA_ENCODES = 6  # the floor, then a bisection between it and the requested quality
+# quality=auto: a search over [render] auto_quality_min..max. It starts at the format's configured
+# quality, steps by the score's usual rise per quality (AUTO_SLOPE, doubling while every try is on
+# one side), then aims where the scores of the closest failing and passing tries cross the target.
+# It stops when a passing try is within AUTO_MARGIN of the target or fewer than AUTO_PRECISION
+# qualities are left between a failing and a passing try (a step of 1-3 changes the bytes by a few
+# %), and after AUTO_MAX_ENCODES tries (typically 2-3; a last encode at the maximum when no try met
+# the target and the maximum was not tried).
+AUTO_PRECISION = 4
+AUTO_MAX_ENCODES = 5
+AUTO_SLOPE = 0.0006  # multi-scale SSIM per quality step near the target (bench/autoquality.py's grid)
+AUTO_MARGIN = 2 * AUTO_SLOPE
+
+
+def _bisect(
+    low: int,
+    high: int,
+    attempt: Callable[[int], bytes | None],
+    upward: bool,
+    tries: int,
+    deadline: Deadline,
+    precision: int = 1,
+    guess: Callable[[int, int], int | None] | None = None,
+) -> tuple[bytes | None, int, int]:
+    """The boundary of a monotone test over the qualities low..high: `attempt(q)` encodes at q and
+    gives the body when it passes, else None. `upward`: passing at q means every lower quality
+    passes too (a byte cap): the highest passing one is kept; otherwise (a look target) the lowest.
+    `guess(low, high)` picks each try in low..high (default: the middle), or None to stop. At most `tries` attempts,
+    until fewer than `precision` qualities are left; each checks the deadline first.
+    (the kept body or None, its quality or 0, attempts made)"""
+    best, kept, made = None, 0, 0
+    while high - low + 1 >= precision and low <= high and made < tries:
+        deadline.check()
+        middle = guess(low, high) if guess else (low + high) // 2
+        if middle is None:
+            break
+        body = attempt(middle)
+        made += 1
+        if body is None:
+            low, high = (low, middle - 1) if upward else (middle + 1, high)
+        else:
+            best, kept = body, middle
+            low, high = (middle + 1, high) if upward else (low, middle - 1)
+    return best, kept, made
+
+
+def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: Deadline) -> tuple[bytes, int, int]:
+    """quality=auto: the lowest quality in auto_quality_min..max (a bounded search) whose output,
+    decoded, scores at least `auto_quality_target` against the pixels encoded (imgproxy.perceptual);
+    the maximum when none tried does. (body, quality, encodes made)"""
+    frame = rendered.frames[0]
+    if fmt == "jxl" and rendered.icc_profile:  # its writer converts to sRGB: compare with what it sees
+        frame = _in_srgb([frame], rendered.icc_profile)[0]
+    reference = perceptual.Reference(frame)
+    target = settings.auto_quality_target
+    scores: dict[int, float] = {}
+    failed: dict[int, bytes] = {}
+
+    def attempt(quality: int) -> bytes | None:
+        body = encode(rendered, fmt, quality, settings)
+        with Image.open(io.BytesIO(body)) as decoded:
+            scores[quality] = reference.score(decoded)
+        if scores[quality] >= target:
+            return body
+        failed[quality] = body
+        return None
+
+    def guess(low: int, high: int) -> int | None:
+        below = [q for q in scores if scores[q] < target]
+        above = [q for q in scores if scores[q] >= target]
+        if above and scores[min(above)] - target < AUTO_MARGIN:
+            return None  # a quality or two lower would miss it
+        if not scores:
+            q = default_quality(fmt, settings) or (low + high) // 2
+        elif not below or not above:
+            nearest = min(above) if above else max(below)
+            steps = (target - scores[nearest]) / AUTO_SLOPE * 2 ** (len(scores) - 1)
+            q = nearest + (math.ceil(steps) if steps > 0 else math.floor(steps))
+        else:
+            fail, passed = max(below), min(above)
+            rise = scores[passed] - scores[fail]
+            share = (target - scores[fail]) / rise if rise > 0 else 0.5
+            q = fail + math.ceil(share * (passed - fail))
+        return min(max(q, low), high)
+
+    low, high = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
+    body, quality, encodes = _bisect(low, high, attempt, False, AUTO_MAX_ENCODES, deadline, AUTO_PRECISION, guess)
+    if body is not None:
+        return body, quality, encodes
+    if high in failed:  # the maximum was tried: it is the answer
+        return failed[high], high, encodes
+    deadline.check()
+    return encode(rendered, fmt, high, settings), high, encodes + 1
 
 
 def encode_within(
-    rendered: Rendered, fmt: str, quality: int | None, settings: RenderConfig, max_bytes: int | None, deadline: Deadline
+    rendered: Rendered,
+    fmt: str,
+    quality: int | str | None,
+    settings: RenderConfig,
+    max_bytes: int | None,
+    deadline: Deadline,
 ) -> tuple[bytes, int]:
-    """`encode`, and past `max_bytes` (the `max_bytes` parameter) the highest quality that fits among
-    a bounded search, or, when nothing fits, the smallest output tried; lossless formats are only
-    recompressed at maximum effort. (body, encodes made). Each extra encode checks the deadline."""
-    body = encode(rendered, fmt, quality, settings)
-    start = quality or default_quality(fmt, settings)
+    """`encode` (quality=auto: `encode_auto`; a lossless format or an animation takes its default),
+    and past `max_bytes` (the `max_bytes` parameter, which wins over auto's target) the highest
+    quality below that fits among a bounded search, or, when nothing fits, the smallest output
+    tried; lossless formats are only recompressed at maximum effort. (body, encodes made). Each
+    extra encode checks the deadline."""
+    encodes, level = 1, quality if isinstance(quality, int) else None
+    if quality == AUTO_QUALITY and fmt not in LOSSLESS and len(rendered.frames) == 1:
+        body, level, encodes = encode_auto(rendered, fmt, settings, deadline)
+    else:
+        body = encode(rendered, fmt, level, settings)
+    start = level or default_quality(fmt, settings)
     if max_bytes is None or len(body) <= max_bytes:
-        return body, 1
+        return body, encodes
     if fmt in LOSSLESS:
         deadline.check()
         hardest = dataclasses.replace(settings, png_compress_level=9, gif_optimize=True)
-        return min(body, encode(rendered, fmt, quality, hardest), key=len), 2
+        return min(body, encode(rendered, fmt, level, hardest), key=len), encodes + 1
     if start is None or start <= MIN_QUALITY:
-        return body, 1
+        return body, encodes
     deadline.check()
-    best, encodes = encode(rendered, fmt, MIN_QUALITY, settings), 2
-    low, high = MIN_QUALITY + 1, start - 1
-    while len(best) <= max_bytes and low <= high and encodes <= MAX_EXTRA_ENCODES:
-        deadline.check()
-        middle = (low + high) // 2
+    floor, encodes = encode(rendered, fmt, MIN_QUALITY, settings), encodes + 1
+    if len(floor) > max_bytes:
+        return floor, encodes
+
+    def attempt(middle: int) -> bytes | None:
         candidate = encode(rendered, fmt, middle, settings)
-        encodes += 1
-        if len(candidate) <= max_bytes:
-            best, low = candidate, middle + 1
-        else:
-            high = middle - 1
-    return best, encodes
+        return candidate if len(candidate) <= max_bytes else None
+
+    best, _, made = _bisect(MIN_QUALITY + 1, start - 1, attempt, True, MAX_EXTRA_ENCODES - 1, deadline)
+    return best or floor, encodes + made
 
 
 ICC_CHUNK = 65519  # an APP2 payload (65533 at most) less the 12-byte ICC_PROFILE tag and 2 sequence bytes

@@ -28,6 +28,7 @@ ENCODINGS = {
     "jxl": "jxl",
     "auto": "auto",
 }
+LOSSLESS_ENCODINGS = ("png", "gif")
 MODES = ("fit", "crop", "pad", "stretch")
 GRAVITIES = {
     "center": (0.5, 0.5),
@@ -75,7 +76,7 @@ class RenderOptions:
     width: int | None = None
     height: int | None = None
     encoding: str | None = None  # None: the configured default; "auto": from Accept
-    quality: int | None = None  # None: per-format default from config
+    quality: int | str | None = None  # None: per-format default from config; AUTO_QUALITY: searched
     mode: str = "fit"
     gravity: str = "fp"  # "fp": around `focal` (crop and pad); "smart": content-aware (crop only)
     focal: tuple[float, float] = (0.5, 0.5)
@@ -279,8 +280,18 @@ def _set_encoding(values: dict, name: str, param: str, raw: str) -> None:
     values[name] = enc
 
 
+AUTO_QUALITY = "auto"
+
+
 def _set_quality(values: dict, name: str, param: str, raw: str) -> None:
-    values[name] = _integer(param, raw, 1, 100)
+    """1..100, or `auto`: the smallest output within `[render] auto_quality_target` (encode.encode_auto)."""
+    if raw.strip().lower() == AUTO_QUALITY:
+        values[name] = AUTO_QUALITY
+        return
+    try:
+        values[name] = _integer(param, raw, 1, 100)
+    except BadRequest as exc:
+        raise BadRequest(exc.message.removesuffix(")") + " or auto)") from None
 
 
 def _set_mode(values: dict, name: str, param: str, raw: str) -> None:
@@ -509,10 +520,10 @@ PARAMETERS: tuple[Parameter, ...] = (
         "quality",
         ("q",),
         _set_quality,
-        "int",
-        "encoder quality (default per format from `[render]`)",
-        low=1,
-        high=100,
+        "text",  # a number 1..100 or `auto`: a text field with `auto` suggested
+        "encoder quality 1–100 (default per format from `[render]`), or `auto`: the smallest output that looks like "
+        "the resized image within `[render] auto_quality_target` (lossless PNG and GIF ignore it)",
+        choices=(AUTO_QUALITY,),
         example="80",
     ),
     Parameter(
@@ -644,6 +655,8 @@ def _canonical(values: dict, hidpi_quality: int | None = None) -> RenderOptions:
     hidpi = values.pop("hidpi_quality", None) or hidpi_quality
     if hidpi and values.get("dpr", 1.0) >= 2:
         values["quality"] = hidpi
+    if values.get("quality") == AUTO_QUALITY and values.get("encoding") in LOSSLESS_ENCODINGS:
+        del values["quality"]  # nothing to search: one key for what renders alike
     mode = values.get("mode", "fit")
     if mode in ("fit", "stretch"):  # nothing to place
         values.pop("gravity", None)

@@ -27,7 +27,7 @@ from .errors import Forbidden, GatewayTimeout, Overloaded
 from .info import INFO_KEY, source_info
 from .loader import has_alpha, open_original
 from .options import RenderOptions, with_encoding
-from .render import output_bytes, render
+from .render import Rendered, output_bytes, render
 from .sources import Original, is_remote
 from .storage import Storage, open_storage
 
@@ -53,12 +53,16 @@ def close_body(body: bytes | BinaryIO) -> None:
 # Formats the client offers, for the render to choose from once the source is known: whether it is
 # animated decides. The cache key holds them, so each Accept class has its own entry (Vary: Accept).
 AUTO = "auto:"
+# The same with [render] auto_format = "smallest": each of them and the fallback (JPEG, or PNG with
+# alpha) is encoded and the smallest output kept.
+SMALLEST = "smallest:"
 
 
-def negotiate(accept: str) -> tuple[str, ...]:
+def negotiate(accept: str, every: bool = False) -> tuple[str, ...]:
     """Which of AVIF and WebP (in this order) the client's Accept lists with q > 0; JPEG XL only
     when it lists neither: JXL comes after both and never carries an animation, so it changes
-    the answer only alone, and clients listing it besides AVIF or WebP keep their Accept class."""
+    the answer only alone, and clients listing it besides AVIF or WebP keep their Accept class.
+    `every` (auto_format = "smallest", where each is tried): JPEG XL too whenever listed."""
     offered = set()
     for item in accept.lower().split(",")[:32]:
         media, *params = item.split(";")
@@ -73,6 +77,8 @@ def negotiate(accept: str) -> tuple[str, ...]:
         if quality > 0:
             offered.add(media.strip())
     found = tuple(fmt for fmt in ("avif", "webp") if f"image/{fmt}" in offered)
+    if every:
+        return found + (("jxl",) if "image/jxl" in offered else ())
     return found or (("jxl",) if "image/jxl" in offered else ())
 
 
@@ -80,8 +86,8 @@ def output_format(requested: str, source_format: str, has_alpha: bool, animated:
     """`source` means: the source's own format when we can write it, else JPEG (PNG with alpha).
     `auto:avif,webp` (what negotiate() found) means the first, but an animation stays one: WebP
     when offered, else GIF (AVIF is first-frame only here)."""
-    if requested.startswith(AUTO):
-        offered = requested[len(AUTO) :].split(",")
+    if requested.startswith((AUTO, SMALLEST)):
+        offered = requested.partition(":")[2].split(",")
         if animated:
             return "webp" if "webp" in offered else "gif"
         return offered[0]
@@ -132,12 +138,32 @@ def render_original(
         )
         # the output frames (all of an animation's) stay in the budget while they are encoded
         with budget.hold(len(rendered.frames) * output_bytes(rendered.size), deadline):
-            body, _ = encode_within(rendered, fmt, options.quality, config.render, options.max_bytes, deadline)
+            if requested_format.startswith(SMALLEST) and len(rendered.frames) == 1:
+                body, fmt = smallest_encode(rendered, requested_format, options, config, deadline)
+            else:
+                body, _ = encode_within(rendered, fmt, options.quality, config.render, options.max_bytes, deadline)
     width, height = rendered.size
     ms = (time.perf_counter() - started) * 1000
     meta = ResultMeta(CONTENT_TYPES[fmt], etag_of(body), len(body), width, height, original.last_modified, round(ms, 1))
     metrics.SOURCE_DECODES.labels("kept" if rendered.reused_decode else "decoded").inc()
     return body, meta
+
+
+def smallest_encode(
+    rendered: Rendered, requested: str, options: RenderOptions, config: Config, deadline: Deadline
+) -> tuple[bytes, str]:
+    """auto_format = "smallest": the smallest output (the first on a tie) among the offered formats
+    and the fallback every client takes (JPEG, or PNG for pixels with alpha), each at the
+    request's quality (auto: its perceptual target) or its own configured one. (body, format)"""
+    alpha = rendered.frames[0].mode in ("RGBA", "LA")
+    candidates = [*requested[len(SMALLEST) :].split(","), "png" if alpha else "jpeg"]
+    best, chosen = b"", ""
+    for fmt in candidates:
+        deadline.check()
+        body, _ = encode_within(rendered, fmt, options.quality, config.render, options.max_bytes, deadline)
+        if not chosen or len(body) < len(best):
+            best, chosen = body, fmt
+    return best, chosen
 
 
 def release_frames(exc: BaseException) -> None:
@@ -191,9 +217,10 @@ class Renderer:
         fmt = options.encoding or default
         if fmt != "auto":
             return fmt, False
-        offered = negotiate(accept)
+        smallest = self.config.render.auto_format == "smallest"
+        offered = negotiate(accept, every=smallest)
         if offered:
-            return AUTO + ",".join(offered), True
+            return (SMALLEST if smallest else AUTO) + ",".join(offered), True
         return (default if default != "auto" else "source"), True
 
     async def load(self, source: str) -> Original:

@@ -74,7 +74,7 @@ def test_render_refuses_an_unknown_output_suffix(tmp_path, config_path):
         (["--height", "3000", "--dpr", "2"], "--height: 3000 x dpr 2 is above the limit of 4096 px"),
         (["--width", "abc"], "--width: 'abc' is not a number"),
         (["--format", "bmp"], "--format: 'bmp' is not a format"),
-        (["--quality", "0"], "--quality: 0 is out of range (allowed: 1..100)"),
+        (["--quality", "0"], "--quality: 0 is out of range (allowed: 1..100 or auto)"),
     ],
 )
 def test_flag_errors_name_the_flag_and_the_real_limit(tmp_path, config_path, command, flags, expected):

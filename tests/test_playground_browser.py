@@ -137,6 +137,7 @@ def test_each_kind_of_control_changes_the_url_and_the_image(browser, site):
     step("#param-mode", "crop", crop, "480x240")
 
     # text, set by clicking the source (the focal point), by the arrow keys, and typed
+    page.locator("#preview").scroll_into_view_if_needed()  # a mouse click does not scroll: the box must be on screen
     box = page.locator("#preview").bounding_box()
     previous = now = page.evaluate(SHOWN_JS)["url"]
     page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.9)
