@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .origin import Origin
+
 PROJECT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("IMGPROXY_CORPUS", PROJECT.parent / "shared" / "corpus")).resolve()
 
@@ -319,3 +321,11 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def origin():
+    """A real local HTTP origin for remote sources (tests/origin.py), one per test module."""
+    server = Origin().start()
+    yield server
+    server.stop()

@@ -26,7 +26,7 @@ from imgproxy.errors import (
 )
 from imgproxy.netguard import AddressNotAllowed
 from imgproxy.remote import FetchSlots, RemoteSource, freshness
-from tests.origin import PHOTOS, Origin
+from tests.origin import PHOTOS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(15)]
 PNG = "/photos/alpha_dice.png"
@@ -38,13 +38,6 @@ unique = itertools.count()
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def origin():
-    server = Origin().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

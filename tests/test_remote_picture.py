@@ -8,8 +8,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.origin import Origin
-
 REMOTE = {
     "allowed_hosts": ["127.0.0.1"],
     "allow_private_addresses": True,
@@ -18,13 +16,6 @@ REMOTE = {
     "max_bytes": "4MB",
     "freshness": 300,
 }
-
-
-@pytest.fixture(scope="module")
-def origin():
-    server = Origin().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

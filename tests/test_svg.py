@@ -15,7 +15,6 @@ from PIL import Image
 from imgproxy.config import ConfigError, load_config
 
 from .conftest import CORPUS, LiveServer, group_members, manifest_rows
-from .origin import Origin
 
 SVG_HEAD = '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'
 # 200x100: left half red, top right quarter blue, bottom right quarter transparent
@@ -72,13 +71,6 @@ def children_drawing(server: LiveServer) -> list[int]:
         except OSError:
             continue
     return found
-
-
-@pytest.fixture(scope="module")
-def origin():
-    server = Origin().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
