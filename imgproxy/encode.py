@@ -13,7 +13,6 @@ import pillow_jxl  # noqa: F401
 import pyjpegli
 from PIL import Image, ImageCms
 
-from . import perceptual
 from .budget import Deadline
 from .config import RenderConfig
 from .options import AUTO_QUALITY
@@ -155,6 +154,8 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
     """quality=auto: the lowest quality in auto_quality_min..max (a bounded search) whose output,
     decoded, scores at least `auto_quality_target` against the pixels encoded (imgproxy.perceptual);
     the maximum when none tried does. (body, quality, encodes made)"""
+    from . import perceptual  # numpy: ~14 MB a worker, paid only once a request asks for auto
+
     frame = rendered.frames[0]
     if fmt == "jxl" and rendered.icc_profile:  # its writer converts to sRGB: compare with what it sees
         frame = _in_srgb([frame], rendered.icc_profile)[0]
