@@ -10,8 +10,8 @@ width (skipped where it exceeds the photo's upright width: no server is asked to
   IMGPROXY_RENDER__AUTO_FORMAT), there also with quality=auto;
 - thumbor 7.8 (q80; RESPECT_ORIENTATION, AUTO_WEBP and AUTO_AVIF on: it answers Chrome with WebP,
   since it checks AUTO_WEBP first) and ipx 3.1 (q80; `f_auto` for Chrome: AVIF), installed and
-  started by bench/peers.py. An output whose aspect ratio is not the upright photo's (ipx does not
-  apply EXIF orientation) is reported as "not upright" and not scored.
+  started by bench/peers.py (both apply EXIF orientation there). An output whose aspect ratio is not
+  the upright photo's is reported as "not upright" and not scored.
 A request this server refuses (quality=auto or auto_format before they exist) is reported as
 "not supported by this server"; a peer's failure (thumbor cannot read HEIC) as "failed".
 
@@ -96,14 +96,14 @@ def variants(servers: dict[str, Server]) -> list[Variant]:
 
 
 def thumbor_upright_auto(corpus: Path, venv: Path) -> Server:
-    """bench/peers.py's thumbor, its config extended: EXIF orientation applied (our outputs are
-    upright, and so is the reference) and the Accept-driven formats a Chrome would get."""
+    """bench/peers.py's thumbor (EXIF orientation applied there: our outputs are upright, and so
+    is the reference), its config extended with the Accept-driven formats a Chrome would get."""
     server = thumbor_server(corpus, venv)
 
     def command(port: int, scratch: Path) -> list[str]:
         argv = server.command(port, scratch)
         config = Path(argv[argv.index("--conf") + 1])
-        config.write_text(config.read_text() + "RESPECT_ORIENTATION = True\nAUTO_WEBP = True\nAUTO_AVIF = True\n")
+        config.write_text(config.read_text() + "AUTO_WEBP = True\nAUTO_AVIF = True\n")
         return argv
 
     return dataclasses.replace(server, command=command)

@@ -5,5 +5,6 @@ import { createServer } from "node:http";
 import { createIPX, createIPXNodeServer, ipxFSStorage } from "ipx";
 
 const [dir, port] = process.argv.slice(2);
-const ipx = createIPX({ storage: ipxFSStorage({ dir }) });
+// autoOrient: upright output like the other servers' (stock ipx ignores EXIF orientation)
+const ipx = createIPX({ storage: ipxFSStorage({ dir }), sharpOptions: { autoOrient: true } });
 createServer(createIPXNodeServer(ipx)).listen(Number(port), "127.0.0.1");

@@ -20,16 +20,18 @@ uses the same function on each server's actual output.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image
+from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -78,7 +80,8 @@ def ssim(a: Image.Image, b: Image.Image) -> float:
 
 
 class References:
-    """LANCZOS from the full decode of each source, at any size asked (kept per source)."""
+    """LANCZOS from the full decode of each source, made upright (EXIF orientation), at any size
+    asked (kept per source until forget())."""
 
     def __init__(self) -> None:
         self.full: dict[Path, Image.Image] = {}
@@ -86,8 +89,11 @@ class References:
     def get(self, path: Path, size: tuple[int, int]) -> Image.Image:
         if path not in self.full:
             with Image.open(path) as image:
-                self.full[path] = image.convert("RGB")
+                self.full[path] = ImageOps.exif_transpose(image).convert("RGB")
         return self.full[path].resize(size, Image.Resampling.LANCZOS)
+
+    def forget(self, path: Path) -> None:
+        self.full.pop(path, None)
 
 
 def thumbor_way(path: Path, width: int) -> Image.Image:
@@ -120,14 +126,18 @@ def timed(fn, *args) -> tuple[float, Image.Image]:
 
 def pipelines(corpus: Path) -> list[list[str]]:
     refs = References()
-    variants = [("thumbor: draft to size + LANCZOS", thumbor_way)]
+    variants: list[tuple[str, Callable[[Path, int], Image.Image]]] = [("thumbor: draft to size + LANCZOS", thumbor_way)]
     for gap in GAPS:
         settings = dataclasses.replace(RenderConfig(), reducing_gap=gap)
-        variants.append((f"ours, reducing_gap {gap:g}, cold", lambda p, w, s=settings: ours(p, w, s, MemoryBudget(0))))
+        variants.append(
+            (f"ours, reducing_gap {gap:g}, cold", functools.partial(ours, settings=settings, kept=MemoryBudget(0)))
+        )
         kept = MemoryBudget(RenderConfig().memory_budget, RenderConfig().kept_decodes)
         for image in IMAGES:  # an earlier request at the widest width leaves its decode kept
             ours(corpus / image, max(WIDTHS), settings, kept)
-        variants.append((f"ours, reducing_gap {gap:g}, kept decode", lambda p, w, s=settings, k=kept: ours(p, w, s, k)))
+        variants.append(
+            (f"ours, reducing_gap {gap:g}, kept decode", functools.partial(ours, settings=settings, kept=kept))
+        )
     rows = []
     for name, fn in variants:
         scores, times = [], []

@@ -129,18 +129,17 @@ def imgproxy_server(
 def cold_paths(server: Server, workload: Workload) -> list[str]:
     """One disjoint slice of every (image, width) pair, shuffled the same way for every server;
     for new sources, each copy of a photo once, at a width drawn the same way for every server."""
-    rng = random.Random(workload.fmt)
+    fmt = workload.fmt or ""
+    rng = random.Random(fmt)
     if workload.new_sources:
         pairs = [
-            (new_source(image, workload.fmt, i), rng.choice(COLD_WIDTHS))
-            for i in range(NEW_SOURCE_COPIES)
-            for image in IMAGES
+            (new_source(image, fmt, i), rng.choice(COLD_WIDTHS)) for i in range(NEW_SOURCE_COPIES) for image in IMAGES
         ]
         rng.shuffle(pairs)
-        return [server.url(image, width, workload.fmt) for image, width in pairs]
+        return [server.url(image, width, fmt) for image, width in pairs]
     pairs = [(image, width) for width in COLD_WIDTHS for image in IMAGES]
     rng.shuffle(pairs)
-    return [server.url(image, width, workload.fmt) for image, width in pairs[workload.part :: COLD_PARTS]]
+    return [server.url(image, width, fmt) for image, width in pairs[workload.part :: COLD_PARTS]]
 
 
 def new_source(image: str, fmt: str, copy: int) -> str:
@@ -175,12 +174,15 @@ REFERENCES = References()  # full decodes, shared by every server's sample
 
 def mean_ssim(corpus: Path, bodies: list[bytes]) -> float:
     """Mean SSIM of the sample's outputs against one LANCZOS pass over their full decode."""
-    scores = []
-    for (image, _), body in zip(sample_pairs(), bodies, strict=True):
-        with Image.open(io.BytesIO(body)) as output:
-            output = output.convert("RGB")
-        scores.append(ssim(output, REFERENCES.get(corpus / image, output.size)))
+    scores = [output_ssim(corpus / image, body) for (image, _), body in zip(sample_pairs(), bodies, strict=True)]
     return sum(scores) / len(scores)
+
+
+def output_ssim(source: Path, body: bytes) -> float:
+    """SSIM of one output against one LANCZOS pass over the full (upright) decode of its source."""
+    with Image.open(io.BytesIO(body)) as encoded:
+        output = encoded.convert("RGB")
+    return ssim(output, REFERENCES.get(source, output.size))
 
 
 def free_port() -> int:
@@ -215,17 +217,21 @@ def process_tree_rss(root: int) -> int:
 
 
 class RssSampler(threading.Thread):
-    """Samples the server tree's RSS every 100 ms; `peak` is the maximum since the last reset()."""
+    """Samples the server tree's RSS every 100 ms; `peak` is the maximum since the last reset().
+    Clearing `sampling` pauses it (a scan of /proc takes ~10 ms of the client's core)."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0
         self.stopped = threading.Event()
+        self.sampling = threading.Event()
+        self.sampling.set()
 
     def run(self) -> None:
         while not self.stopped.wait(0.1):
-            self.peak = max(self.peak, process_tree_rss(self.pid))
+            if self.sampling.is_set():
+                self.peak = max(self.peak, process_tree_rss(self.pid))
 
     def reset(self) -> None:
         self.peak = process_tree_rss(self.pid)
@@ -338,20 +344,26 @@ def run_workload(running: RunningServer, workload: Workload, seconds: float) -> 
     server = running.server
     paths = cold_paths(server, workload) if workload.cold else hit_paths(server)
     running.rss.reset()
-    stats = run_wrk(running.port, paths, workload.connections, seconds, running.scratch)
+    row = measure(running, paths, workload.connections, seconds)
+    # a cold list shorter than the requests made means some requests were hits
+    row["exhausted"] = row["exhausted"] and workload.cold
+    return {"workload": workload.name, "server": server.name, **row, "peak_rss_mb": running.rss.peak / 2**20}
+
+
+def measure(running: RunningServer, paths: list[str], connections: int, seconds: float) -> dict:
+    """wrk walking `paths` for `seconds`: successful requests/s, latency percentiles, failures,
+    and whether it ran past the end of the list (made some request twice)."""
+    stats = run_wrk(running.port, paths, connections, seconds, running.scratch)
     failed = (
         stats["non_2xx"] + stats["connect_errors"] + stats["read_errors"] + stats["write_errors"] + stats["timeouts"]
     )
     return {
-        "workload": workload.name,
-        "server": server.name,
         "rps": (stats["requests"] - stats["non_2xx"]) / (stats["duration_us"] / 1e6),
         "p50_ms": stats["p50_us"] / 1000,
         "p99_ms": stats["p99_us"] / 1000,
-        "peak_rss_mb": running.rss.peak / 2**20,
+        "mean_ms": stats["mean_us"] / 1000,
         "failed": failed,
-        # a cold list shorter than the requests made means some requests were hits
-        "exhausted": workload.cold and stats["requests"] > len(paths),
+        "exhausted": stats["requests"] > len(paths),
         "requests": stats["requests"],
     }
 
@@ -364,7 +376,7 @@ def bench_server(
     rows = []
     hit_bodies: list[bytes] = []
     with RunningServer(server, scratch) as running:
-        formats = sorted({w.fmt for w in workloads if w.cold})
+        formats = sorted({w.fmt for w in workloads if w.fmt})
         # one render per format first, so start-up work (imports, pools) is not counted
         running.fetch([server.url(IMAGES[0], WARMUP_WIDTH, fmt) for fmt in formats])
         for workload in workloads:
@@ -377,8 +389,8 @@ def bench_server(
         }
     quality = {fmt: mean_ssim(corpus, bodies) for fmt, bodies in samples.items()} if corpus else {}
     for row, workload in zip(rows, workloads):
-        row["mean_bytes"] = mean_size(samples[workload.fmt]) if workload.cold else mean_size(hit_bodies)
-        row["ssim"] = quality.get(workload.fmt)
+        row["mean_bytes"] = mean_size(samples[workload.fmt]) if workload.fmt else mean_size(hit_bodies)
+        row["ssim"] = quality.get(workload.fmt or "")
     return rows, hit_bodies
 
 
