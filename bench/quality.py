@@ -81,19 +81,23 @@ def ssim(a: Image.Image, b: Image.Image) -> float:
 
 class References:
     """LANCZOS from the full decode of each source, made upright (EXIF orientation), at any size
-    asked (kept per source until forget())."""
+    asked (the decode and each size kept per source until forget(): servers' outputs share sizes)."""
 
     def __init__(self) -> None:
         self.full: dict[Path, Image.Image] = {}
+        self.resized: dict[tuple[Path, tuple[int, int]], Image.Image] = {}
 
     def get(self, path: Path, size: tuple[int, int]) -> Image.Image:
         if path not in self.full:
             with Image.open(path) as image:
                 self.full[path] = ImageOps.exif_transpose(image).convert("RGB")
-        return self.full[path].resize(size, Image.Resampling.LANCZOS)
+        if (path, size) not in self.resized:
+            self.resized[(path, size)] = self.full[path].resize(size, Image.Resampling.LANCZOS)
+        return self.resized[(path, size)]
 
     def forget(self, path: Path) -> None:
         self.full.pop(path, None)
+        self.resized = {key: image for key, image in self.resized.items() if key[0] != path}
 
 
 def thumbor_way(path: Path, width: int) -> Image.Image:
