@@ -48,7 +48,9 @@ bench: $(BENCH_STAMP)
 bench-hitcost: $(BENCH_STAMP)
 	$(PY) bench/hitcost.py
 
-# imgproxy vs thumbor vs ipx (+ nginx for hits); peers install into /tmp/imgproxy-bench/peers.
+# imgproxy vs thumbor vs ipx per photo over the corpus set (+ nginx for hits), one run; peers install
+# into /tmp/imgproxy-bench/peers. BENCH_SECONDS (per cell, default 4), BENCH_PHOTOS, BENCH_SERVERS:
+# bench/README.md.
 bench-peers: $(BENCH_STAMP)
 	$(PY) bench/peers.py
 
