@@ -18,8 +18,8 @@ unique widths 301..min(1999, photo width), q80:
 Then per photo and format a fixed sample of widths fetched from every server gives the mean
 output bytes and the mean SSIM against the upright full decode (bench/run.py, bench/quality.py).
 Per server: peak RSS of its process tree over 8 concurrent cold requests for distinct copies of
-every photo (JPEG, before the cells), its RSS when idle after the cells, and hits at c=32 (ours,
-thumbor, and nginx serving our hit bytes; ipx keeps no results, so it has no hits).
+every photo all servers can do (JPEG, before the cells), its RSS when idle after the cells, and
+hits at c=32 (ours, thumbor, and nginx serving our hit bytes; ipx keeps no results: no hits).
 
 Prints one table per workload and format (a row per photo and a MEDIAN row), the per-server table
 and the goal check of issue 16, and writes every figure to $BENCH_DIR/peers-<UTC time>.json.
@@ -391,7 +391,7 @@ def warm_up(running: RunningServer, photos: list[Photo], seconds: float) -> dict
         for fmt in FORMATS:
             response = running.client.get(server.url(photo.name, WARMUP_WIDTHS[0], fmt))
             if response.status_code != 200:
-                why = " ".join(response.text.split())[:80]
+                why = " ".join(error_message(response).split())[:80]
                 failed.setdefault(photo.name, f"{fmt}: HTTP {response.status_code} {why}".strip())
                 continue
             try:
@@ -404,6 +404,14 @@ def warm_up(running: RunningServer, photos: list[Photo], seconds: float) -> dict
         paths = [server.url(p.name, w, fmt) for w in WARMUP_WIDTHS[1:] for p in able for fmt in FORMATS]
         measure(running, paths, CONNECTIONS, seconds)
     return failed
+
+
+def error_message(response: httpx.Response) -> str:
+    """ipx answers {"error": {"message": ...}}; the others plain text."""
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text
 
 
 def peak_rss(running: RunningServer, requests: list[tuple[Photo, int, int]]) -> dict:
@@ -488,12 +496,16 @@ class Run:
                 copy = self.root / rss_copy(photo, i)
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(photo.path, copy)
+        for name, server in running.items():
+            progress(f"{name}: warm-up")
+            self.unavailable[name] = warm_up(server, self.photos, self.warmup)
+        # like for like: the photos every server can do
         rng = random.Random("rss")
         requests = [(p, i, rng.choice(p.widths)) for i in range(RSS_COPIES) for p in self.photos]
+        common = [r for r in requests if not any(r[0].name in self.unavailable[name] for name in running)]
         for name, server in running.items():
-            progress(f"{name}: warm-up, then peak RSS at c={RSS_CONNECTIONS}")
-            self.unavailable[name] = warm_up(server, self.photos, self.warmup)
-            self.per_server[name] = peak_rss(server, [r for r in requests if r[0].name not in self.unavailable[name]])
+            progress(f"{name}: peak RSS at c={RSS_CONNECTIONS}")
+            self.per_server[name] = peak_rss(server, common)
 
     def photo_cells(self, running: dict[str, RunningServer], photo: Photo, turn: int) -> int:
         names = [n for n in running if photo.name not in self.unavailable[n]]
@@ -620,7 +632,8 @@ def report(run: Run, started: datetime, wall: float, json_path: Path) -> None:
                 ]
             )
     print(
-        f"\nper server: peak RSS over {RSS_COPIES} distinct copies of each photo at c={RSS_CONNECTIONS} (JPEG), "
+        f"\nper server: peak RSS over {RSS_COPIES} distinct copies of each photo every server can do, "
+        f"c={RSS_CONNECTIONS} (JPEG); "
         f"RSS idle after the cells, hits at c={HIT_CONNECTIONS} on {HIT_PHOTOS} photos x {HIT_WIDTHS} x {FORMATS}"
     )
     headers = ["server", "peak RSS MB", "r/s (RSS run)", "idle RSS MB", "hits r/s", "ours ÷ hits"]
