@@ -50,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -344,7 +345,7 @@ def goal_lines(tables: dict[tuple[str, str], dict[str, dict[str, dict]]], per_se
         return found
 
     lines = []
-    for (workload, fmt), _ in tables.items():
+    for workload, fmt in tables:
         goals = {"distinct": {"thumbor": 1.25, "ipx": 1.0}, "repeated": {"thumbor": 1.5, "ipx": 1.2}}[workload]
         for peer, goal in goals.items():
             q = quotients(workload, fmt, peer)
@@ -364,7 +365,7 @@ def goal_lines(tables: dict[tuple[str, str], dict[str, dict[str, dict]]], per_se
             lines.append(
                 f"{workload} {fmt}: median p99 ÷thumbor {m:.2f} (goal ≤ 0.7) {'met' if m <= 0.7 else 'MISSED'}"
             )
-    ours, thumbor, nginx = (per_server.get(s, {}) for s in HIT_SERVERS)
+    ours, thumbor = per_server.get("imgproxy", {}), per_server.get("thumbor", {})
     rss_q = quotient(ours.get("peak_rss_mb"), thumbor.get("peak_rss_mb"))
     if rss_q is not None:
         lines.append(
@@ -397,7 +398,7 @@ def warm_up(running: RunningServer, photos: list[Photo], seconds: float) -> dict
             try:
                 with Image.open(io.BytesIO(response.content)) as output:
                     output.load()
-            except Exception as exc:  # noqa: BLE001 - any undecodable answer counts as a failure
+            except Exception as exc:  # whatever the decoder raises, the answer is no image
                 failed.setdefault(photo.name, f"{fmt}: undecodable answer ({exc})")
     able = [p for p in photos if p.name not in failed]
     if able and seconds > 0:
@@ -416,8 +417,7 @@ def error_message(response: httpx.Response) -> str:
 
 def peak_rss(running: RunningServer, requests: list[tuple[Photo, int, int]]) -> dict:
     """Peak RSS of the server's tree over RSS_CONNECTIONS concurrent cold JPEG requests, each
-    (photo, copy, width) for a distinct copy (the same list for every server, less the photos it
-    cannot do)."""
+    (photo, copy, width) for a distinct copy (the same list for every server)."""
     paths = [running.server.url(rss_copy(photo, i), width, "jpeg") for photo, i, width in requests]
     failures = 0
 
@@ -509,6 +509,8 @@ class Run:
 
     def photo_cells(self, running: dict[str, RunningServer], photo: Photo, turn: int) -> int:
         names = [n for n in running if photo.name not in self.unavailable[n]]
+        if not names:
+            return turn
         for workload in WORKLOADS:
             copies = {fmt: 0 for fmt in FORMATS}
             if workload == "distinct":
@@ -728,12 +730,18 @@ def main() -> None:
     servers = {name: factories[name]() for name in SERVERS if name in wanted}
     started, clock = datetime.now(UTC), time.monotonic()
     run = Run(photos, servers, args.seconds, args.warmup, root, scratch, {}, [], {})
+    failed = False
     try:
         run.execute()
+    except (Exception, KeyboardInterrupt):  # a late failure still reports the cells measured so far
+        traceback.print_exc()
+        failed = True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     json_path = args.json or BENCH_DIR / f"peers-{started:%Y%m%dT%H%M%SZ}.json"
     report(run, started, time.monotonic() - clock, json_path)
+    if failed:
+        sys.exit("the run stopped early: the figures above are partial")
 
 
 if __name__ == "__main__":
