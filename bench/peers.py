@@ -323,6 +323,8 @@ def photo_table(
         column(f"bytes ÷{peer}", ".2f", bytes_quotients)
     for server in servers:
         column(f"{server} SSIM", ".4f", {p: value(p, server, "ssim") for p in photos})
+    if "imgproxy" in servers:
+        column("kept", ".0%", {p: value(p, "imgproxy", "kept_share") for p in photos})
 
     headers = ["photo", *(c[0] for c in columns)]
     lines = [
@@ -405,6 +407,17 @@ def warm_up(running: RunningServer, photos: list[Photo], seconds: float) -> dict
         paths = [server.url(p.name, w, fmt) for w in WARMUP_WIDTHS[1:] for p in able for fmt in FORMATS]
         measure(running, paths, CONNECTIONS, seconds)
     return failed
+
+
+def source_decodes(running: RunningServer) -> dict[str, float]:
+    """Our renders so far by where their pixels came from ("decoded", "kept": a decode kept by an
+    earlier render of the same source), from /metrics."""
+    found = {}
+    for line in running.client.get("/metrics").text.splitlines():
+        if line.startswith("imgproxy_source_decodes_total{"):
+            labels, _, value = line.rpartition(" ")
+            found[labels.split('origin="')[1].split('"')[0]] = float(value)
+    return found
 
 
 def error_message(response: httpx.Response) -> str:
@@ -527,7 +540,12 @@ class Run:
                 progress(f"{photo.name} {workload} {fmt}: {', '.join(order)}")
                 for name in order:
                     paths = cell_paths(running[name].server, photo, workload, fmt, copies[fmt])
+                    before = source_decodes(running[name]) if name == "imgproxy" else {}
                     row = measure(running[name], paths, CONNECTIONS, self.seconds)
+                    if before:
+                        after = source_decodes(running[name])
+                        kept, decoded = (after.get(o, 0) - before.get(o, 0) for o in ("kept", "decoded"))
+                        row["kept_share"] = kept / (kept + decoded) if kept + decoded else None
                     if not row["requests"]:  # nothing finished in time: no latency to speak of
                         row["p50_ms"] = row["p99_ms"] = None
                     self.cells.append({"photo": photo.name, "workload": workload, "format": fmt, "server": name, **row})
@@ -602,7 +620,8 @@ def report(run: Run, started: datetime, wall: float, json_path: Path) -> None:
     print(
         "r/s: successful requests/s (* ran out of distinct paths: some repeats; ! some failed); ÷peer: ours ÷ "
         "theirs; p99 in ms; bytes and SSIM: mean over "
-        f"{SAMPLE_WIDTHS} widths per photo, SSIM against the upright full decode resized by LANCZOS"
+        f"{SAMPLE_WIDTHS} widths per photo, SSIM against the upright full decode resized by LANCZOS; "
+        "kept: share of our renders in the cell that reused a kept decode (our /metrics)"
     )
     for (workload, fmt), figures in tables.items():
         print(f"\n{workload} sources, {fmt.upper()}")

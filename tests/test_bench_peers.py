@@ -10,18 +10,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import peers  # noqa: E402
 
 
-def figures(rps: float, p99: float, size: float, ssim: float, **flags: int) -> dict:
+def figures(rps: float, p99: float, size: float, ssim: float, **flags: float) -> dict:
     return {"rps": rps, "p99_ms": p99, "mean_bytes": size, "ssim": ssim, **flags}
 
 
 def test_photo_table_median_skips_missing_figures_and_takes_the_median_of_quotients() -> None:
     table = {
         "a.jpg": {
-            "imgproxy": figures(10, 100, 1000, 0.97),
+            "imgproxy": figures(10, 100, 1000, 0.97, kept_share=0.5),
             "thumbor": figures(5, 200, 1000, 0.96),
             "ipx": figures(20, 80, 2000, 0.95, exhausted=True),
         },
-        "b.jpg": {"imgproxy": figures(12, 120, 900, 0.98), "thumbor": figures(12, 240, 1000, 0.97)},
+        "b.jpg": {"imgproxy": figures(12, 120, 900, 0.98, kept_share=1), "thumbor": figures(12, 240, 1000, 0.97)},
         "c.heic": {"imgproxy": figures(2, 900, 500, 0.99)},
     }
     headers, lines = peers.photo_table(table, ["imgproxy", "thumbor", "ipx"], ["a.jpg", "b.jpg", "c.heic"])
@@ -36,6 +36,7 @@ def test_photo_table_median_skips_missing_figures_and_takes_the_median_of_quotie
     assert median["bytes ÷thumbor"] == "0.95"
     assert median["thumbor p99"] == "220"
     assert median["ipx SSIM"] == "0.9500"
+    assert rows["c.heic"]["kept"] == peers.NA and median["kept"] == "75%"  # share of renders reusing a decode
 
 
 def test_photo_table_without_our_server_has_no_quotients() -> None:
