@@ -125,11 +125,31 @@ def instrument(log: Callable[[dict[str, Any]], None]) -> None:
     pipeline.Renderer._render_and_store = store  # type: ignore[method-assign]
 
 
+def mallopt_from_env() -> None:
+    """GAP_MALLOPT: "param:value,..." passed to glibc's mallopt (see ALLOCATORS)."""
+    import ctypes
+    import ctypes.util
+
+    for setting in filter(None, os.environ.get("GAP_MALLOPT", "").split(",")):
+        param, value = map(int, setting.split(":"))
+        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(param, value)
+
+
 def serve(config: str, port: int, log_path: str) -> None:
     """The server, as `imgproxy serve` runs it, with the timing wrappers."""
     out = open(log_path, "a", buffering=1)  # noqa: SIM115 (open for the server's life)
     instrument(lambda record: out.write(json.dumps(record) + "\n"))
+    from imgproxy import malloc
     from imgproxy.cli import main
+
+    tune = malloc.tune
+
+    def tuned() -> bool:  # the server's settings, then GAP_MALLOPT's (--server-mallopt)
+        done = tune()
+        mallopt_from_env()
+        return done
+
+    malloc.tune = tuned
 
     sys.exit(main(["serve", "--config", config, "--port", str(port)]))
 
@@ -147,9 +167,7 @@ def worker(config_path: str, tune: bool, keep: bool) -> None:
 
     if tune:
         malloc.tune()
-    for setting in filter(None, os.environ.get("GAP_MALLOPT", "").split(",")):  # param:value, as mallopt takes
-        param, value = map(int, setting.split(":"))
-        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(param, value)
+    mallopt_from_env()
     config = load_config(config_path)
     storage = open_storage(config)
     budget = MemoryBudget(config.render.memory_budget, config.render.kept_decodes) if keep else UNLIMITED
@@ -169,6 +187,8 @@ def worker(config_path: str, tune: bool, keep: bool) -> None:
             return meta, steps
 
         meta, steps = thread.submit(one).result()  # on a thread of its own, as in the server
+        if os.environ.get("GAP_TRIM"):  # malloc_trim(0) once the render is done (idle), as a server could
+            ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
         rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         print(json.dumps({"photo": photo, "width": int(width), "bytes": meta.size, "rss": rss, **steps}), flush=True)
 
@@ -184,6 +204,8 @@ ALLOCATORS = (
     ("tune + THP", ["--tune"], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
     ("tune + mmap 32M", ["--tune"], {"GAP_MALLOPT": "-3:33554432"}),
     ("tune + mmap/trim 32M", ["--tune"], {"GAP_MALLOPT": "-3:33554432,-1:33554432"}),
+    ("tune + malloc_trim", ["--tune"], {"GAP_TRIM": "1"}),
+    ("32M + malloc_trim", ["--tune"], {"GAP_MALLOPT": "-3:33554432,-1:33554432", "GAP_TRIM": "1"}),
 )
 
 
@@ -269,6 +291,7 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="glibc settings of imgproxy.malloc in the worker too")
     parser.add_argument("--keep", action="store_true", help="kept decodes as configured (default: off)")
     parser.add_argument("--access-log", action="store_true")
+    parser.add_argument("--server-mallopt", default="", help="GAP_MALLOPT for the server, after imgproxy.malloc")
     parser.add_argument("--allocators", action="store_true", help="compare ALLOCATORS in plain processes instead")
     parser.add_argument("--serve", nargs=3, metavar=("CONFIG", "PORT", "LOG"), help=argparse.SUPPRESS)
     parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
@@ -289,10 +312,11 @@ def main() -> None:
     log_path = SCRATCH / "server-steps.jsonl"
     log_path.unlink(missing_ok=True)
     python = str(REPO / ".venv/bin/python") if (REPO / ".venv").exists() else sys.executable
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GAP_MALLOPT": ""}
     me = str(Path(__file__).resolve())
     pin = ["taskset", "-c", SERVER_CPUS]
-    server = subprocess.Popen([*pin, python, me, "--serve", str(config), str(port), str(log_path)], env=env)
+    server_env = {**env, "GAP_MALLOPT": args.server_mallopt}
+    server = subprocess.Popen([*pin, python, me, "--serve", str(config), str(port), str(log_path)], env=server_env)
     flags = ["--tune"] * args.tune + ["--keep"] * args.keep
     plain = subprocess.Popen(
         [*pin, python, me, "--worker", str(config), *flags],
