@@ -254,6 +254,86 @@ def allocators(args: argparse.Namespace, photos: list[str]) -> None:
         )
 
 
+PEAK_PHOTOS = ("large_12mp_bus.jpg", "large_12mp_gallery.jpg", "large_9mp_harbour.jpg")
+PEAK_REQUESTS = 48  # per round and server: 6 waves of 8 concurrent requests, each for a source never seen
+
+
+def peak(args: argparse.Namespace) -> None:
+    """Peak and idle RSS of a fresh server (kept decodes as configured) per --peak setting ("" = as
+    imgproxy.malloc leaves it), 8 concurrent requests for distinct copies of the large photos,
+    servers taking turns over --rounds rounds; and the server's CPU time per request."""
+    import httpx
+
+    root = SCRATCH / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(PEAK_REQUESTS):
+        copy = root / f"copy{i:02d}-{PEAK_PHOTOS[i % 3]}"
+        if not copy.exists():
+            shutil.copyfile(photo_path(PEAK_PHOTOS[i % 3]), copy)
+    python = str(REPO / ".venv/bin/python") if (REPO / ".venv").exists() else sys.executable
+    me = str(Path(__file__).resolve())
+    figures: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    os.sched_setaffinity(0, {int(c) for c in CLIENT_CPUS.split(",")})
+    widths = list(range(301, 2000, 13))
+    for round_ in range(args.rounds):
+        for setting in args.peak.split(";"):
+            setting = "" if setting == "tune" else setting
+            subprocess.run(["rm", "-rf", str(SCRATCH / "cache")], check=True)
+            port = free_port()
+            config = write_config(port, True, False)
+            env = {**os.environ, "PYTHONPATH": str(REPO), "GAP_MALLOPT": setting}
+            log = str(SCRATCH / "peak-steps.jsonl")
+            command = ["taskset", "-c", SERVER_CPUS, python, me, "--serve", str(config), str(port), log]
+            server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+            try:
+                with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=8)) as client:
+                    for _ in range(600):
+                        try:
+                            if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                                break
+                        except httpx.TransportError:
+                            time.sleep(0.1)
+                    top, done = [0.0], threading.Event()
+
+                    def sample(pid: int = server.pid, top: list[float] = top, done: threading.Event = done) -> None:
+                        while not done.wait(0.02):
+                            top[0] = max(top[0], rss_mb(pid))
+
+                    sampler = threading.Thread(target=sample)
+                    sampler.start()
+                    cpu = process_cpu(server.pid)
+                    paths = [
+                        f"/picture/copy{i:02d}-{PEAK_PHOTOS[i % 3]}?scalex={widths[(i * 7 + round_) % len(widths)]}"
+                        "&encoding=jpeg&quality=80"
+                        for i in range(PEAK_REQUESTS)
+                    ]
+                    with ThreadPoolExecutor(8) as pool:
+                        for response in pool.map(client.get, [f"http://127.0.0.1:{port}{p}" for p in paths]):
+                            response.raise_for_status()
+                    per_request = (process_cpu(server.pid) - cpu) / PEAK_REQUESTS
+                    done.set()
+                    sampler.join()
+                    time.sleep(1.0)
+                    figures[setting or "tune"].append((top[0], rss_mb(server.pid), per_request))
+            finally:
+                server.terminate()
+                server.wait(30)
+    print(
+        f"{'server GAP_MALLOPT':36} {'peak MB':>8} {'idle MB':>8} {'CPU ms/request':>15}  (medians of {args.rounds} rounds)"
+    )
+    for name, rows in figures.items():
+        print(
+            f"{name:36} {med([r[0] for r in rows]):8.1f} {med([r[1] for r in rows]):8.1f} {med([r[2] for r in rows]):15.1f}"
+        )
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
 def free_port() -> int:
     import socket
 
@@ -293,6 +373,11 @@ def main() -> None:
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--server-mallopt", default="", help="GAP_MALLOPT for the server, after imgproxy.malloc")
     parser.add_argument("--allocators", action="store_true", help="compare ALLOCATORS in plain processes instead")
+    parser.add_argument(
+        "--peak",
+        metavar="MALLOPT;...",
+        help='peak RSS at c=8 on distinct sources per server GAP_MALLOPT ("tune": none)',
+    )
     parser.add_argument("--serve", nargs=3, metavar=("CONFIG", "PORT", "LOG"), help=argparse.SUPPRESS)
     parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -303,6 +388,8 @@ def main() -> None:
     photos = args.photos.split(",")
     if args.allocators:
         return allocators(args, photos)
+    if args.peak:
+        return peak(args)
     import httpx
 
     SCRATCH.mkdir(parents=True, exist_ok=True)
