@@ -20,6 +20,7 @@ Times are wall-clock on a shared machine: compare the columns of one run, not ac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -169,6 +170,11 @@ def worker(config_path: str, tune: bool, keep: bool) -> None:
         malloc.tune()
     mallopt_from_env()
     config = load_config(config_path)
+    if os.environ.get("GAP_PROGRESSIVE_MIN_PIXELS"):  # --progressive: another encode rule
+        render = dataclasses.replace(
+            config.render, jpeg_progressive_min_pixels=int(os.environ["GAP_PROGRESSIVE_MIN_PIXELS"])
+        )
+        config = dataclasses.replace(config, render=render)
     storage = open_storage(config)
     budget = MemoryBudget(config.render.memory_budget, config.render.kept_decodes) if keep else UNLIMITED
     records: list[dict[str, Any]] = []
@@ -209,9 +215,19 @@ ALLOCATORS = (
 )
 
 
+# --progressive: whole renders (malloc.tune as in the server) with progressive at every size (the
+# rule before) and from [render] jpeg_progressive_min_pixels (1 MP) up
+ENCODE_RULES = (
+    ("progressive always", ["--tune"], {"GAP_PROGRESSIVE_MIN_PIXELS": "0"}),
+    ("progressive >= 1 MP", ["--tune"], {}),
+)
+
+
 def allocators(args: argparse.Namespace, photos: list[str]) -> None:
-    """The same renders in one plain process per ALLOCATORS entry, interleaved: render thread CPU
-    time, minor page faults and RSS after the render (medians)."""
+    """The same renders in one plain process per ALLOCATORS (--progressive: ENCODE_RULES) entry,
+    interleaved: render thread CPU time, minor page faults, RSS after the render and output bytes
+    (medians; bytes: the sum)."""
+    variants = ENCODE_RULES if args.progressive else ALLOCATORS
     SCRATCH.mkdir(parents=True, exist_ok=True)
     config = write_config(free_port(), args.keep, False)
     python = str(REPO / ".venv/bin/python") if (REPO / ".venv").exists() else sys.executable
@@ -224,16 +240,16 @@ def allocators(args: argparse.Namespace, photos: list[str]) -> None:
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _, flags, env in ALLOCATORS
+        for _, flags, env in variants
     ]
     os.sched_setaffinity(0, {int(c) for c in CLIENT_CPUS.split(",")})
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     try:
-        widths = iter(range(301, 2000, 7))
+        widths = iter(range(301, 2000, max(1, 1699 // (args.rounds * len(photos)))))  # spread over 301-1999
         for _ in range(args.rounds):
             for photo in photos:
                 width = next(widths)
-                for (name, _, _), process in zip(ALLOCATORS, workers, strict=True):
+                for (name, _, _), process in zip(variants, workers, strict=True):
                     assert process.stdin is not None and process.stdout is not None
                     process.stdin.write(f"{photo} {width} {args.fmt}\n")
                     process.stdin.flush()
@@ -243,14 +259,28 @@ def allocators(args: argparse.Namespace, photos: list[str]) -> None:
             process.terminate()
             process.wait(30)
     print(
-        f"{'allocator':18} {'wall':>7} {'thread':>7} {'faults':>7} {'RSS MB':>7} {'peak RSS':>8}  (medians over renders)"
+        f"{'variant':20} {'wall':>7} {'thread':>7} {'faults':>7} {'RSS MB':>7} {'peak RSS':>8} {'KB':>8}"
+        "  (medians over renders; KB: all outputs)"
     )
-    for name, _, _ in ALLOCATORS:
+    for name, _, _ in variants:
         rows = records[name]
         print(
-            f"{name:18} {med([r['total'] for r in rows]):7.1f} {med([r['cpu'] for r in rows]):7.1f} "
+            f"{name:20} {med([r['total'] for r in rows]):7.1f} {med([r['cpu'] for r in rows]):7.1f} "
             f"{med([r['faults'] for r in rows]):7.0f} {med([r['rss'] for r in rows]):7.1f} "
-            f"{max(r['rss'] for r in rows):8.1f}"
+            f"{max(r['rss'] for r in rows):8.1f} {sum(r['bytes'] for r in rows) / 1000:8.0f}"
+        )
+    if args.progressive:  # per photo: thread CPU and bytes of the new rule against the old
+        print(f"{'photo':30} {'thread ms old':>13} {'new':>6} {'ratio':>6} {'bytes ratio':>11}")
+        old, new = records[variants[0][0]], records[variants[1][0]]
+        ratios = []
+        for photo in photos:
+            pairs = [(a, b) for a, b in zip(old, new, strict=True) if a["photo"] == photo]
+            t_old, t_new = med([a["cpu"] for a, _ in pairs]), med([b["cpu"] for _, b in pairs])
+            size = sum(b["bytes"] for _, b in pairs) / sum(a["bytes"] for a, _ in pairs)
+            ratios.append((t_new / t_old, size))
+            print(f"{photo:30} {t_old:13.1f} {t_new:6.1f} {t_new / t_old:6.3f} {size:11.4f}")
+        print(
+            f"{'median over photos':30} {'':13} {'':6} {med([r[0] for r in ratios]):6.3f} {med([r[1] for r in ratios]):11.4f}"
         )
 
 
@@ -373,6 +403,7 @@ def main() -> None:
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--server-mallopt", default="", help="GAP_MALLOPT for the server, after imgproxy.malloc")
     parser.add_argument("--allocators", action="store_true", help="compare ALLOCATORS in plain processes instead")
+    parser.add_argument("--progressive", action="store_true", help="compare ENCODE_RULES in plain processes")
     parser.add_argument(
         "--peak",
         metavar="MALLOPT;...",
@@ -386,7 +417,7 @@ def main() -> None:
     if args.worker:
         return worker(args.worker, args.tune, args.keep)
     photos = args.photos.split(",")
-    if args.allocators:
+    if args.allocators or args.progressive:
         return allocators(args, photos)
     if args.peak:
         return peak(args)
