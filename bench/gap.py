@@ -77,7 +77,7 @@ def write_config(port: int, keep: bool, access_log: bool) -> Path:
 _local = threading.local()
 
 
-def instrument(log: Callable[[dict[str, Any]], None]) -> None:
+def instrument(log: Callable[[dict[str, Any]], object]) -> None:
     """Wrap the steps `render_original` calls (looked up in imgproxy.pipeline's namespace) and
     `Renderer._render_and_store`; each finished render is passed to `log` with its step times (ms)."""
     from imgproxy import pipeline
@@ -123,7 +123,7 @@ def instrument(log: Callable[[dict[str, Any]], None]) -> None:
         return body, meta
 
     pipeline.render_original = original
-    pipeline.Renderer._render_and_store = store  # type: ignore[method-assign]
+    pipeline.Renderer._render_and_store = store  # type: ignore[method-assign,assignment]
 
 
 def mallopt_from_env() -> None:
@@ -204,7 +204,8 @@ def worker(config_path: str, tune: bool, keep: bool) -> None:
 
 # glibc settings compared by --allocators: (name, flags, environment). mallopt parameters:
 # -1 M_TRIM_THRESHOLD, -3 M_MMAP_THRESHOLD, -8 M_ARENA_MAX.
-ALLOCATORS = (
+Variant = tuple[str, list[str], dict[str, str]]  # name, worker flags, environment
+ALLOCATORS: tuple[Variant, ...] = (
     ("glibc default", [], {}),
     ("malloc.tune", ["--tune"], {}),
     ("tune + THP", ["--tune"], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
@@ -217,7 +218,7 @@ ALLOCATORS = (
 
 # --progressive: whole renders (malloc.tune as in the server) with progressive at every size (the
 # rule before) and from [render] jpeg_progressive_min_pixels (1 MP) up
-ENCODE_RULES = (
+ENCODE_RULES: tuple[Variant, ...] = (
     ("progressive always", ["--tune"], {"GAP_PROGRESSIVE_MIN_PIXELS": "0"}),
     ("progressive >= 1 MP", ["--tune"], {}),
 )

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -42,7 +43,7 @@ def encoded(image: Image.Image, icc: bytes | None, progressive: bool, optimize: 
     settings = dataclasses.replace(RenderConfig(), jpeg_progressive=progressive)
     original = Image.Image.save
 
-    def save(self: Image.Image, fp: object, format: str | None = None, **params: object) -> None:  # noqa: A002
+    def save(self: Image.Image, fp: Any, format: str | None = None, **params: Any) -> None:  # noqa: A002
         params["optimize"] = optimize  # encode() passes optimize=False; the one change measured here
         original(self, fp, format, **params)
 
