@@ -14,7 +14,14 @@ is rendered once per process (all cold), so the server's result cache never answ
 Kept decodes are off in both (--keep: the server's default, with the worker holding the same
 budget) so every render decodes. --tune applies imgproxy.malloc's glibc settings in the worker as
 the server does. Prints per-photo medians of each step and the gap, and the median over photos.
-Times are wall-clock on a shared machine: compare the columns of one run, not across runs.
+Times are wall-clock on a shared machine: compare the columns of one run, not across runs; the
+CPU columns (thread: the render thread's, proc: the process's per request) are the steadier ones.
+
+Other modes: --server-mallopt "P:V,..." sets glibc mallopt values in the server after
+imgproxy.malloc's; --allocators compares glibc settings (ALLOCATORS) in plain processes, and
+--progressive the JPEG rule before and after jpeg_progressive_min_pixels (ENCODE_RULES), both
+interleaved; --peak "tune;P:V,...;..." gives the peak and idle RSS and CPU per request of a fresh
+server per setting at 8 concurrent requests for sources never seen.
 """
 
 from __future__ import annotations
