@@ -113,6 +113,7 @@ class RenderConfig:
     strip_metadata: bool = True
     jpeg_quality: int = 80
     jpeg_progressive: bool = True
+    jpeg_progressive_min_pixels: int = 1_000_000  # smaller outputs: baseline (encode.progressive_jpeg)
     jpeg_subsampling: str = "4:2:0"
     webp_quality: int = 80
     webp_method: int = 4
@@ -329,6 +330,7 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "render.timeout": (lambda v: v > 0, "> 0"),
     "render.reducing_gap": (lambda v: 1.0 <= v <= 4.0, "1.0..4.0"),
     "render.jpeg_encoder": (lambda v: v in ("libjpeg", "jpegli"), "libjpeg or jpegli"),
+    "render.jpeg_progressive_min_pixels": (lambda v: v >= 0, ">= 0"),
     "cache.eviction_policy": (
         lambda v: v in ("least-recently-used", "least-recently-stored", "least-frequently-used"),
         "least-recently-used, least-recently-stored or least-frequently-used",

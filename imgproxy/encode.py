@@ -75,10 +75,11 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
     if rendered.exif and fmt != "gif":
         params["exif"] = rendered.exif
     if fmt == "jpeg":
+        progressive = progressive_jpeg(frames[0].size, settings)
         params.update(
             quality=quality,
-            progressive=settings.jpeg_progressive,
-            optimize=False,
+            progressive=progressive,
+            optimize=not progressive,  # progressive has optimized Huffman tables of its own
             subsampling=settings.jpeg_subsampling,
         )
     elif fmt == "webp":
@@ -100,6 +101,13 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
     out = io.BytesIO()
     frames[0].save(out, format=fmt.upper(), **params)
     return out.getvalue()
+
+
+def progressive_jpeg(size: tuple[int, int], settings: RenderConfig) -> bool:
+    """Progressive only from `jpeg_progressive_min_pixels` up: it costs 2.5x the encode time of an
+    optimized baseline for ~2 % fewer bytes (bench/progressive.py), which pays where its early
+    preview is seen (a long transfer), not for thumbnails. The same pixels either way."""
+    return settings.jpeg_progressive and size[0] * size[1] >= settings.jpeg_progressive_min_pixels
 
 
 LOSSLESS = ("png", "gif")

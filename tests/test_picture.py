@@ -166,7 +166,10 @@ def test_output_is_oriented_and_stripped(corpus_server):
         image = Image.open(io.BytesIO(r.content))
         assert image.info.get("icc_profile")  # ICC kept
         assert b"xmp" not in r.content[:4096].lower()
-        assert image.info.get("progressive") or image.info.get("progression")
+        assert not image.info.get("progressive")  # 300x161: below jpeg_progressive_min_pixels (1 MP)
+        r = client.get("/picture/photos/adobergb_locket.jpg?w=1600")
+        image = Image.open(io.BytesIO(r.content))
+        assert image.size == (1600, 858) and image.info.get("progressive")  # 1.37 MP: progressive
 
 
 def test_metadata_kept_when_configured(live_server):
