@@ -110,11 +110,15 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(server: Server, workload: Workload, seconds: float, scratch: Path) -> dict:
+def measure(server: Server, processes: int, workload: Workload, seconds: float, scratch: Path) -> dict:
     """One workload on a fresh server, with the server's and wrk's CPU time over the run."""
     shutil.rmtree(scratch / server.name, ignore_errors=True)  # empty result cache
     with RunningServer(server, scratch) as running:
-        running.fetch([server.url(IMAGES[0], WARMUP_WIDTH, "jpeg")])  # imports and pools not counted
+        # imports and pools not counted: a render on a new connection each, so that every worker
+        # process is likely to get one (the kernel hands connections to whichever accepts first)
+        for number in range(2 * processes):
+            path = server.url(IMAGES[number % len(IMAGES)], WARMUP_WIDTH + number, "jpeg")
+            running.client.get(path, headers={"connection": "close"}).raise_for_status()
         server_before, wrk_before, start = tree_cpu_seconds(running.process.pid), children_cpu_seconds(), time.time()
         row = run_workload(running, workload, seconds)  # wrk is the only child reaped in here
         elapsed = time.time() - start
@@ -141,9 +145,14 @@ def main() -> None:
             for workload in WORKLOADS:
                 # alternate the order: whichever setup runs first in a round meets other load
                 for setup in SETUPS if number % 2 == 0 else SETUPS[::-1]:
-                    print(f"  round {number + 1}/{rounds}: {setup.name}, {workload.name}", file=sys.stderr, flush=True)
-                    row = measure(setup_server(corpus, setup), workload, parser_args.seconds, scratch)
+                    row = measure(setup_server(corpus, setup), setup.processes, workload, parser_args.seconds, scratch)
                     rows.setdefault((workload.name, setup.name), []).append(row)
+                    print(
+                        f"  round {number + 1}/{rounds}: {setup.name}, {workload.name}: {row['rps']:.1f} req/s, "
+                        f"{row['renders_per_cpu_s']:.1f} renders/CPU-s, server {row['server_cores']:.2f} cores",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
