@@ -14,7 +14,9 @@ wrk always runs on core 1, so when the server gets both cores they share core 1.
 alone would credit or blame the server for wrk's share, so each row also gives the server's CPU
 time (its whole process tree, from /proc) and wrk's, over the run: "renders/CPU-s" (renders per
 second of server CPU) is the cost of a render whatever the core count, "server cores" how many
-cores the server kept busy, and "wrk core" the share of a core the load generator took.
+cores the server kept busy, "wrk core" the share of a core the load generator took, and "others'
+cores" what the rest of the machine (this script, other processes) kept busy meanwhile: when that
+is not near 0 the server could not have both cores, and only renders/CPU-s compares setups.
 """
 
 from __future__ import annotations
@@ -105,6 +107,13 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent on anything but idle and I/O wait, from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, *rest = (int(v) for v in f.readline().split()[1:])
+    return (user + nice + system + sum(rest[:3])) / TICKS  # + irq, softirq, steal
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -119,16 +128,19 @@ def measure(server: Server, processes: int, workload: Workload, seconds: float, 
         for number in range(2 * processes):
             path = server.url(IMAGES[number % len(IMAGES)], WARMUP_WIDTH + number, "jpeg")
             running.client.get(path, headers={"connection": "close"}).raise_for_status()
-        server_before, wrk_before, start = tree_cpu_seconds(running.process.pid), children_cpu_seconds(), time.time()
+        server_before, wrk_before = tree_cpu_seconds(running.process.pid), children_cpu_seconds()
+        busy_before, start = machine_busy_seconds(), time.time()
         row = run_workload(running, workload, seconds)  # wrk is the only child reaped in here
         elapsed = time.time() - start
         server_cpu = tree_cpu_seconds(running.process.pid) - server_before
         wrk_cpu = children_cpu_seconds() - wrk_before
+        others = machine_busy_seconds() - busy_before - server_cpu - wrk_cpu
     renders = row["rps"] * elapsed
     row |= {
         "renders_per_cpu_s": renders / server_cpu if server_cpu else 0.0,
         "server_cores": server_cpu / elapsed,
         "wrk_core": wrk_cpu / elapsed,
+        "other_cores": max(others, 0.0) / elapsed,
     }
     return row
 
@@ -174,6 +186,7 @@ def main() -> None:
                     f"{median('renders_per_cpu_s', runs):.1f}",
                     f"{median('server_cores', runs):.2f}",
                     f"{median('wrk_core', runs):.2f}",
+                    f"{median('other_cores', runs):.2f}",
                     f"{max(run['peak_rss_mb'] for run in runs):.0f}",
                     str(sum(run["failed"] for run in runs))
                     + (" (list exhausted)" if any(r["exhausted"] for r in runs) else ""),
@@ -192,6 +205,7 @@ def main() -> None:
         "renders/CPU-s",
         "server cores",
         "wrk core",
+        "others' cores",
         "peak RSS MB",
     ]
     print(format_table([*headers, "failed"], lines))
