@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats bench-bytes bench-jpeg bench-autoquality clean
+.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats bench-bytes bench-jpeg bench-autoquality bench-scaling clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench-hitcost: $(BENCH_STAMP)
 # bench/README.md.
 bench-peers: $(BENCH_STAMP)
 	$(PY) bench/peers.py
+
+# Our server on 1 and 2 cores: processes (serve --workers) x render threads, cold JPEG renders,
+# with the server's and wrk's CPU time (wrk shares a core once the server has both).
+bench-scaling: $(BENCH_STAMP)
+	$(PY) bench/scaling.py
 
 # Hit throughput through the nginx edge of deploy/nginx vs one replica directly.
 bench-cdn: $(BENCH_STAMP)
