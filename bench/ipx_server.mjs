@@ -2,7 +2,7 @@
 // bench/peers.py copies this file next to the throwaway node_modules that hold ipx.
 // Usage: node ipx_server.mjs DIR PORT
 //
-// ipx as its users deploy it, defaults untouched (checked for issue 16, see bench/README.md "ipx"):
+// ipx as its users deploy it, defaults untouched but autoOrient (checked for issue 16, see bench/README.md "ipx"):
 // on glibc without jemalloc sharp runs each render on 1 libvips thread, node's pool of 4 threads
 // runs up to 4 renders at once, JPEGs are decoded at 1/2..1/8 scale where sharp allows it, and an
 // embedded ICC profile is converted to sRGB (thumbor and ours keep the profile instead): half the
