@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from PIL import ImageColor
 
+from . import avif
 from .errors import BadRequest, ConfigError, PayloadTooLarge
 from .orient import FLIPS, canonical
 
@@ -28,6 +29,8 @@ ENCODINGS = {
     "jxl": "jxl",
     "auto": "auto",
 }
+if not avif.AVAILABLE:  # a Pillow without an AVIF codec (imgproxy/avif.py): neither asked for nor negotiated
+    del ENCODINGS["avif"]
 LOSSLESS_ENCODINGS = ("png", "gif")
 MODES = ("fit", "crop", "pad", "stretch")
 GRAVITIES = {
