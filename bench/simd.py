@@ -8,6 +8,9 @@ with its reduce()) and inside the encode. The outputs are compared here: bytes s
 simd vs stock, and SSIM of each against one LANCZOS pass over the full upright decode (stock).
 
     make bench-simd      # or: python bench/simd.py --simd .venv-simd/bin/python --rounds 3
+
+`--server`: the same through HTTP, bench/run.py's cold workloads (server on one core, wrk on the
+other) against a server under each interpreter, alternated, fresh server and cache each time.
 """
 
 from __future__ import annotations
@@ -137,9 +140,14 @@ def main() -> None:
     parser.add_argument("--random-widths", type=int, default=2, help="widths 301-1999 per photo, besides 480/1080/1920")
     parser.add_argument("--only", default="", help="comma-separated substrings of photo names")
     parser.add_argument("--json", default="", help="also write every measurement here")
+    parser.add_argument("--server", action="store_true", help="bench/run.py's cold workloads instead")
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 4)))
     args = parser.parse_args()
     if args.worker:
         worker()
+        return
+    if args.server:
+        servers(args)
         return
     sys.path.insert(0, str(REPO))
     from PIL import Image
@@ -190,6 +198,54 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(per_job, indent=1))
     report(per_job, chosen, args.rounds)
+
+
+def servers(args: argparse.Namespace) -> None:
+    import dataclasses
+    import shutil
+
+    import run
+
+    workloads = tuple(w for w in run.WORKLOADS if w.cold and w.connections == 2)
+    run.ensure_debian_packages(("wrk", "wrk"))
+    run.pin_self_to_client_core()
+    scratch = run.scratch_dir("simd-")
+    rows: dict[tuple[str, str], list[dict]] = {}
+    try:
+        corpus = run.prepare_corpus(CORPUS / "photos", scratch)
+        for round_ in range(args.rounds):
+            for build in ("stock", "simd") if round_ % 2 == 0 else ("simd", "stock"):
+                python = args.stock if build == "stock" else args.simd
+                server = run.imgproxy_server(corpus, name=f"{build}-{round_}")
+                server = dataclasses.replace(
+                    server, command=lambda port, dir, s=server, py=python: [py, *s.command(port, dir)[1:]]
+                )
+                for row in run.bench_server(server, workloads, args.seconds, scratch, corpus)[0]:
+                    rows.setdefault((row["workload"], build), []).append(row)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(
+        f"\nserver on core {run.SERVER_CPUS}, wrk on {run.CLIENT_CPUS}, {args.seconds:g} s each, {args.rounds} rounds"
+    )
+    print("(req/s: median of rounds; bytes and SSIM: bench/run.py's fixed sample, last round)\n")
+    lines = []
+    for workload in workloads:
+        stock, simd = (rows[(workload.name, b)] for b in ("stock", "simd"))
+        rps = [statistics.median(r["rps"] for r in rs) for rs in (stock, simd)]
+        p99 = [statistics.median(r["p99_ms"] for r in rs) for rs in (stock, simd)]
+        lines.append(
+            [
+                workload.name,
+                f"{rps[0]:.1f} / {rps[1]:.1f}",
+                f"{rps[1] / rps[0]:.2f}",
+                f"{p99[0]:.0f} / {p99[1]:.0f}",
+                f"{stock[-1]['mean_bytes'] / 1000:.1f} / {simd[-1]['mean_bytes'] / 1000:.1f} KB",
+                f"{stock[-1]['ssim']:.4f} / {simd[-1]['ssim']:.4f}",
+                f"{sum(r['failed'] for r in stock + simd)}",
+            ]
+        )
+    headers = ["workload", "req/s stock / simd", "simd/stock", "p99 ms", "mean bytes", "SSIM vs ref", "failed"]
+    print(table(headers, lines))
 
 
 def report(per_job: list[dict], chosen: list[Path], rounds: int) -> None:
