@@ -10,9 +10,10 @@ AVIF_PLUGIN := pillow-avif-plugin==1.6.0
 ifeq ($(PILLOW),simd)
 VENV ?= .venv-simd
 # pip puts stock Pillow back on every install (pillow-simd is another name; the HEIF and JXL plugins
-# require "pillow"): swap it after each one, from a wheel built once and kept in the venv.
+# require "pillow"): swap it after each one, from a wheel built once (not from pip's cache, which
+# ignores CC) and kept in the venv.
 define swap_pillow
-ls $(VENV)/wheels/pillow_simd-*.whl >/dev/null 2>&1 || CC="cc -mavx2" $(PY) -m pip wheel -q --no-deps --no-binary pillow-simd $(PILLOW_SIMD) -w $(VENV)/wheels
+ls $(VENV)/wheels/pillow_simd-*.whl >/dev/null 2>&1 || CC="cc -mavx2" $(PY) -m pip wheel -q --no-cache-dir --no-deps --no-binary pillow-simd $(PILLOW_SIMD) -w $(VENV)/wheels
 $(PY) -m pip uninstall -q -y pillow
 $(PY) -m pip install -q --no-deps --find-links $(VENV)/wheels $(PILLOW_SIMD) $(AVIF_PLUGIN)
 endef
