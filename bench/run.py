@@ -58,6 +58,8 @@ HIT_SET = tuple((image, width, fmt) for image in IMAGES for width in (240, 2048)
 SAMPLE_SIZE = 24
 WARMUP_WIDTH = 200
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# The server runs under this interpreter: BENCH_PYTHON, else the one running the bench (make PILLOW=simd)
+PYTHON = os.environ.get("BENCH_PYTHON", sys.executable)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def imgproxy_server(
             f"{storage}"
             f"[log]\naccess_log = false\n"
         )
-        return [str(REPO / ".venv/bin/python"), "-m", "imgproxy", "serve", "--config", str(config), "--port", str(port)]
+        return [PYTHON, "-m", "imgproxy", "serve", "--config", str(config), "--port", str(port)]
 
     return Server(
         name=name,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
-from .options import GRAVITIES, RenderOptions, parse_options, parse_preset
+from .options import ENCODINGS, GRAVITIES, RenderOptions, parse_options, parse_preset
 from .watermark import Overlay, load_overlay
 
 SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
@@ -587,6 +587,8 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
             'render.jpeg_encoder: "jpegli" writes baseline 4:2:0 only: '
             'set jpeg_progressive = false and jpeg_subsampling = "4:2:0"'
         )
+    if config.render.default_format == "avif" and "avif" not in ENCODINGS:  # Pillow has no AVIF codec
+        problems.append('render.default_format: "avif" is not available in this build (imgproxy/avif.py)')
     preset_map = dict(DEFAULT_PRESETS) if presets is None else _check_presets(presets, problems)
     watermarks = _load_watermarks(watermark_tables, base_dir, problems)
     names = watermark_tables if isinstance(watermark_tables, dict) else {}  # a broken one is named once

@@ -13,6 +13,7 @@ import pillow_jxl  # noqa: F401
 import pyjpegli
 from PIL import Image, ImageCms
 
+from . import avif  # noqa: F401  (AVIF writer where Pillow has none)
 from .budget import Deadline
 from .config import RenderConfig
 from .options import AUTO_QUALITY

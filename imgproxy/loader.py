@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile
 
+from . import avif  # noqa: F401  (AVIF reader where Pillow has none)
 from .config import LimitsConfig
 from .errors import PayloadTooLarge, UnsupportedMedia
 from .heif import restore_exif_orientation, truncated

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from PIL import ImageColor
 
+from . import avif
 from .errors import BadRequest, ConfigError, PayloadTooLarge
 from .orient import FLIPS, canonical
 
@@ -28,6 +29,8 @@ ENCODINGS = {
     "jxl": "jxl",
     "auto": "auto",
 }
+if not avif.AVAILABLE:  # a Pillow without an AVIF codec (imgproxy/avif.py): neither asked for nor negotiated
+    del ENCODINGS["avif"]
 LOSSLESS_ENCODINGS = ("png", "gif")
 MODES = ("fit", "crop", "pad", "stretch")
 GRAVITIES = {
@@ -194,7 +197,8 @@ def parse_color(param: str, raw: str) -> tuple[int, int, int, int]:
     if isinstance(named, str):  # Pillow caches some names as tuples once looked up
         return parse_color(param, named)
     if isinstance(named, tuple):
-        return tuple(named[:3]) + (255,)  # type: ignore[return-value]
+        r, g, b = named[:3]  # unpacked: Pillow's stubs type colormap differently across versions
+        return (r, g, b, 255)
     if text == "transparent":
         return (0, 0, 0, 0)
     raise BadRequest(

@@ -88,4 +88,4 @@ def union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | No
 
 def reference_pixel(image: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:
     value = image.getpixel(xy)
-    return value if isinstance(value, tuple) else (int(value),)  # type: ignore[arg-type]
+    return value if isinstance(value, tuple) else (int(value or 0),)  # None only off the image

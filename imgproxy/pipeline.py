@@ -26,7 +26,7 @@ from .encode import CONTENT_TYPES, SOURCE_FORMATS, encode_within
 from .errors import Forbidden, GatewayTimeout, Overloaded
 from .info import INFO_KEY, source_info
 from .loader import has_alpha, open_original
-from .options import RenderOptions, with_encoding
+from .options import ENCODINGS, RenderOptions, with_encoding
 from .render import Rendered, output_bytes, render
 from .sources import Original, is_remote
 from .storage import Storage, open_storage
@@ -76,7 +76,7 @@ def negotiate(accept: str, every: bool = False) -> tuple[str, ...]:
                     quality = 0.0
         if quality > 0:
             offered.add(media.strip())
-    found = tuple(fmt for fmt in ("avif", "webp") if f"image/{fmt}" in offered)
+    found = tuple(fmt for fmt in ("avif", "webp") if f"image/{fmt}" in offered and fmt in ENCODINGS)
     if every:
         return found + (("jxl",) if "image/jxl" in offered else ())
     return found or (("jxl",) if "image/jxl" in offered else ())
