@@ -11,11 +11,11 @@ ifeq ($(PILLOW),simd)
 VENV ?= .venv-simd
 # pip puts stock Pillow back on every install (pillow-simd is another name; the HEIF and JXL plugins
 # require "pillow"): swap it after each one, from a wheel built once (not from pip's cache, which
-# ignores CC) and kept in the venv.
+# ignores CC) and kept in the venv. Reinstalled every time: stock Pillow, put back over it, shares its files.
 define swap_pillow
 ls $(VENV)/wheels/pillow_simd-*.whl >/dev/null 2>&1 || CC="cc -mavx2" $(PY) -m pip wheel -q --no-cache-dir --no-deps --no-binary pillow-simd $(PILLOW_SIMD) -w $(VENV)/wheels
 $(PY) -m pip uninstall -q -y pillow
-$(PY) -m pip install -q --no-deps --find-links $(VENV)/wheels $(PILLOW_SIMD) $(AVIF_PLUGIN)
+$(PY) -m pip install -q --no-deps --force-reinstall --find-links $(VENV)/wheels $(PILLOW_SIMD) $(AVIF_PLUGIN)
 endef
 else ifeq ($(PILLOW),stock)
 VENV ?= .venv
