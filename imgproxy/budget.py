@@ -16,6 +16,7 @@ from PIL import Image
 
 from .errors import Overloaded
 from .heif import decoder_bytes
+from .metrics import KEPT_DECODES
 
 
 class Deadline:
@@ -39,6 +40,7 @@ class KeptDecode:
     orientation: int
     nbytes: int
     users: int = 0  # renders reading it now; an entry in use is never evicted
+    hits: int = 0  # renders that reused it
 
 
 class MemoryBudget:
@@ -89,8 +91,12 @@ class MemoryBudget:
             if self.kept_bytes <= room:
                 return
             if not entry.users:
-                del self.kept[id(entry)]
-                self.kept_bytes -= entry.nbytes
+                self._drop(entry)
+
+    def _drop(self, entry: KeptDecode) -> None:
+        del self.kept[id(entry)]
+        self.kept_bytes -= entry.nbytes
+        KEPT_DECODES.labels("dropped_used" if entry.hits else "dropped_unused").inc()
 
     def keep(self, key: str, image: Image.Image, orientation: int) -> KeptDecode | None:
         """Keep `image` when it fits (no copy: nothing else may change or close it) and pin it for
@@ -101,10 +107,12 @@ class MemoryBudget:
         with self._changed:
             self._evict(self.keep_limit - nbytes)
             if self.kept_bytes + nbytes > self.keep_limit:
+                KEPT_DECODES.labels("declined").inc()
                 return None
             entry = KeptDecode(key, image, orientation, nbytes, users=1)
             self.kept[id(entry)] = entry
             self.kept_bytes += nbytes
+            KEPT_DECODES.labels("kept").inc()
             return entry
 
     def find(self, key: str, size: tuple[int, int]) -> KeptDecode | None:
@@ -114,6 +122,8 @@ class MemoryBudget:
             for entry in reversed(self.kept.values()):
                 if entry.key == key and entry.image.size == size:
                     entry.users += 1
+                    entry.hits += 1
+                    KEPT_DECODES.labels("hit").inc()
                     self.kept.move_to_end(id(entry))
                     return entry
             return None
@@ -121,8 +131,8 @@ class MemoryBudget:
     def forget_kept(self) -> None:
         """Drop every kept decode (renders reading one keep it until they finish)."""
         with self._changed:
-            self.kept.clear()
-            self.kept_bytes = 0
+            for entry in list(self.kept.values()):
+                self._drop(entry)
             self._changed.notify_all()
 
     def release(self, entry: KeptDecode | None) -> None:
