@@ -414,7 +414,7 @@ def render(
             assert first is not None and region is not None and orientation is not None and turn is not None
             if not reused:
                 image = _normalised(opened)
-                kept = budget.keep(keep_key, image, orientation) if keep_key else None
+                kept = budget.keep(keep_key, source_key, image, orientation) if keep_key and source_key else None
                 if kept is not None:
                     image = kept.image
             crop = crop_region(options, orientation, opened.width, opened.height)
