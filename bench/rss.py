@@ -30,6 +30,7 @@ import re
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from peers import install_thumbor, thumbor_server
@@ -94,6 +95,31 @@ def our_server(corpus: Path, variant: Variant) -> Server:
     )
 
 
+def tree_cpu_ticks(root: int) -> int:
+    """utime + stime of `root` and its children, in clock ticks."""
+    total = 0
+    for pid in [root, *map(int, Path(f"/proc/{root}/task/{root}/children").read_text().split())]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def wait_idle(root: int, timeout: float = 120) -> None:
+    """Until the server has stopped working on what wrk left in flight (no CPU for 0.5 s), so the
+    next workload neither waits behind it nor counts its renders."""
+    deadline = time.monotonic() + timeout
+    last = tree_cpu_ticks(root)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = tree_cpu_ticks(root)
+        if now - last <= 2:
+            return
+        last = now
+
+
 def kept_figures(running: RunningServer) -> dict[str, float]:
     text = running.client.get("/metrics").text
     return {f"{name}:{label}": float(value) for name, label, value in METRIC_LINE.findall(text)}
@@ -103,12 +129,14 @@ def measure(server: Server, scratch: Path, seconds: float, ours: bool) -> list[d
     rows = []
     with RunningServer(server, scratch) as running:
         running.fetch([server.url(IMAGES[0], WARMUP_WIDTH, "jpeg")])  # imports and pools, not counted
+        wait_idle(running.process.pid)
         idle = process_tree_rss(running.process.pid)
         for workload in WORKLOADS:
             paths = paths_for(server, workload)
             before = kept_figures(running) if ours else {}
             running.rss.reset()
             stats = run_wrk(running.port, paths, workload.connections, seconds, scratch)
+            wait_idle(running.process.pid)
             after = kept_figures(running) if ours else {}
             delta = {k: after[k] - before.get(k, 0.0) for k in after}
             renders = delta.get("imgproxy_source_decodes_total:decoded", 0) + delta.get(
