@@ -214,9 +214,12 @@ def playground_routes(config: Config) -> list[BaseRoute]:
     must_sign = bool(config.security.signing_keys) and not config.playground.open_signing
     token = config.uploads.token
     template = load_template()
-    formats = probes(config)
+    formats: list[dict[str, str]] | None = None
 
     def page(request: Request) -> Response:  # sync: starlette runs it in a thread (header reads)
+        nonlocal formats
+        if formats is None:  # on the first visit: the AVIF and JPEG XL encoders (~13 MB) load then, not at start
+            formats = probes(config)
         html = page_html(config, template, formats)
         return HTMLResponse(
             html,
