@@ -75,7 +75,7 @@ def paths_for(server: Server, workload: Workload) -> list[str]:
     if not workload.new_sources:
         return cold_paths(server, workload)
 
-    rng = random.Random(workload.name)
+    rng = random.Random("distinct")  # one order for both distinct workloads: their halves never overlap
     copies = [
         (new_source(image, "jpeg", i), rng.choice(COLD_WIDTHS)) for i in range(NEW_SOURCE_COPIES) for image in IMAGES
     ]
