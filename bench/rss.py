@@ -90,7 +90,8 @@ def our_server(corpus: Path, variant: Variant) -> Server:
     command = server.command
     return dataclasses.replace(
         server,
-        command=lambda port, scratch: [sys.executable, *command(port, scratch)[1:]],
+        # -P: the bench's working directory (maybe another checkout) must not come before PYTHONPATH
+        command=lambda port, scratch: [sys.executable, "-P", *command(port, scratch)[1:]],
         env={**env, "PYTHONPATH": str(variant.tree)},
     )
 
