@@ -67,7 +67,7 @@ class MemoryBudget:
         self.used = 0
         self.kept: OrderedDict[int, KeptDecode] = OrderedDict()  # by id(), least recently used first
         self.kept_bytes = 0
-        self.asked: OrderedDict[str, int] = OrderedDict()  # decode key -> renders that looked for it lately
+        self.asked: OrderedDict[str, int] = OrderedDict()  # source -> renders that looked for a decode of it lately
         self.pending: Counter[str] = Counter()  # source -> its renders queued or running (`expecting`)
         self._changed = threading.Condition()
 
@@ -86,11 +86,11 @@ class MemoryBudget:
                     del self.pending[source]
 
     def wanted(self, key: str, source: str) -> bool:
-        """Whether the decode `key` of `source` is likely to be read again: an earlier render among
-        the last ASKED_KEYS decode keys looked for it too (srcset widths, lazyloader steps), or another
-        render of the source is queued or running (upload presets, a page's widths at once). A
-        source seen once (a feed of new photos) is never kept. Caller holds the lock."""
-        return self.asked.get(key, 0) >= 2 or self.pending[source] >= 2
+        """Whether the decode `key` of `source` is likely to be read again: an earlier render of the
+        source among the last ASKED_SOURCES looked for a decode of it too (srcset widths, lazyloader
+        steps), or another render of the source is queued or running (upload presets, a page's
+        widths at once). A source seen once (a feed of new photos) is never kept. Caller holds the lock."""
+        return self.asked.get(source, 0) >= 2 or self.pending[source] >= 2
 
     @contextlib.contextmanager
     def hold(self, amount: int, deadline: Deadline, beside: int = 0):
@@ -148,13 +148,13 @@ class MemoryBudget:
             KEPT_DECODES.labels("kept").inc()
             return entry
 
-    def find(self, key: str, size: tuple[int, int]) -> KeptDecode | None:
+    def find(self, key: str, source: str, size: tuple[int, int]) -> KeptDecode | None:
         """The kept decode `key` at exactly `size`, pinned for the caller. Never a larger one: a
         render's pixels must not depend on which decodes earlier renders left behind. Counts the
         look-up for `wanted`."""
         with self._changed:
-            self.asked[key] = self.asked.pop(key, 0) + 1
-            if len(self.asked) > ASKED_KEYS:
+            self.asked[source] = self.asked.pop(source, 0) + 1
+            if len(self.asked) > ASKED_SOURCES:
                 self.asked.popitem(last=False)
             for entry in reversed(self.kept.values()):
                 if entry.key == key and entry.image.size == size:
@@ -180,8 +180,8 @@ class MemoryBudget:
                 self._changed.notify_all()  # an unpinned entry may now be evicted for a waiter
 
 
-# Decode keys remembered for `wanted`: a source asked for again after this many others is new again
-ASKED_KEYS = 256
+# Sources remembered for `wanted`: one asked for again after this many others is new again
+ASKED_SOURCES = 256
 # Seconds a kept decode stays without a reuse: a page's widths and upload presets come within a second
 KEPT_IDLE = 10.0
 UNLIMITED = MemoryBudget(0)

@@ -390,7 +390,7 @@ def render(
     # scale): a larger one resamples from another intermediate and gives other bytes, so a URL's
     # answer would depend on what its worker rendered before. A first frame is not the source's decode.
     keep_key = None if opened.animated or source_key is None else f"{source_key}|1/{divisor}"
-    kept = budget.find(keep_key, image.size) if keep_key else None
+    kept = budget.find(keep_key, source_key, image.size) if keep_key and source_key else None
     reused = kept is not None
     try:
         if kept is not None:

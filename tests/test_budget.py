@@ -20,10 +20,10 @@ def outcomes() -> dict[str, float]:
     }
 
 
-def render(budget: MemoryBudget, source: str) -> bool:
+def render(budget: MemoryBudget, source: str, scale: int = 1) -> bool:
     """What a render does with the budget: look for the decode, else decode and offer it. Reused?"""
-    key = f"{source}|1/1"
-    entry = budget.find(key, SIZE)
+    key = f"{source}|1/{scale}"
+    entry = budget.find(key, source, SIZE)
     reused = entry is not None
     if entry is None:
         entry = budget.keep(key, source, Image.new("RGB", SIZE), 1)
@@ -39,6 +39,12 @@ def test_a_decode_is_kept_from_the_second_render_of_its_source():
     assert counted == {"declined": 1, "kept": 1, "hit": 2, "dropped_used": 0, "dropped_unused": 0}
 
 
+def test_a_render_at_another_scale_counts_as_a_second_request():
+    budget = MemoryBudget(64 * MB, 32 * MB)
+    assert [render(budget, "a", 2), render(budget, "a", 4), render(budget, "a", 4)] == [False, False, True]
+    assert [e.key for e in budget.kept.values()] == ["a|1/4"]
+
+
 def test_distinct_sources_keep_nothing():
     budget = MemoryBudget(64 * MB, 32 * MB)
     assert not any(render(budget, f"new-{n}") for n in range(50))
@@ -48,7 +54,7 @@ def test_distinct_sources_keep_nothing():
 def test_a_source_asked_again_after_many_others_is_new_again():
     budget = MemoryBudget(64 * MB, 32 * MB)
     render(budget, "a")
-    for n in range(budget_module.ASKED_KEYS):
+    for n in range(budget_module.ASKED_SOURCES):
         render(budget, f"new-{n}")
     render(budget, "a")
     assert budget.kept_bytes == 0
