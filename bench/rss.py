@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
 import re
 import shutil
@@ -60,6 +61,7 @@ DISTINCT = Workload("distinct c=8", 8, "jpeg", new_sources=True)
 DISTINCT_2 = Workload("distinct c=2", 2, "jpeg", part=1, new_sources=True)
 REPEATED = Workload("repeated c=2", 2, "jpeg", 0)
 WORKLOADS = (DISTINCT, DISTINCT_2, REPEATED)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 METRIC_LINE = re.compile(r'^(imgproxy_(?:kept_decodes|source_decodes)_total)\{\w+="(\w+)"\} ([0-9.e+]+)$', re.M)
 
 
@@ -136,8 +138,10 @@ def measure(server: Server, scratch: Path, seconds: float, ours: bool) -> list[d
             paths = paths_for(server, workload)
             before = kept_figures(running) if ours else {}
             running.rss.reset()
+            ticks = tree_cpu_ticks(running.process.pid)
             stats = run_wrk(running.port, paths, workload.connections, seconds, scratch)
             wait_idle(running.process.pid)
+            ticks = tree_cpu_ticks(running.process.pid) - ticks
             after = kept_figures(running) if ours else {}
             delta = {k: after[k] - before.get(k, 0.0) for k in after}
             renders = delta.get("imgproxy_source_decodes_total:decoded", 0) + delta.get(
@@ -149,6 +153,8 @@ def measure(server: Server, scratch: Path, seconds: float, ours: bool) -> list[d
                     "workload": workload.name,
                     "rps": (stats["requests"] - stats["non_2xx"]) / (stats["duration_us"] / 1e6),
                     "p99_ms": stats["p99_us"] / 1000,
+                    # the server's CPU over the requests wrk saw answered and those in flight at its end
+                    "cpu_ms": ticks * 1000 / CLOCK_TICKS / (stats["requests"] + workload.connections),
                     "idle_mb": idle / 2**20,
                     "peak_mb": running.rss.peak / 2**20,
                     "failed": stats["non_2xx"] + stats["timeouts"] + stats["read_errors"],
@@ -177,7 +183,9 @@ def median_rows(rows: list[dict]) -> list[list[str]]:
                     workload.name,
                     server,
                     cell(mine, "rps", ".2f"),
+                    " ".join(f"{r['rps']:.1f}" for r in mine),
                     cell(mine, "p99_ms", ".0f"),
+                    cell(mine, "cpu_ms", ".0f"),
                     cell(mine, "idle_mb", ".0f"),
                     cell(mine, "peak_mb", ".0f"),
                     " ".join(f"{r['peak_mb']:.0f}" for r in mine),
@@ -221,7 +229,20 @@ def main() -> None:
     print(f"{args.rounds} rounds, {args.seconds:g} s per workload, medians; servers pinned to one core; JPEG q80")
     for v in variants:
         print(f"  {v.name}: {v.tree} {' '.join(v.settings)}")
-    headers = ["workload", "server", "req/s", "p99 ms", "idle MB", "peak MB", "peaks", "reused", "kept", "unused"]
+    headers = [
+        "workload",
+        "server",
+        "req/s",
+        "each",
+        "p99 ms",
+        "CPU ms/req",
+        "idle MB",
+        "peak MB",
+        "peaks",
+        "reused",
+        "kept",
+        "unused",
+    ]
     print(format_table([*headers, "failed"], median_rows(rows)))
 
 
