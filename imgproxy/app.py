@@ -27,7 +27,6 @@ from .options import ALIASES, RenderOptions
 from .pages import page_routes
 from .pipeline import Renderer, Result, close_body
 from .playground import playground_routes
-from .remote import RemoteSource
 from .signing import check_request
 from .uploads import Uploads
 
@@ -235,6 +234,8 @@ def make_renderer(config: Config) -> Renderer:
     remote_cfg = config.sources.remote
     remote = None
     if remote_cfg.allowed_hosts:
+        from .remote import RemoteSource  # and httpx (~5 MB a process): only where remote sources are on
+
         remote = RemoteSource(
             remote_cfg,
             cache_dir=config.path(remote_cfg.cache_dir),

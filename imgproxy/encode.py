@@ -8,8 +8,6 @@ import math
 import struct
 from collections.abc import Callable
 
-# registers Pillow's JXL writer (and a JXL reader, which the loader's allow-list keeps off by default)
-import pillow_jxl  # noqa: F401
 import pyjpegli
 from PIL import Image, ImageCms
 
@@ -92,6 +90,8 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
     elif fmt == "gif":
         params.update(optimize=settings.gif_optimize)
     elif fmt == "jxl":
+        import pillow_jxl  # noqa: F401 (registers Pillow's JXL writer: ~1 MB a process that writes none)
+
         # exif: the plugin falls back to the image's own; lossless_jpeg: it would recompress the
         # source file instead of these pixels when a frame is the opened JPEG itself
         params.update(quality=quality, effort=settings.jxl_effort, exif=params.get("exif", b""), lossless_jpeg=False)

@@ -1,4 +1,6 @@
-"""HEIC/HEIF sources through pillow-heif (libheif), registered as a Pillow plugin on import.
+"""HEIC/HEIF sources through pillow-heif (libheif), registered as a Pillow plugin on import: a
+stand-in opener that loads pillow-heif (libheif and its codecs, ~3 MB a process) at the first HEIF
+file, so a server that never sees one does not carry it.
 
 Opening reads only the container: the size pillow-heif reports is the `ispe` box's (after the
 container's rotation), so the loader's limits apply before any pixel is decoded. libheif applies
@@ -13,14 +15,36 @@ file whose top-level boxes (the image data's `mdat` among them) run past its end
 
 from __future__ import annotations
 
+import functools
 import struct
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
-from PIL import Image
-from pillow_heif import register_heif_opener
+from PIL import Image, ImageFile
 
-# Thumbnails, depth maps and auxiliary images are never used: skip reading them.
-register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+# The brands pillow-heif opens (its as_plugin._is_supported_heif)
+BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+
+
+@functools.cache
+def register() -> None:
+    """pillow-heif's plugin in place of the stand-in."""
+    from pillow_heif import register_heif_opener
+
+    # Thumbnails, depth maps and auxiliary images are never used: skip reading them.
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+
+def _accept(prefix: bytes) -> bool:
+    return prefix[4:8] == b"ftyp" and prefix[8:12] in BRANDS
+
+
+def _open(fp: IO[bytes], filename: str | bytes) -> ImageFile.ImageFile:
+    register()
+    factory, _ = Image.OPEN["HEIF"]
+    return factory(fp, filename)
+
+
+Image.register_open("HEIF", _open, _accept)
 
 CONTAINER_ORIENTATION = ("irot", "imir")
 # While Pillow copies the pixels in, libheif holds its YCbCr planes (1.5 bytes a pixel at 4:2:0,

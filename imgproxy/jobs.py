@@ -28,15 +28,18 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import diskcache
-import httpx
 
 from .config import Config
 from .errors import ImageProxyError, Overloaded
 from .html import picture_url
 from .options import RenderOptions, with_encoding
 from .pipeline import Renderer, close_body
+
+if TYPE_CHECKING:
+    import httpx  # imported where [jobs] warm_url is used: ~5 MB a process that has none
 
 log = logging.getLogger("imgproxy.jobs")
 OPEN = ("pending", "running")
@@ -459,6 +462,8 @@ class JobQueue:
         """GET the variant's URL from `[jobs] warm_url` (the edge): the replica that owns the URL
         renders and keeps it, and the edge caches it too, so pre-rendering pays off whichever
         host runs the job. The URL is the one the upload's answer names, signed like it."""
+        import httpx
+
         url = self.config.jobs.warm_url.rstrip("/") + picture_url(source, self.config, **dict(task.params))
         if self.client is None:
             self.client = httpx.AsyncClient(timeout=self.config.render.timeout + 10, trust_env=False)

@@ -73,6 +73,8 @@ def open_original(original: Original, limits: LimitsConfig, formats: tuple[str, 
 def _pillow_openers(formats: tuple[str, ...]) -> list[str]:
     """Pillow opens MPO through its JPEG opener; the format it reports is checked afterwards."""
     Image.init()
+    if "JXL" in formats:  # off by default ([security] allowed_source_formats)
+        import pillow_jxl  # noqa: F401 (registers its reader)
     wanted = {"JPEG" if f == "MPO" else f for f in formats}
     return sorted(f for f in wanted if f in Image.OPEN)
 

@@ -76,6 +76,13 @@ SOURCE_DECODES = Counter(
     ["origin"],
     registry=REGISTRY,
 )
+KEPT_DECODES = Counter(
+    "imgproxy_kept_decodes",
+    "Decoded sources offered for keeping, by outcome: declined (not admitted), kept, then for each "
+    "kept one hit (per reuse) and, when it goes, dropped_used or dropped_unused (never reused)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 SHED = Counter("imgproxy_shed", "Requests answered 503 because the render queue was full", registry=REGISTRY)
 CACHE_HITS = Counter("imgproxy_cache_hits", "Results answered from the result cache", registry=REGISTRY)
 CACHE_MISSES = Counter(

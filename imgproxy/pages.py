@@ -10,10 +10,11 @@ inline code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -29,6 +30,9 @@ from .loader import open_original
 from .options import parse_preset
 from .render import orientation_of, oriented_size
 from .sources import LocalSource
+
+if TYPE_CHECKING:
+    import jinja2
 
 HERE = Path(__file__).parent
 DEMO_DIR = "demo"
@@ -145,17 +149,23 @@ def aspect_class(width: int, height: int) -> str:
 
 
 def page_routes(config: Config) -> list[BaseRoute]:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    install_jinja(env, config)
-    env.globals["aspect_class"] = aspect_class
-    env.filters["bytes"] = human_bytes
-    template = env.get_template("index.html")
+    @functools.cache
+    def index_template() -> jinja2.Template:
+        """Made on the first visit: jinja2 and the compiled template (~6 MB) are not in every process."""
+        import jinja2
+
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        install_jinja(env, config)
+        env.globals["aspect_class"] = aspect_class
+        env.filters["bytes"] = human_bytes
+        return env.get_template("index.html")
 
     def index(request: Request) -> Response:  # sync: starlette runs it in a thread (header reads)
+        template = index_template()
         facts = [f for f in (source_facts(source, config) for source in demo_images(config)) if f]
         presets = width_presets(config)
         hero = pick_hero(facts) if presets else None

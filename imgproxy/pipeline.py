@@ -270,9 +270,11 @@ class Renderer:
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
-            body, meta = await asyncio.wait_for(
-                self.run(self._render_and_store, key, original, options, fmt), timeout=self.config.render.timeout + 5
-            )
+            with self.memory.expecting(original.key):
+                body, meta = await asyncio.wait_for(
+                    self.run(self._render_and_store, key, original, options, fmt),
+                    timeout=self.config.render.timeout + 5,
+                )
             future.set_result((body, meta))
             return body, meta
         except TimeoutError:

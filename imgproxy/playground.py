@@ -15,9 +15,9 @@ import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import jinja2
 from markupsafe import Markup, escape
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -36,6 +36,9 @@ from .render import Rendered
 from .signing import signed_url
 from .sources import LocalSource, is_remote
 from .uploads import check_bearer
+
+if TYPE_CHECKING:
+    import jinja2
 
 HERE = Path(__file__).parent
 # Like pages.PAGE_CSP, plus blob: images: the page shows the very bytes it fetched and measured
@@ -202,6 +205,8 @@ def page_html(config: Config, template: jinja2.Template, formats: list[dict[str,
 
 
 def load_template() -> jinja2.Template:
+    import jinja2  # only here: ~6 MB a process that never shows a page
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
@@ -213,11 +218,13 @@ def playground_routes(config: Config) -> list[BaseRoute]:
         return []
     must_sign = bool(config.security.signing_keys) and not config.playground.open_signing
     token = config.uploads.token
-    template = load_template()
-    formats = probes(config)
+    made: tuple[jinja2.Template, list[dict[str, str]]] | None = None
 
     def page(request: Request) -> Response:  # sync: starlette runs it in a thread (header reads)
-        html = page_html(config, template, formats)
+        nonlocal made
+        if made is None:  # on the first visit: jinja2 and the AVIF and JPEG XL encoders (~16 MB) load then
+            made = load_template(), probes(config)
+        html = page_html(config, *made)
         return HTMLResponse(
             html,
             headers={"Content-Security-Policy": PLAYGROUND_CSP, "Cache-Control": "no-cache", **page_headers(config)},

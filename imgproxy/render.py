@@ -390,7 +390,7 @@ def render(
     # scale): a larger one resamples from another intermediate and gives other bytes, so a URL's
     # answer would depend on what its worker rendered before. A first frame is not the source's decode.
     keep_key = None if opened.animated or source_key is None else f"{source_key}|1/{divisor}"
-    kept = budget.find(keep_key, image.size) if keep_key else None
+    kept = budget.find(keep_key, source_key, image.size) if keep_key and source_key else None
     reused = kept is not None
     try:
         if kept is not None:
@@ -414,7 +414,7 @@ def render(
             assert first is not None and region is not None and orientation is not None and turn is not None
             if not reused:
                 image = _normalised(opened)
-                kept = budget.keep(keep_key, image, orientation) if keep_key else None
+                kept = budget.keep(keep_key, source_key, image, orientation) if keep_key and source_key else None
                 if kept is not None:
                     image = kept.image
             crop = crop_region(options, orientation, opened.width, opened.height)

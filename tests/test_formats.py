@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pillow_heif
+import pillow_jxl  # noqa: F401 (the JXL writer: the server loads it only when it writes or reads JXL)
 import pytest
 from PIL import Image, ImageCms
 
+from imgproxy import heif
 from imgproxy.budget import decoded_bytes
 from imgproxy.config import ConfigError, LimitsConfig, load_config
 from imgproxy.errors import PayloadTooLarge
@@ -32,6 +34,7 @@ BLUE, RED = (0, 0, 255), (255, 0, 0)
 
 
 def _heif(image: Image.Image, **params) -> bytes:
+    heif.register()  # the server loads pillow-heif at its first HEIF source; these files are made first
     out = io.BytesIO()
     image.save(out, format="HEIF", **{"quality": -1, **params})  # -1: lossless, so colours can be compared
     return out.getvalue()

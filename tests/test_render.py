@@ -57,46 +57,58 @@ def _decode_of(width, height):
     return Image.new("RGB", (width, height))
 
 
+def _keep(budget, key, image, orientation):
+    """keep() of a decode whose source is wanted (two renders of it queued: the admission rule is
+    tests/test_budget.py's); the source is the key's part before "|"."""
+    source = key.partition("|")[0]
+    with budget.expecting(source), budget.expecting(source):
+        return budget.keep(key, source, image, orientation)
+
+
+def _find(budget, key, size):
+    return budget.find(key, key.partition("|")[0], size)
+
+
 def test_a_kept_decode_is_found_only_at_its_exact_size_and_pinned():
     budget = MemoryBudget(100 * MB, 40 * MB)
-    big = budget.keep("a|1", _decode_of(2000, 1500), 6)  # 12 MB
-    small = budget.keep("a|1", _decode_of(1000, 750), 6)  # 3 MB
-    other = budget.keep("b|1", _decode_of(1000, 750), 1)
+    big = _keep(budget, "a|1", _decode_of(2000, 1500), 6)  # 12 MB
+    small = _keep(budget, "a|1", _decode_of(1000, 750), 6)  # 3 MB
+    other = _keep(budget, "b|1", _decode_of(1000, 750), 1)
     for entry in (big, small, other):
         budget.release(entry)  # keep() pins for its caller
     assert budget.kept_bytes == 18 * MB
-    assert budget.find("a|1", (1000, 750)) is small
-    assert budget.find("a|1", (2000, 1500)) is big
-    assert budget.find("a|1", (900, 700)) is None  # a larger decode would resample to other pixels
-    assert budget.find("a|2", (1000, 750)) is None  # another version of the source
-    assert budget.find("b|1", (1000, 750)).orientation == 1
+    assert _find(budget, "a|1", (1000, 750)) is small
+    assert _find(budget, "a|1", (2000, 1500)) is big
+    assert _find(budget, "a|1", (900, 700)) is None  # a larger decode would resample to other pixels
+    assert _find(budget, "a|2", (1000, 750)) is None  # another version of the source
+    assert _find(budget, "b|1", (1000, 750)).orientation == 1
     assert (small.users, big.users, other.users) == (1, 1, 1)
 
 
 def test_one_decode_may_take_half_the_keep_limit_and_0_keeps_nothing():
-    assert MemoryBudget(100 * MB, 24 * MB).keep("a|1", _decode_of(2000, 1500), 1) is not None  # 12 MB
-    assert MemoryBudget(100 * MB, 23 * MB).keep("a|1", _decode_of(2000, 1500), 1) is None
-    assert MemoryBudget(100 * MB, 0).keep("a|1", _decode_of(10, 10), 1) is None
-    assert MemoryBudget(0, 48 * MB).keep("a|1", _decode_of(10, 10), 1) is None  # no budget, no keeping
+    assert _keep(MemoryBudget(100 * MB, 24 * MB), "a|1", _decode_of(2000, 1500), 1) is not None  # 12 MB
+    assert _keep(MemoryBudget(100 * MB, 23 * MB), "a|1", _decode_of(2000, 1500), 1) is None
+    assert _keep(MemoryBudget(100 * MB, 0), "a|1", _decode_of(10, 10), 1) is None
+    assert _keep(MemoryBudget(0, 48 * MB), "a|1", _decode_of(10, 10), 1) is None  # no budget, no keeping
 
 
 def test_keeping_past_the_limit_drops_the_least_recently_used():
     budget = MemoryBudget(100 * MB, 30 * MB)
     for key in ("a|1", "b|1", "c|1"):
-        budget.release(budget.keep(key, _decode_of(2000, 1250), 1))  # 10 MB each: full
-    budget.release(budget.find("a|1", (2000, 1250)))  # a is now the most recently used
-    budget.release(budget.keep("d|1", _decode_of(2000, 1250), 1))
+        budget.release(_keep(budget, key, _decode_of(2000, 1250), 1))  # 10 MB each: full
+    budget.release(_find(budget, "a|1", (2000, 1250)))  # a is now the most recently used
+    budget.release(_keep(budget, "d|1", _decode_of(2000, 1250), 1))
     assert {e.key for e in budget.kept.values()} == {"a|1", "c|1", "d|1"}
     assert budget.kept_bytes == 30 * MB
 
 
 def test_forgetting_drops_every_kept_decode_and_a_reader_keeps_its_own():
     budget = MemoryBudget(100 * MB, 30 * MB)
-    reading = budget.keep("a|1", _decode_of(2000, 1250), 1)
-    budget.release(budget.keep("b|1", _decode_of(1000, 1250), 1))
+    reading = _keep(budget, "a|1", _decode_of(2000, 1250), 1)
+    budget.release(_keep(budget, "b|1", _decode_of(1000, 1250), 1))
     budget.forget_kept()  # `imgproxy cache clear` from another process
     assert budget.kept_bytes == 0
-    assert budget.find("a|1", (2000, 1250)) is None and budget.find("b|1", (1000, 1250)) is None
+    assert _find(budget, "a|1", (2000, 1250)) is None and _find(budget, "b|1", (1000, 1250)) is None
     assert reading.image.size == (2000, 1250)
     budget.release(reading)
     assert reading.users == 0
@@ -104,8 +116,8 @@ def test_forgetting_drops_every_kept_decode_and_a_reader_keeps_its_own():
 
 def test_a_render_needing_room_evicts_kept_decodes_but_never_one_in_use():
     budget = MemoryBudget(40 * MB, 40 * MB)
-    in_use = budget.keep("a|1", _decode_of(2000, 1250), 1)  # pinned: a render reads it
-    budget.release(budget.keep("b|1", _decode_of(2000, 1250), 1))
+    in_use = _keep(budget, "a|1", _decode_of(2000, 1250), 1)  # pinned: a render reads it
+    budget.release(_keep(budget, "b|1", _decode_of(2000, 1250), 1))
     with budget.hold(25 * MB, Deadline(5)):
         assert [e.key for e in budget.kept.values()] == ["a|1"]
         assert budget.used + budget.kept_bytes == 35 * MB
@@ -153,8 +165,9 @@ def _render(path, budget, version="1", settings=RenderConfig(), **options):
 def test_a_kept_decode_gives_the_very_pixels_a_new_decode_gives(relative):
     path = CORPUS / relative
     budget = MemoryBudget(96 * MB, 48 * MB)
-    first = _render(path, budget, width=600)
-    assert not first.reused_decode and budget.kept_bytes > 0
+    first = _render(path, budget, width=600)  # not kept: the source's first request
+    second = _render(path, budget, width=600)
+    assert not first.reused_decode and not second.reused_decode and budget.kept_bytes > 0
     for options in (
         dict(width=300),
         dict(width=200, height=200, mode="crop", gravity="smart"),
@@ -180,7 +193,8 @@ def test_a_kept_decode_is_not_used_for_another_version_or_a_larger_need():
 def test_a_render_that_does_not_resize_leaves_the_kept_decode_untouched():
     path = CORPUS / "photos/alpha_dice.png"
     budget = MemoryBudget(96 * MB, 48 * MB)
-    _render(path, budget, width=100)
+    for _ in range(2):  # the second request of the source keeps its decode
+        _render(path, budget, width=100)
     kept = next(iter(budget.kept.values()))
     before = kept.image.tobytes()
     settings = replace(RenderConfig(), keep_icc=False)
