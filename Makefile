@@ -28,7 +28,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats bench-bytes bench-jpeg bench-autoquality bench-scaling bench-simd clean
+.PHONY: install lint run test bench bench-hitcost bench-peers bench-cdn bench-cdn-mix bench-quality bench-soak bench-formats bench-bytes bench-jpeg bench-autoquality bench-scaling bench-simd bench-peers-simd clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ bench-hitcost: $(BENCH_STAMP)
 # bench/README.md.
 bench-peers: $(BENCH_STAMP)
 	$(PY) bench/peers.py
+
+# The same with this service twice in one run, stock Pillow and pillow-simd (.venv-simd, built here).
+bench-peers-simd: $(BENCH_STAMP)
+	$(MAKE) PILLOW=simd install
+	$(PY) bench/peers.py --servers imgproxy,simd,thumbor,ipx,nginx
 
 # Our server on 1 and 2 cores: processes (serve --workers) x render threads, cold JPEG renders,
 # with the server's and wrk's CPU time (wrk shares a core once the server has both).

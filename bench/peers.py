@@ -85,8 +85,13 @@ IPX_PACKAGE = "ipx@3.1.1"
 IPX_SERVER_JS = Path(__file__).resolve().parent / "ipx_server.mjs"
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus"
-RENDERERS = ("imgproxy", "thumbor", "ipx")  # in this order in every table
+# "simd" is this service again, run by .venv-simd's interpreter (pillow-simd, `make bench-peers-simd`):
+# both builds in one run, each compared with the same peers
+OURS = ("imgproxy", "simd")
+RENDERERS = (*OURS, "thumbor", "ipx")  # in this order in every table
 SERVERS = (*RENDERERS, "nginx")
+DEFAULT_SERVERS = ("imgproxy", "thumbor", "ipx", "nginx")
+SIMD_PYTHON = REPO / ".venv-simd" / "bin" / "python"
 HIT_SERVERS = ("imgproxy", "thumbor", "nginx")
 FORMATS = ("jpeg", "webp")
 WORKLOADS = ("repeated", "distinct")
@@ -296,7 +301,8 @@ def photo_table(
     may be None: that server could not do that photo) and the flags exhausted and failed. The
     MEDIAN row is each column's median over the photos that have a figure (for a quotient: the
     median of the per-photo quotients)."""
-    peers = [s for s in servers if s != "imgproxy"] if "imgproxy" in servers else []
+    ours = [s for s in servers if s in OURS]
+    peers = [s for s in servers if s not in OURS] if ours else []
 
     def value(photo: str, server: str, key: str) -> float | None:
         return figures.get(photo, {}).get(server, {}).get(key)
@@ -312,19 +318,21 @@ def photo_table(
             got = figures.get(photo, {}).get(server, {})
             flags[photo] = ("*" if got.get("exhausted") else "") + ("!" if got.get("failed") else "")
         column(f"{server} r/s", ".1f", {p: value(p, server, "rps") for p in photos}, flags)
-    for peer in peers:
-        column(f"÷{peer}", ".2f", {p: quotient(value(p, "imgproxy", "rps"), value(p, peer, "rps")) for p in photos})
+    for us in ours:
+        for peer in peers:
+            column(
+                f"{prefix(us)}÷{peer}", ".2f", {p: quotient(value(p, us, "rps"), value(p, peer, "rps")) for p in photos}
+            )
     for server in servers:
         column(f"{server} p99", ".0f", {p: value(p, server, "p99_ms") for p in photos})
-    for peer in peers:
-        bytes_quotients = {
-            p: quotient(value(p, "imgproxy", "mean_bytes"), value(p, peer, "mean_bytes")) for p in photos
-        }
-        column(f"bytes ÷{peer}", ".2f", bytes_quotients)
+    for us in ours:
+        for peer in peers:
+            bytes_quotients = {p: quotient(value(p, us, "mean_bytes"), value(p, peer, "mean_bytes")) for p in photos}
+            column(f"{prefix(us)}bytes ÷{peer}", ".2f", bytes_quotients)
     for server in servers:
         column(f"{server} SSIM", ".4f", {p: value(p, server, "ssim") for p in photos})
-    if "imgproxy" in servers:
-        column("kept", ".0%", {p: value(p, "imgproxy", "kept_share") for p in photos})
+    for us in ours:
+        column(f"{prefix(us)}kept", ".0%", {p: value(p, us, "kept_share") for p in photos})
 
     headers = ["photo", *(c[0] for c in columns)]
     lines = [
@@ -334,14 +342,29 @@ def photo_table(
     return headers, lines
 
 
+def prefix(ours: str) -> str:
+    """How a column or goal names one of our builds: nothing for the stock one."""
+    return "" if ours == "imgproxy" else f"{ours} "
+
+
 def goal_lines(tables: dict[tuple[str, str], dict[str, dict[str, dict]]], per_server: dict[str, dict]) -> list[str]:
     """Issue 16's goals against this run's figures (req/s, p99, RSS and hits; bytes and SSIM are
     in the tables)."""
 
+    lines = []
+    for us in OURS:
+        if us in per_server:
+            lines += [prefix(us) + line for line in build_goal_lines(us, tables, per_server)]
+    return lines
+
+
+def build_goal_lines(
+    us: str, tables: dict[tuple[str, str], dict[str, dict[str, dict]]], per_server: dict[str, dict]
+) -> list[str]:
     def quotients(workload: str, fmt: str, peer: str, key: str = "rps") -> dict[str, float]:
         found = {}
         for photo, by_server in tables[(workload, fmt)].items():
-            q = quotient(by_server.get("imgproxy", {}).get(key), by_server.get(peer, {}).get(key))
+            q = quotient(by_server.get(us, {}).get(key), by_server.get(peer, {}).get(key))
             if q is not None:
                 found[photo] = q
         return found
@@ -367,7 +390,7 @@ def goal_lines(tables: dict[tuple[str, str], dict[str, dict[str, dict]]], per_se
             lines.append(
                 f"{workload} {fmt}: median p99 ÷thumbor {m:.2f} (goal ≤ 0.7) {'met' if m <= 0.7 else 'MISSED'}"
             )
-    ours, thumbor = per_server.get("imgproxy", {}), per_server.get("thumbor", {})
+    ours, thumbor = per_server.get(us, {}), per_server.get("thumbor", {})
     rss_q = quotient(ours.get("peak_rss_mb"), thumbor.get("peak_rss_mb"))
     if rss_q is not None:
         lines.append(
@@ -540,7 +563,7 @@ class Run:
                 progress(f"{photo.name} {workload} {fmt}: {', '.join(order)}")
                 for name in order:
                     paths = cell_paths(running[name].server, photo, workload, fmt, copies[fmt])
-                    before = source_decodes(running[name]) if name == "imgproxy" else {}
+                    before = source_decodes(running[name]) if name in OURS else {}
                     row = measure(running[name], paths, CONNECTIONS, self.seconds)
                     if before:
                         after = source_decodes(running[name])
@@ -639,7 +662,7 @@ def report(run: Run, started: datetime, wall: float, json_path: Path) -> None:
     if notes:
         print("\nnotes:\n" + "\n".join(f"- {n}" for n in notes))
     rows = []
-    for name in (*RENDERERS, "nginx"):
+    for name in SERVERS:
         got = run.per_server.get(name)
         if got:
             rows.append(
@@ -699,7 +722,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--photos", default=os.environ.get("BENCH_PHOTOS", ""), help="comma-separated parts of file names to keep"
     )
-    parser.add_argument("--servers", default=os.environ.get("BENCH_SERVERS", ",".join(SERVERS)))
+    parser.add_argument("--servers", default=os.environ.get("BENCH_SERVERS", ",".join(DEFAULT_SERVERS)))
     parser.add_argument(
         "--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "4")), help="per cell (default 4)"
     )
@@ -742,6 +765,7 @@ def main() -> None:
     root.mkdir()
     factories = {
         "imgproxy": lambda: imgproxy_server(root, args.workers),
+        "simd": lambda: imgproxy_server(root, args.workers, name="simd", python=str(SIMD_PYTHON)),
         "thumbor": lambda: thumbor_server(root, install_thumbor()),
         "ipx": lambda: ipx_server(root, install_ipx()),
         "nginx": lambda: nginx_server(scratch / "static"),

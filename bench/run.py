@@ -101,7 +101,7 @@ COLD_PARTS = 2
 
 
 def imgproxy_server(
-    corpus: Path, render_workers: int | None = None, storage: str = "", name: str = "imgproxy"
+    corpus: Path, render_workers: int | None = None, storage: str = "", name: str = "imgproxy", python: str = PYTHON
 ) -> Server:
     """Our server from the repo's .venv with a temp config: fresh cache, no access log.
     `storage`: extra TOML ([storage] sections) for another backend than the local root."""
@@ -118,7 +118,7 @@ def imgproxy_server(
             f"{storage}"
             f"[log]\naccess_log = false\n"
         )
-        return [PYTHON, "-m", "imgproxy", "serve", "--config", str(config), "--port", str(port)]
+        return [python, "-m", "imgproxy", "serve", "--config", str(config), "--port", str(port)]
 
     return Server(
         name=name,
