@@ -105,17 +105,26 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
 LOSSLESS = ("png", "gif")
 MIN_QUALITY = 10  # max_bytes never goes below it: past that the picture is not worth the bytes
 MAX_EXTRA_ENCODES = 6  # the floor, then a bisection between it and the requested quality
-# quality=auto: a search over [render] auto_quality_min..max. It starts at the format's configured
-# quality, steps by the score's usual rise per quality (AUTO_SLOPE, doubling while every try is on
-# one side), then aims where the scores of the closest failing and passing tries cross the target.
-# It stops when a passing try is within AUTO_MARGIN of the target or fewer than AUTO_PRECISION
+# quality=auto: a search over [render] auto_quality_min..max. It starts at a first guess (below),
+# steps by the score's usual rise per quality (AUTO_SLOPE, doubling while every try is on one side),
+# then aims where the scores of the closest failing and passing tries cross the target. It stops
+# when a passing try is within AUTO_MARGIN slopes of the target or fewer than AUTO_PRECISION
 # qualities are left between a failing and a passing try (a step of 1-3 changes the bytes by a few
-# %), and after AUTO_MAX_ENCODES tries (typically 2-3; a last encode at the maximum when no try met
-# the target and the maximum was not tried).
+# %), and after AUTO_MAX_ENCODES tries (a last encode at the maximum when no try met the target and
+# the maximum was not tried). Measured by bench/autotarget.py's grid (corpus photos at 480 and 1080
+# px, the configured targets): the median quality kept (AUTO_FIRST) and the score's rise per quality
+# there (AUTO_SLOPE). For WebP and AVIF, whose encodes are slow, the first guess comes from a probe:
+# one jpegli encode at q80 (a few ms), whose score predicts the quality kept (AUTO_PROBE: quality =
+# a x score + b, least squares over the grid, b raised by 2 so the first try passes more often;
+# residual 2.3-2.6 qualities against 4.2-5.4 without it). Simulated on the grid: median tries 1 for
+# AVIF and WebP (2 without the probe), bytes 4 % above the exact crossing.
 AUTO_PRECISION = 4
 AUTO_MAX_ENCODES = 5
-AUTO_SLOPE = 0.0006  # multi-scale SSIM per quality step near the target (bench/autoquality.py's grid)
-AUTO_MARGIN = 2 * AUTO_SLOPE
+AUTO_FIRST = {"jpeg": 81, "webp": 80, "avif": 63, "jxl": 82}
+AUTO_SLOPE = {"jpeg": 0.00077, "webp": 0.00076, "avif": 0.00058, "jxl": 0.0006}
+AUTO_PROBE = {"webp": (-975.2, 1038.5), "avif": (-1418.4, 1456.8)}
+AUTO_PROBE_QUALITY = 80
+AUTO_MARGIN = 3  # in slopes of the format
 
 
 def _bisect(
@@ -150,9 +159,16 @@ def _bisect(
     return best, kept, made
 
 
+def auto_target(fmt: str, settings: RenderConfig) -> float:
+    """quality=auto's score target: WebP and AVIF have their own (the look of the WebP default),
+    JPEG and JPEG XL `auto_quality_target` (the look of the JPEG default)."""
+    targets = {"webp": settings.auto_quality_target_webp, "avif": settings.auto_quality_target_avif}
+    return targets.get(fmt, settings.auto_quality_target)
+
+
 def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: Deadline) -> tuple[bytes, int, int]:
     """quality=auto: the lowest quality in auto_quality_min..max (a bounded search) whose output,
-    decoded, scores at least `auto_quality_target` against the pixels encoded (imgproxy.perceptual);
+    decoded, scores at least `auto_target` against the pixels encoded (imgproxy.perceptual);
     the maximum when none tried does. (body, quality, encodes made)"""
     from . import perceptual  # numpy: ~14 MB a worker, paid only once a request asks for auto
 
@@ -160,9 +176,18 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
     if fmt == "jxl" and rendered.icc_profile:  # its writer converts to sRGB: compare with what it sees
         frame = _in_srgb([frame], rendered.icc_profile)[0]
     reference = perceptual.Reference(frame)
-    target = settings.auto_quality_target
+    target = auto_target(fmt, settings)
+    slope = AUTO_SLOPE.get(fmt, AUTO_SLOPE["jpeg"])
     scores: dict[int, float] = {}
     failed: dict[int, bytes] = {}
+    first = AUTO_FIRST.get(fmt, (settings.auto_quality_min + settings.auto_quality_max) // 2)
+    if fmt in AUTO_PROBE and frame.mode in ("RGB", "RGBA"):
+        deadline.check()
+        probe_settings = dataclasses.replace(settings, jpeg_encoder="jpegli")
+        probe = encode(Rendered([frame.convert("RGB")]), "jpeg", AUTO_PROBE_QUALITY, probe_settings)
+        with Image.open(io.BytesIO(probe)) as decoded:
+            a, b = AUTO_PROBE[fmt]
+            first = round(a * reference.score(decoded) + b)
 
     def attempt(quality: int) -> bytes | None:
         body = encode(rendered, fmt, quality, settings)
@@ -176,13 +201,13 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
     def guess(low: int, high: int) -> int | None:
         below = [q for q in scores if scores[q] < target]
         above = [q for q in scores if scores[q] >= target]
-        if above and scores[min(above)] - target < AUTO_MARGIN:
+        if above and scores[min(above)] - target < AUTO_MARGIN * slope:
             return None  # a quality or two lower would miss it
         if not scores:
-            q = default_quality(fmt, settings) or (low + high) // 2
+            q = first
         elif not below or not above:
             nearest = min(above) if above else max(below)
-            steps = (target - scores[nearest]) / AUTO_SLOPE * 2 ** (len(scores) - 1)
+            steps = (target - scores[nearest]) / slope * 2 ** (len(scores) - 1)
             q = nearest + (math.ceil(steps) if steps > 0 else math.floor(steps))
         else:
             fail, passed = max(below), min(above)
@@ -216,6 +241,8 @@ def encode_within(
     extra encode checks the deadline."""
     encodes, level = 1, quality if isinstance(quality, int) else None
     if quality == AUTO_QUALITY and fmt not in LOSSLESS and len(rendered.frames) == 1:
+        if fmt == "jpeg":  # its own encoder, for the search and for a max_bytes cap after it
+            settings = dataclasses.replace(settings, jpeg_encoder=settings.auto_jpeg_encoder)
         body, level, encodes = encode_auto(rendered, fmt, settings, deadline)
     else:
         body = encode(rendered, fmt, level, settings)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from imgproxy import perceptual
 from imgproxy.budget import Deadline
-from imgproxy.config import Config, RenderConfig, load_config
-from imgproxy.encode import AUTO_MAX_ENCODES, AUTO_PRECISION, encode, encode_within
+from imgproxy.config import Config, ConfigError, RenderConfig, load_config
+from imgproxy.encode import AUTO_MARGIN, AUTO_MAX_ENCODES, AUTO_PRECISION, auto_target, encode, encode_within
 from imgproxy.errors import BadRequest, Overloaded
 from imgproxy.loader import open_original
 from imgproxy.options import RenderOptions, parse_options, parse_preset
@@ -27,6 +27,7 @@ from .conftest import CORPUS
 
 pytestmark = pytest.mark.timeout(300)
 SETTINGS = RenderConfig()
+AUTO_JPEG = dataclasses.replace(SETTINGS, jpeg_encoder=SETTINGS.auto_jpeg_encoder)  # what auto encodes JPEG with
 WIDTH = 320  # one small width keeps the corpus check fast; the bench measures 480..1920
 PHOTOS = sorted((CORPUS / "photos").glob("large_*")) + sorted(
     p for p in (CORPUS / "bench").iterdir() if p.suffix.lower() != ".tsv"
@@ -90,9 +91,9 @@ def test_auto_meets_the_target_with_the_smallest_quality_searched(path):
     body, encodes = encode_within(image, "jpeg", "auto", SETTINGS, None, Deadline(60))
     assert 1 <= encodes <= AUTO_MAX_ENCODES + 1
     assert score(image, body) >= SETTINGS.auto_quality_target
-    kept = next(q for q in range(SETTINGS.auto_quality_min, 101) if encode(image, "jpeg", q, SETTINGS) == body)
-    if kept > SETTINGS.auto_quality_min:  # the search's precision lower no longer meets it
-        lower = encode(image, "jpeg", max(SETTINGS.auto_quality_min, kept - AUTO_PRECISION), SETTINGS)
+    kept = next(q for q in range(SETTINGS.auto_quality_min, 101) if encode(image, "jpeg", q, AUTO_JPEG) == body)
+    if kept > SETTINGS.auto_quality_min:  # the search's precision (and its margin, ~1 quality a slope) lower misses it
+        lower = encode(image, "jpeg", max(SETTINGS.auto_quality_min, kept - AUTO_PRECISION - AUTO_MARGIN), AUTO_JPEG)
         assert score(image, lower) < SETTINGS.auto_quality_target
 
 
@@ -101,7 +102,7 @@ def test_auto_meets_the_target_in_every_lossy_format(fmt):
     image = rendered(CORPUS / "photos/large_9mp_harbour.jpg", fmt=fmt)
     body, encodes = encode_within(image, fmt, "auto", SETTINGS, None, Deadline(60))
     assert encodes <= AUTO_MAX_ENCODES + 1
-    assert score(image, body) >= SETTINGS.auto_quality_target
+    assert score(image, body) >= auto_target(fmt, SETTINGS)
     assert body == encode_within(image, fmt, "auto", SETTINGS, None, Deadline(60))[0]  # deterministic
 
 
@@ -109,12 +110,12 @@ def test_a_flat_image_gets_the_lowest_quality_and_a_noisy_one_the_highest():
     flat = Rendered([Image.new("RGB", (200, 150), (90, 140, 200))])
     body, _ = encode_within(flat, "jpeg", "auto", SETTINGS, None, Deadline(60))
     lowest = range(SETTINGS.auto_quality_min, SETTINGS.auto_quality_min + AUTO_PRECISION)
-    assert any(body == encode(flat, "jpeg", q, SETTINGS) for q in lowest)  # within the search's precision
+    assert any(body == encode(flat, "jpeg", q, AUTO_JPEG) for q in lowest)  # within the search's precision
     noise = np.random.default_rng(7).integers(0, 256, (150, 200, 3), dtype=np.uint8)
     noisy = Rendered([Image.fromarray(noise)])
     strict = dataclasses.replace(SETTINGS, auto_quality_target=0.9999)  # met by no quality tried
     body, encodes = encode_within(noisy, "jpeg", "auto", strict, None, Deadline(60))
-    assert body == encode(noisy, "jpeg", SETTINGS.auto_quality_max, SETTINGS) and encodes <= AUTO_MAX_ENCODES + 1
+    assert body == encode(noisy, "jpeg", SETTINGS.auto_quality_max, AUTO_JPEG) and encodes <= AUTO_MAX_ENCODES + 1
 
 
 def test_max_bytes_caps_what_auto_chose():
@@ -122,6 +123,47 @@ def test_max_bytes_caps_what_auto_chose():
     auto, searched = encode_within(image, "jpeg", "auto", SETTINGS, None, Deadline(60))
     capped, encodes = encode_within(image, "jpeg", "auto", SETTINGS, len(auto) // 2, Deadline(60))
     assert len(capped) <= len(auto) // 2 and encodes > searched + 1  # the floor, then max_bytes' bisection
+
+
+def _luma_only(image: Image.Image, other: Image.Image) -> float:
+    """The score before issue 17's second pass: multi-scale SSIM of the luma alone."""
+    pairs = zip(perceptual.pyramid(perceptual.luma(image)), perceptual.pyramid(perceptual.luma(other)))
+    return sum(perceptual.ssim(a, b) for a, b in pairs) / perceptual.SCALES
+
+
+@pytest.mark.parametrize("name", ["bench/uhd_8mp_gainmap.jpg", PHOTO])
+def test_the_score_sees_colour_damage_the_luma_alone_misses(name):
+    image = rendered(CORPUS / name, 480).frames[0].convert("RGB")
+    luma, _, _ = image.convert("YCbCr").split()
+    _, cb, cr = image.filter(ImageFilter.BoxBlur(8)).convert("YCbCr").split()
+    smeared = Image.merge("YCbCr", (luma, cb, cr)).convert("RGB")  # the same luma, colours bled 8 px
+    assert _luma_only(image, smeared) >= SETTINGS.auto_quality_target  # what let uhd_8mp_gainmap through
+    assert perceptual.Reference(image).score(smeared) < min(auto_target(f, SETTINGS) for f in ("jpeg", "webp", "avif"))
+
+
+def test_each_format_has_its_target_and_auto_jpeg_its_encoder():
+    config = load_config(Path(__file__).resolve().parent.parent / "config.toml", environ={}).render
+    assert [auto_target(f, config) for f in ("jpeg", "jxl", "webp", "avif")] == [
+        config.auto_quality_target,
+        config.auto_quality_target,
+        config.auto_quality_target_webp,
+        config.auto_quality_target_avif,
+    ]
+    image = rendered(CORPUS / PHOTO)
+    body, _ = encode_within(image, "jpeg", "auto", config, None, Deadline(60))
+    assert not Image.open(io.BytesIO(body)).info.get("progressive")  # jpegli writes baseline
+    assert config.jpeg_progressive  # while a fixed quality stays progressive libjpeg-turbo
+    libjpeg = dataclasses.replace(config, auto_jpeg_encoder="libjpeg")
+    assert Image.open(io.BytesIO(encode_within(image, "jpeg", "auto", libjpeg, None, Deadline(60))[0])).info[
+        "progressive"
+    ]
+
+
+def test_a_bad_per_format_target_or_auto_encoder_is_refused():
+    with pytest.raises(ConfigError, match="auto_quality_target_avif"):
+        load_config(None, environ={"IMGPROXY_RENDER__AUTO_QUALITY_TARGET_AVIF": "1.5"})
+    with pytest.raises(ConfigError, match="auto_jpeg_encoder"):
+        load_config(None, environ={"IMGPROXY_RENDER__AUTO_JPEG_ENCODER": '"mozjpeg"'})
 
 
 class CountedDeadline(Deadline):
