@@ -26,6 +26,7 @@ import io
 import json
 import statistics
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from imgproxy.encode import encode  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
 JPEG_QS = [40, 50, 60, 70, 80, 90]
-FORMATS: dict[str, tuple[str, dict[str, object], list[int]]] = {  # name -> (format, settings changes, qualities)
+FORMATS: dict[str, tuple[str, dict[str, typing.Any], list[int]]] = {  # name -> (format, settings changes, qualities)
     "jpeg": ("jpeg", {}, JPEG_QS),
     "jpegli": ("jpeg", {"jpeg_encoder": "jpegli"}, JPEG_QS),
     "webp": ("webp", {}, [50, 65, 80, 90]),

@@ -7,6 +7,7 @@ import io
 import math
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 # registers Pillow's JXL writer (and a JXL reader, which the loader's allow-list keeps off by default)
 import pillow_jxl  # noqa: F401
@@ -17,6 +18,9 @@ from .budget import Deadline
 from .config import RenderConfig
 from .options import AUTO_QUALITY
 from .render import Rendered, _to_srgb
+
+if TYPE_CHECKING:
+    from . import perceptual
 
 CONTENT_TYPES = {
     "jpeg": "image/jpeg",
@@ -105,26 +109,22 @@ def encode(rendered: Rendered, fmt: str, quality: int | None, settings: RenderCo
 LOSSLESS = ("png", "gif")
 MIN_QUALITY = 10  # max_bytes never goes below it: past that the picture is not worth the bytes
 MAX_EXTRA_ENCODES = 6  # the floor, then a bisection between it and the requested quality
-# quality=auto: a search over [render] auto_quality_min..max. It starts at a first guess (below),
-# steps by the score's usual rise per quality (AUTO_SLOPE, doubling while every try is on one side),
-# then aims where the scores of the closest failing and passing tries cross the target. It stops
-# when a passing try is within AUTO_MARGIN slopes of the target or fewer than AUTO_PRECISION
-# qualities are left between a failing and a passing try (a step of 1-3 changes the bytes by a few
-# %), and after AUTO_MAX_ENCODES tries (a last encode at the maximum when no try met the target and
-# the maximum was not tried). Measured by bench/autotarget.py's grid (corpus photos at 480 and 1080
-# px, the configured targets): the median quality kept (AUTO_FIRST) and the score's rise per quality
-# there (AUTO_SLOPE). For WebP and AVIF, whose encodes are slow, the first guess comes from a probe:
-# one jpegli encode at q80 (a few ms), whose score predicts the quality kept (AUTO_PROBE: quality =
-# a x score + b, least squares over the grid, b raised by 2 so the first try passes more often;
-# residual 2.3-2.6 qualities against 4.2-5.4 without it). Simulated on the grid: median tries 1 for
-# AVIF and WebP (2 without the probe), bytes 4 % above the exact crossing.
+# quality=auto: a search over [render] auto_quality_min..max. It starts at AUTO_FIRST, steps by
+# the score's usual rise per quality (AUTO_SLOPE, doubling while every try is on one side), then
+# aims where the scores of the closest failing and passing tries cross the target. It stops when a
+# passing try is within AUTO_MARGIN slopes of the target or fewer than AUTO_PRECISION qualities are
+# left between a failing and a passing try (a step of 1-3 changes the bytes by a few %), and after
+# AUTO_MAX_ENCODES tries (a last encode at the maximum when no try met the target and the maximum
+# was not tried). AUTO_FIRST and AUTO_SLOPE: the median quality kept at the configured targets and
+# the score's rise per quality there (bench/autotarget.py's grid, corpus photos at 480-1920 px).
 AUTO_PRECISION = 4
 AUTO_MAX_ENCODES = 5
-AUTO_FIRST = {"jpeg": 81, "webp": 80, "avif": 63, "jxl": 82}
-AUTO_SLOPE = {"jpeg": 0.00077, "webp": 0.00076, "avif": 0.00058, "jxl": 0.0006}
-AUTO_PROBE = {"webp": (-975.2, 1038.5), "avif": (-1418.4, 1456.8)}
-AUTO_PROBE_QUALITY = 80
+AUTO_FIRST = {"jpeg": 78, "webp": 77, "avif": 59, "jxl": 82}
+AUTO_SLOPE = {"jpeg": 0.0005, "webp": 0.0006, "avif": 0.0007, "jxl": 0.0006}
 AUTO_MARGIN = 3  # in slopes of the format
+# The look each image is held to: its own jpegli encode at this quality (a few ms: the probe)
+AUTO_PROBE_QUALITY = 80
+AUTO_MIN_DISTANCE = 0.002  # the probe's distance counts as at least this (a flat image's is ~0: any quality looks it)
 
 
 def _bisect(
@@ -159,35 +159,37 @@ def _bisect(
     return best, kept, made
 
 
-def auto_target(fmt: str, settings: RenderConfig) -> float:
-    """quality=auto's score target: WebP and AVIF have their own (the look of the WebP default),
-    JPEG and JPEG XL `auto_quality_target` (the look of the JPEG default)."""
-    targets = {"webp": settings.auto_quality_target_webp, "avif": settings.auto_quality_target_avif}
-    return targets.get(fmt, settings.auto_quality_target)
+def auto_target(reference: perceptual.Reference, frame: Image.Image, fmt: str, settings: RenderConfig) -> float:
+    """quality=auto's score target for one image: a distance from perfect (1 - score) of at most
+    the format's ratio (`auto_quality_target`, `_webp`, `_avif`) times the distance of the image's
+    own jpegli encode at AUTO_PROBE_QUALITY. A fixed score cannot be the target: the same look
+    scores 0.96-0.99 depending on the photo (a smooth sky high, foliage low)."""
+    probe = encode(Rendered([frame.convert("RGB")]), "jpeg", AUTO_PROBE_QUALITY, _JPEGLI)
+    with Image.open(io.BytesIO(probe)) as decoded:
+        distance = max(1 - reference.score(decoded), AUTO_MIN_DISTANCE)
+    ratios = {"webp": settings.auto_quality_target_webp, "avif": settings.auto_quality_target_avif}
+    return 1 - ratios.get(fmt, settings.auto_quality_target) * distance
+
+
+_JPEGLI = RenderConfig(jpeg_encoder="jpegli", jpeg_progressive=False)
 
 
 def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: Deadline) -> tuple[bytes, int, int]:
     """quality=auto: the lowest quality in auto_quality_min..max (a bounded search) whose output,
     decoded, scores at least `auto_target` against the pixels encoded (imgproxy.perceptual);
-    the maximum when none tried does. (body, quality, encodes made)"""
+    the maximum when none tried does. (body, quality, encodes made, the probe's included)"""
     from . import perceptual  # numpy: ~14 MB a worker, paid only once a request asks for auto
 
     frame = rendered.frames[0]
     if fmt == "jxl" and rendered.icc_profile:  # its writer converts to sRGB: compare with what it sees
         frame = _in_srgb([frame], rendered.icc_profile)[0]
     reference = perceptual.Reference(frame)
-    target = auto_target(fmt, settings)
+    deadline.check()
+    target = auto_target(reference, frame, fmt, settings)
     slope = AUTO_SLOPE.get(fmt, AUTO_SLOPE["jpeg"])
     scores: dict[int, float] = {}
     failed: dict[int, bytes] = {}
     first = AUTO_FIRST.get(fmt, (settings.auto_quality_min + settings.auto_quality_max) // 2)
-    if fmt in AUTO_PROBE and frame.mode in ("RGB", "RGBA"):
-        deadline.check()
-        probe_settings = dataclasses.replace(settings, jpeg_encoder="jpegli")
-        probe = encode(Rendered([frame.convert("RGB")]), "jpeg", AUTO_PROBE_QUALITY, probe_settings)
-        with Image.open(io.BytesIO(probe)) as decoded:
-            a, b = AUTO_PROBE[fmt]
-            first = round(a * reference.score(decoded) + b)
 
     def attempt(quality: int) -> bytes | None:
         body = encode(rendered, fmt, quality, settings)
@@ -219,11 +221,11 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
     low, high = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
     body, quality, encodes = _bisect(low, high, attempt, False, AUTO_MAX_ENCODES, deadline, AUTO_PRECISION, guess)
     if body is not None:
-        return body, quality, encodes
+        return body, quality, encodes + 1
     if high in failed:  # the maximum was tried: it is the answer
-        return failed[high], high, encodes
+        return failed[high], high, encodes + 1
     deadline.check()
-    return encode(rendered, fmt, high, settings), high, encodes + 1
+    return encode(rendered, fmt, high, settings), high, encodes + 2
 
 
 def encode_within(
