@@ -12,9 +12,11 @@ the rendered pixels (imgproxy.perceptual: luma SSIM per scale, Cb and Cr SSIM at
 `--thumbor`: thumbor 7.8's q80 answers for the same photos and widths (JPEG, and WebP for Chrome's
 Accept), scored the same way (bench/bytes.py's code).
 `--load`: per format and candidate score (luma only, luma + a share of chroma, and SSIMULACRA2 itself
-as the oracle), the target whose kept outputs (the crossing quality, bytes and SSIMULACRA2
-interpolated between the measured qualities) have thumbor's median SSIMULACRA2 (JPEG's for JPEG,
-its WebP answer's for WebP and AVIF); then the kept outputs' spread, smallest look, bytes against
+as the oracle) as a fixed target, and imgproxy.perceptual's score as a ratio target (the pair's
+distance, 1 - score, at most a ratio times that of its jpegli q80 encode: what the server does), the
+target or ratio whose kept outputs (the crossing quality, bytes and SSIMULACRA2 interpolated
+between the measured qualities) have thumbor's median SSIMULACRA2 (JPEG's for JPEG, its WebP
+answer's for WebP and AVIF); then the kept outputs' spread, smallest look, bytes against
 thumbor, worst pair against thumbor, and the median quality kept and score slope there (the search's
 first guess and step, imgproxy/encode.py's AUTO_FIRST and AUTO_SLOPE).
 """
@@ -130,6 +132,8 @@ CANDIDATES: dict[str, Callable[[dict], float]] = {
     **{f"luma+{share:.1f} chroma": _with_chroma(share) for share in (0.1, 0.2, 0.3, 0.4, 0.5)},
     "S2 (oracle)": lambda r: r["s2"] / 100,
 }
+RATIO = {"luma+0.3 chroma": _with_chroma(0.3)}  # imgproxy.perceptual's score as a ratio target
+PROBE_QUALITY = 80  # imgproxy.encode.AUTO_PROBE_QUALITY
 
 
 def _at(rows: list[dict], q: float) -> tuple[float, float]:
@@ -151,36 +155,59 @@ def crossing(rows: list[dict], score: Callable[[dict], float], target: float) ->
     return rows[-1]["q"]
 
 
-def calibrate(groups: list[list[dict]], score: Callable[[dict], float], goal: float) -> float:
-    low, high = 0.3, 1.0
+def calibrate(
+    groups: list[list[dict]], targets: Callable[[float], list[float]], goal: float, low: float, high: float
+) -> float:
+    """The knob (a score, or a ratio) whose kept outputs have a median SSIMULACRA2 of `goal`;
+    `targets(knob)` gives each group's score target, which rises with the knob when low < high."""
     for _ in range(40):
         middle = (low + high) / 2
-        median = statistics.median(_at(g, crossing(g, score, middle))[0] for g in groups)
+        median = statistics.median(_at(g, crossing(g, SCORE, t))[0] for g, t in zip(groups, targets(middle)))
         low, high = (middle, high) if median < goal else (low, middle)
     return high
 
 
+SCORE: Callable[[dict], float] = _with_chroma(0.3)  # calibrate()'s score, set per candidate
+
+
+def _ratio_targets(distances: list[float]) -> Callable[[float], list[float]]:
+    return lambda knob: [1 - knob * d for d in distances]
+
+
+def _same_targets(count: int) -> Callable[[float], list[float]]:
+    return lambda knob: [knob] * count
+
+
 def report(rows: list[dict], theirs: list[dict]) -> None:
+    global SCORE
     by: dict[tuple[str, int, str], list[dict]] = {}
     for r in rows:
         by.setdefault((r["image"], r["width"], r["fmt"]), []).append(r)
     ref = {(t["image"], t["width"], t["key"]): t for t in theirs if t["s2"] is not None}
     for fmt in FORMATS:
-        keys = sorted(k for k in by if k[2] == fmt)
+        keys = sorted(k for k in by if k[2] == fmt and (k[0], k[1], "jpegli") in by)
         if not keys:
             continue
         groups = [sorted(by[k], key=lambda r: r["q"]) for k in keys]
+        probes = [next(r for r in by[(k[0], k[1], "jpegli")] if r["q"] == PROBE_QUALITY) for k in keys]
         key = THUMBOR.get(fmt, "chrome/thumbor q80")
         pairs = [(g, ref.get((k[0], k[1], key))) for k, g in zip(keys, groups)]
         goal = statistics.median(t["s2"] for _, t in pairs if t)
         print(f"\n{fmt}: {len(keys)} pairs; goal: thumbor's ({key}) median S2 {goal:.2f}")
         print(
-            f"{'score':<18} {'target':>7} {'med S2':>6} {'MAD':>5} {'min S2':>6} {'saved':>6} {'worst':>6} {'<-2':>3} "
+            f"{'score':<26} {'target':>7} {'med S2':>6} {'MAD':>5} {'min S2':>6} {'saved':>6} {'worst':>6} {'<-2':>3} "
             f"{'q med':>5} {'slope':>7}"
         )
-        for name, score in CANDIDATES.items():
-            target = calibrate(groups, score, goal)
-            kept = [crossing(g, score, target) for g in groups]
+        for name, score in [*CANDIDATES.items(), *[(f"{n}, ratio of jpegli q80's", s) for n, s in RATIO.items()]]:
+            SCORE = score
+            if "ratio" in name:  # 1 - knob x (1 - the probe's score): the target falls as the knob rises
+                distances = [1 - score(p) for p in probes]
+                knob = calibrate(groups, _ratio_targets(distances), goal, 5.0, 0.2)
+                targets = [1 - knob * d for d in distances]
+            else:
+                knob = calibrate(groups, _same_targets(len(groups)), goal, 0.3, 1.0)
+                targets = [knob] * len(groups)
+            kept = [crossing(g, score, t) for g, t in zip(groups, targets)]
             looks = [_at(g, q) for g, q in zip(groups, kept)]
             s2 = [s for s, _ in looks]
             median = statistics.median(s2)
@@ -194,7 +221,7 @@ def report(rows: list[dict], theirs: list[dict]) -> None:
                         slopes.append((score(b) - score(a)) / (b["q"] - a["q"]))
                         break
             print(
-                f"{name:<18} {target:>7.4f} {median:>6.2f} {statistics.median(abs(s - median) for s in s2):>5.2f} "
+                f"{name:<26} {knob:>7.4f} {median:>6.2f} {statistics.median(abs(s - median) for s in s2):>5.2f} "
                 f"{min(s2):>6.2f} {saved:>+6.1%} {min(drops):>+6.2f} {sum(d < -2 for d in drops):>3} "
                 f"{statistics.median(kept):>5.1f} {statistics.median(slopes) if slopes else 0:>7.5f}"
             )

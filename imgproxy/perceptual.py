@@ -1,12 +1,12 @@
 """How far an encoded image looks from the pixels it was encoded from (pure numpy, no I/O).
 
-`quality=auto` (encode.encode_auto) keeps the smallest encode whose score stays within the
-format's target (`[render] auto_quality_target*`). The score is 0.7 x a multi-scale SSIM of the
-luma (the mean SSIM over 8x8 box windows every 4 pixels, at full size, 1/2 and 1/4, averaged) +
-0.3 x the mean SSIM of Cb and Cr at half size; ~15 ms for a 1080-px image. bench/autotarget.py chose
-it with SSIMULACRA2 as the judge (config.toml has the figures): the luma alone let colour damage
-through (uhd_8mp_gainmap kept JPEG 10-15 SSIMULACRA2 points under q80's look); with Cb/Cr at a
-0.3 share the looks kept were the steadiest (weights 0.1-0.5 tried).
+`quality=auto` (encode.encode_auto) keeps the smallest encode whose distance (1 - score) is at most
+the format's ratio times that of the image's own jpegli q80 encode (`[render] auto_quality_target*`).
+The score is 0.7 x a multi-scale SSIM of the luma (the mean SSIM over 8x8 box windows every 4
+pixels, at full size, 1/2 and 1/4, averaged) + 0.3 x the mean SSIM of Cb and Cr at half size; ~15 ms
+for a 1080-px image. bench/autotarget.py chose it with SSIMULACRA2 as the judge (config.toml has the
+figures): the luma alone let colour damage through, and with Cb/Cr at a 0.3 share the looks kept
+were the steadiest (shares 0.1-0.5 tried).
 """
 
 from __future__ import annotations
