@@ -119,9 +119,9 @@ MAX_EXTRA_ENCODES = 6  # the floor, then a bisection between it and the requeste
 # the score's rise per quality there (bench/autotarget.py's grid, corpus photos at 480-1920 px).
 AUTO_PRECISION = 4
 AUTO_MAX_ENCODES = 5
-AUTO_FIRST = {"jpeg": 78, "webp": 77, "avif": 59, "jxl": 82}
+AUTO_FIRST = {"jpeg": 78, "webp": 79, "avif": 59, "jxl": 82}
 AUTO_SLOPE = {"jpeg": 0.0005, "webp": 0.0006, "avif": 0.0007, "jxl": 0.0006}
-AUTO_MARGIN = 3  # in slopes of the format
+AUTO_MARGIN = 6  # in slopes of the format
 # The look each image is held to: its own jpegli encode at this quality (a few ms: the probe)
 AUTO_PROBE_QUALITY = 80
 AUTO_MIN_DISTANCE = 0.002  # the probe's distance counts as at least this (a flat image's is ~0: any quality looks it)
@@ -159,16 +159,19 @@ def _bisect(
     return best, kept, made
 
 
-def auto_target(reference: perceptual.Reference, frame: Image.Image, fmt: str, settings: RenderConfig) -> float:
+def auto_target(
+    reference: perceptual.Reference, frame: Image.Image, fmt: str, settings: RenderConfig, probe: bytes = b""
+) -> tuple[float, float]:
     """quality=auto's score target for one image: a distance from perfect (1 - score) of at most
     the format's ratio (`auto_quality_target`, `_webp`, `_avif`) times the distance of the image's
-    own jpegli encode at AUTO_PROBE_QUALITY. A fixed score cannot be the target: the same look
-    scores 0.96-0.99 depending on the photo (a smooth sky high, foliage low)."""
-    probe = encode(Rendered([frame.convert("RGB")]), "jpeg", AUTO_PROBE_QUALITY, _JPEGLI)
+    own jpegli encode at AUTO_PROBE_QUALITY (`probe`, when already made). A fixed score cannot be
+    the target: the same look scores 0.96-0.99 depending on the photo (a smooth sky high, foliage
+    low). (the target, the probe's score)"""
+    probe = probe or encode(Rendered([frame.convert("RGB")]), "jpeg", AUTO_PROBE_QUALITY, _JPEGLI)
     with Image.open(io.BytesIO(probe)) as decoded:
-        distance = max(1 - reference.score(decoded), AUTO_MIN_DISTANCE)
+        score = reference.score(decoded)
     ratios = {"webp": settings.auto_quality_target_webp, "avif": settings.auto_quality_target_avif}
-    return 1 - ratios.get(fmt, settings.auto_quality_target) * distance
+    return 1 - ratios.get(fmt, settings.auto_quality_target) * max(1 - score, AUTO_MIN_DISTANCE), score
 
 
 _JPEGLI = RenderConfig(jpeg_encoder="jpegli", jpeg_progressive=False)
@@ -185,11 +188,22 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
         frame = _in_srgb([frame], rendered.icc_profile)[0]
     reference = perceptual.Reference(frame)
     deadline.check()
-    target = auto_target(reference, frame, fmt, settings)
+    # a jpegli JPEG's probe is a try of the search itself: it is made with the output's metadata
+    own = fmt == "jpeg" and settings.jpeg_encoder == "jpegli" and frame.mode == "RGB"
+    probe = encode(rendered, fmt, AUTO_PROBE_QUALITY, settings) if own else b""
+    target, probe_score = auto_target(reference, frame, fmt, settings, probe)
     slope = AUTO_SLOPE.get(fmt, AUTO_SLOPE["jpeg"])
     scores: dict[int, float] = {}
     failed: dict[int, bytes] = {}
     first = AUTO_FIRST.get(fmt, (settings.auto_quality_min + settings.auto_quality_max) // 2)
+    low, high = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
+    met = b""  # the probe when it met the target: the answer unless a lower quality does
+    if probe and low <= AUTO_PROBE_QUALITY <= high:
+        scores[AUTO_PROBE_QUALITY] = probe_score
+        if probe_score >= target:
+            met, high = probe, AUTO_PROBE_QUALITY - 1
+        else:
+            failed[AUTO_PROBE_QUALITY], low = probe, AUTO_PROBE_QUALITY + 1
 
     def attempt(quality: int) -> bytes | None:
         body = encode(rendered, fmt, quality, settings)
@@ -203,8 +217,8 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
     def guess(low: int, high: int) -> int | None:
         below = [q for q in scores if scores[q] < target]
         above = [q for q in scores if scores[q] >= target]
-        if above and scores[min(above)] - target < AUTO_MARGIN * slope:
-            return None  # a quality or two lower would miss it
+        if above and scores[min(above)] - target < min(AUTO_MARGIN * slope, (1 - target) / 4):
+            return None  # a few qualities lower would miss it (a flat image's scores barely move: go on)
         if not scores:
             q = first
         elif not below or not above:
@@ -218,14 +232,16 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
             q = fail + math.ceil(share * (passed - fail))
         return min(max(q, low), high)
 
-    low, high = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
     body, quality, encodes = _bisect(low, high, attempt, False, AUTO_MAX_ENCODES, deadline, AUTO_PRECISION, guess)
     if body is not None:
         return body, quality, encodes + 1
-    if high in failed:  # the maximum was tried: it is the answer
-        return failed[high], high, encodes + 1
+    if met:
+        return met, AUTO_PROBE_QUALITY, encodes + 1
+    top = max(settings.auto_quality_min, settings.auto_quality_max)
+    if top in failed:  # the maximum was tried: it is the answer
+        return failed[top], top, encodes + 1
     deadline.check()
-    return encode(rendered, fmt, high, settings), high, encodes + 2
+    return encode(rendered, fmt, top, settings), top, encodes + 2
 
 
 def encode_within(
