@@ -7,6 +7,7 @@ import io
 import math
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pyjpegli
 from PIL import Image, ImageCms
@@ -16,6 +17,9 @@ from .budget import Deadline
 from .config import RenderConfig
 from .options import AUTO_QUALITY
 from .render import Rendered, _to_srgb
+
+if TYPE_CHECKING:
+    from . import perceptual
 
 CONTENT_TYPES = {
     "jpeg": "image/jpeg",
@@ -114,17 +118,22 @@ def progressive_jpeg(size: tuple[int, int], settings: RenderConfig) -> bool:
 LOSSLESS = ("png", "gif")
 MIN_QUALITY = 10  # max_bytes never goes below it: past that the picture is not worth the bytes
 MAX_EXTRA_ENCODES = 6  # the floor, then a bisection between it and the requested quality
-# quality=auto: a search over [render] auto_quality_min..max. It starts at the format's configured
-# quality, steps by the score's usual rise per quality (AUTO_SLOPE, doubling while every try is on
-# one side), then aims where the scores of the closest failing and passing tries cross the target.
-# It stops when a passing try is within AUTO_MARGIN of the target or fewer than AUTO_PRECISION
-# qualities are left between a failing and a passing try (a step of 1-3 changes the bytes by a few
-# %), and after AUTO_MAX_ENCODES tries (typically 2-3; a last encode at the maximum when no try met
-# the target and the maximum was not tried).
+# quality=auto: a search over [render] auto_quality_min..max. It starts at AUTO_FIRST, steps by
+# the score's usual rise per quality (AUTO_SLOPE, doubling while every try is on one side), then
+# aims where the scores of the closest failing and passing tries cross the target. It stops when a
+# passing try is within AUTO_MARGIN slopes of the target or fewer than AUTO_PRECISION qualities are
+# left between a failing and a passing try (a step of 1-3 changes the bytes by a few %), and after
+# AUTO_MAX_ENCODES tries (a last encode at the maximum when no try met the target and the maximum
+# was not tried). AUTO_FIRST and AUTO_SLOPE: the median quality kept at the configured targets and
+# the score's rise per quality there (bench/autotarget.py's grid, corpus photos at 480-1920 px).
 AUTO_PRECISION = 4
 AUTO_MAX_ENCODES = 5
-AUTO_SLOPE = 0.0006  # multi-scale SSIM per quality step near the target (bench/autoquality.py's grid)
-AUTO_MARGIN = 2 * AUTO_SLOPE
+AUTO_FIRST = {"jpeg": 78, "webp": 79, "avif": 59, "jxl": 82}
+AUTO_SLOPE = {"jpeg": 0.0005, "webp": 0.0006, "avif": 0.0007, "jxl": 0.0006}
+AUTO_MARGIN = 6  # in slopes of the format
+# The look each image is held to: its own jpegli encode at this quality (a few ms: the probe)
+AUTO_PROBE_QUALITY = 80
+AUTO_MIN_DISTANCE = 0.002  # the probe's distance counts as at least this (a flat image's is ~0: any quality looks it)
 
 
 def _bisect(
@@ -159,19 +168,51 @@ def _bisect(
     return best, kept, made
 
 
+def auto_target(
+    reference: perceptual.Reference, frame: Image.Image, fmt: str, settings: RenderConfig, probe: bytes = b""
+) -> tuple[float, float]:
+    """quality=auto's score target for one image: a distance from perfect (1 - score) of at most
+    the format's ratio (`auto_quality_target`, `_webp`, `_avif`) times the distance of the image's
+    own jpegli encode at AUTO_PROBE_QUALITY (`probe`, when already made). A fixed score cannot be
+    the target: the same look scores 0.96-0.99 depending on the photo (a smooth sky high, foliage
+    low). (the target, the probe's score)"""
+    probe = probe or encode(Rendered([frame.convert("RGB")]), "jpeg", AUTO_PROBE_QUALITY, _JPEGLI)
+    with Image.open(io.BytesIO(probe)) as decoded:
+        score = reference.score(decoded)
+    ratios = {"webp": settings.auto_quality_target_webp, "avif": settings.auto_quality_target_avif}
+    return 1 - ratios.get(fmt, settings.auto_quality_target) * max(1 - score, AUTO_MIN_DISTANCE), score
+
+
+_JPEGLI = RenderConfig(jpeg_encoder="jpegli", jpeg_progressive=False)
+
+
 def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: Deadline) -> tuple[bytes, int, int]:
     """quality=auto: the lowest quality in auto_quality_min..max (a bounded search) whose output,
-    decoded, scores at least `auto_quality_target` against the pixels encoded (imgproxy.perceptual);
-    the maximum when none tried does. (body, quality, encodes made)"""
+    decoded, scores at least `auto_target` against the pixels encoded (imgproxy.perceptual);
+    the maximum when none tried does. (body, quality, encodes made, the probe's included)"""
     from . import perceptual  # numpy: ~14 MB a worker, paid only once a request asks for auto
 
     frame = rendered.frames[0]
     if fmt == "jxl" and rendered.icc_profile:  # its writer converts to sRGB: compare with what it sees
         frame = _in_srgb([frame], rendered.icc_profile)[0]
     reference = perceptual.Reference(frame)
-    target = settings.auto_quality_target
+    deadline.check()
+    # a jpegli JPEG's probe is a try of the search itself: it is made with the output's metadata
+    own = fmt == "jpeg" and settings.jpeg_encoder == "jpegli" and frame.mode == "RGB"
+    probe = encode(rendered, fmt, AUTO_PROBE_QUALITY, settings) if own else b""
+    target, probe_score = auto_target(reference, frame, fmt, settings, probe)
+    slope = AUTO_SLOPE.get(fmt, AUTO_SLOPE["jpeg"])
     scores: dict[int, float] = {}
     failed: dict[int, bytes] = {}
+    first = AUTO_FIRST.get(fmt, (settings.auto_quality_min + settings.auto_quality_max) // 2)
+    low, high = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
+    met = b""  # the probe when it met the target: the answer unless a lower quality does
+    if probe and low <= AUTO_PROBE_QUALITY <= high:
+        scores[AUTO_PROBE_QUALITY] = probe_score
+        if probe_score >= target:
+            met, high = probe, AUTO_PROBE_QUALITY - 1
+        else:
+            failed[AUTO_PROBE_QUALITY], low = probe, AUTO_PROBE_QUALITY + 1
 
     def attempt(quality: int) -> bytes | None:
         body = encode(rendered, fmt, quality, settings)
@@ -185,13 +226,13 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
     def guess(low: int, high: int) -> int | None:
         below = [q for q in scores if scores[q] < target]
         above = [q for q in scores if scores[q] >= target]
-        if above and scores[min(above)] - target < AUTO_MARGIN:
-            return None  # a quality or two lower would miss it
+        if above and scores[min(above)] - target < min(AUTO_MARGIN * slope, (1 - target) / 4):
+            return None  # a few qualities lower would miss it (a flat image's scores barely move: go on)
         if not scores:
-            q = default_quality(fmt, settings) or (low + high) // 2
+            q = first
         elif not below or not above:
             nearest = min(above) if above else max(below)
-            steps = (target - scores[nearest]) / AUTO_SLOPE * 2 ** (len(scores) - 1)
+            steps = (target - scores[nearest]) / slope * 2 ** (len(scores) - 1)
             q = nearest + (math.ceil(steps) if steps > 0 else math.floor(steps))
         else:
             fail, passed = max(below), min(above)
@@ -200,14 +241,16 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
             q = fail + math.ceil(share * (passed - fail))
         return min(max(q, low), high)
 
-    low, high = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
     body, quality, encodes = _bisect(low, high, attempt, False, AUTO_MAX_ENCODES, deadline, AUTO_PRECISION, guess)
     if body is not None:
-        return body, quality, encodes
-    if high in failed:  # the maximum was tried: it is the answer
-        return failed[high], high, encodes
+        return body, quality, encodes + 1
+    if met:
+        return met, AUTO_PROBE_QUALITY, encodes + 1
+    top = max(settings.auto_quality_min, settings.auto_quality_max)
+    if top in failed:  # the maximum was tried: it is the answer
+        return failed[top], top, encodes + 1
     deadline.check()
-    return encode(rendered, fmt, high, settings), high, encodes + 1
+    return encode(rendered, fmt, top, settings), top, encodes + 2
 
 
 def encode_within(
@@ -225,6 +268,8 @@ def encode_within(
     extra encode checks the deadline."""
     encodes, level = 1, quality if isinstance(quality, int) else None
     if quality == AUTO_QUALITY and fmt not in LOSSLESS and len(rendered.frames) == 1:
+        if fmt == "jpeg":  # its own encoder, for the search and for a max_bytes cap after it
+            settings = dataclasses.replace(settings, jpeg_encoder=settings.auto_jpeg_encoder)
         body, level, encodes = encode_auto(rendered, fmt, settings, deadline)
     else:
         body = encode(rendered, fmt, level, settings)

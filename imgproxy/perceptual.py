@@ -1,12 +1,12 @@
 """How far an encoded image looks from the pixels it was encoded from (pure numpy, no I/O).
 
-`quality=auto` (encode.encode_auto) keeps the smallest encode whose score stays within
-`[render] auto_quality_target`. The score is a multi-scale SSIM of the luma: the mean SSIM over
-8x8 box windows (every 4 pixels) at full size, 1/2 and 1/4, averaged; ~6 ms for a 1080-px image.
-bench/autoquality.py chose it with SSIMULACRA2 as the judge (config.toml has the figures): at the
-same median SSIMULACRA2 as fixed JPEG q80 it kept the fewest bytes and the steadiest SSIMULACRA2
-of the cheap scores (single-scale luma SSIM, luma SSIM on a downscaled copy); SSIM with chroma
-was no steadier on typical photos at 2-3x the cost.
+`quality=auto` (encode.encode_auto) keeps the smallest encode whose distance (1 - score) is at most
+the format's ratio times that of the image's own jpegli q80 encode (`[render] auto_quality_target*`).
+The score is 0.7 x a multi-scale SSIM of the luma (the mean SSIM over 8x8 box windows every 4
+pixels, at full size, 1/2 and 1/4, averaged) + 0.3 x the mean SSIM of Cb and Cr at half size; ~15 ms
+for a 1080-px image. bench/autotarget.py chose it with SSIMULACRA2 as the judge (config.toml has the
+figures): the luma alone let colour damage through, and with Cb/Cr at a 0.3 share the looks kept
+were the steadiest (shares 0.1-0.5 tried).
 """
 
 from __future__ import annotations
@@ -17,11 +17,20 @@ from PIL import Image
 WINDOW = 8  # box window of the local statistics (every WINDOW/2 pixels)
 SCALES = 3  # full size, 1/2, 1/4
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+CHROMA_WEIGHT = 0.3  # share of the Cb/Cr SSIM in the score (bench/autoquality.py chose it; see config.toml)
 
 
 def luma(image: Image.Image) -> np.ndarray:
     """The image's luma as float32 (alpha ignored: the encoders keep it losslessly or not at all)."""
     return np.asarray(image.convert("L"), dtype=np.float32)
+
+
+def planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y at full size, Cb and Cr at half size (as the 4:2:0 codecs keep them), float32."""
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")  # RGBA, LA, P, CMYK...: Pillow converts to YCbCr from RGB or L only
+    y, cb, cr = (np.asarray(band, dtype=np.float32) for band in image.convert("YCbCr").split())
+    return y, _half(cb), _half(cr)
 
 
 def _box(a: np.ndarray) -> np.ndarray:
@@ -72,12 +81,20 @@ class Reference:
     """The pixels about to be encoded, ready to score encodes of them (their statistics computed once)."""
 
     def __init__(self, image: Image.Image, scales: int = SCALES):
-        self.levels = [(x, _stats(x)) for x in pyramid(luma(image), scales) if min(x.shape) >= WINDOW]
+        y, cb, cr = planes(image)
+        self.levels = [(x, _stats(x)) for x in pyramid(y, scales) if min(x.shape) >= WINDOW]
+        self.chroma = [(x, _stats(x)) for x in (cb, cr)] if min(cb.shape) >= WINDOW else []
 
     def score(self, image: Image.Image) -> float:
-        """Mean over the scales of the SSIM of `image` (decoded) against the reference; 1.0 when
-        the image is too small to measure."""
+        """(1 - CHROMA_WEIGHT) x the mean over the scales of the luma SSIM of `image` (decoded)
+        against the reference + CHROMA_WEIGHT x the mean SSIM of its Cb and Cr at half size; 1.0
+        when the image is too small to measure."""
         if not self.levels:
             return 1.0
-        levels = pyramid(luma(image), len(self.levels))
-        return sum(_index(x, stats, y) for (x, stats), y in zip(self.levels, levels)) / len(self.levels)
+        y, cb, cr = planes(image)
+        levels = pyramid(y, len(self.levels))
+        luma_index = sum(_index(x, stats, d) for (x, stats), d in zip(self.levels, levels)) / len(self.levels)
+        if not self.chroma:
+            return luma_index
+        chroma_index = sum(_index(x, stats, d) for (x, stats), d in zip(self.chroma, (cb, cr))) / 2
+        return (1 - CHROMA_WEIGHT) * luma_index + CHROMA_WEIGHT * chroma_index
