@@ -184,8 +184,8 @@ def test_each_format_has_its_target_and_auto_jpeg_its_encoder():
     image = rendered(CORPUS / PHOTO)
     body, _ = encode_within(image, "jpeg", "auto", config, None, Deadline(60))
     assert not Image.open(io.BytesIO(body)).info.get("progressive")  # jpegli writes baseline
-    assert config.jpeg_progressive  # while a fixed quality stays progressive libjpeg-turbo
-    libjpeg = dataclasses.replace(config, auto_jpeg_encoder="libjpeg")
+    assert config.jpeg_progressive  # while libjpeg-turbo follows jpeg_progressive (here at every size)
+    libjpeg = dataclasses.replace(config, auto_jpeg_encoder="libjpeg", jpeg_progressive_min_pixels=0)
     assert Image.open(io.BytesIO(encode_within(image, "jpeg", "auto", libjpeg, None, Deadline(60))[0])).info[
         "progressive"
     ]
