@@ -41,7 +41,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -52,6 +55,18 @@ SERVER_CPUS = os.environ.get("BENCH_SERVER_CPUS", "0")
 CLIENT_CPUS = os.environ.get("BENCH_CLIENT_CPUS", "1")
 SCRATCH = Path(os.environ.get("BENCH_DIR", "/tmp/imgproxy-bench")) / "gap"
 STEPS = ("render", "encode", "etag")
+
+
+def wait_healthy(client: httpx.Client, port: int) -> None:
+    """Until the server on `port` answers /health (at most ~60 s of refused connections)."""
+    import httpx  # not in the plain process being measured
+
+    for _ in range(600):
+        try:
+            if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
 
 
 def photo_path(name: str) -> Path:
@@ -325,12 +340,7 @@ def peak(args: argparse.Namespace) -> None:
             server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
             try:
                 with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=8)) as client:
-                    for _ in range(600):
-                        try:
-                            if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                                break
-                        except httpx.TransportError:
-                            time.sleep(0.1)
+                    wait_healthy(client, port)
                     top, done = [0.0], threading.Event()
 
                     def sample(pid: int = server.pid, top: list[float] = top, done: threading.Event = done) -> None:
@@ -454,12 +464,7 @@ def main() -> None:
     os.sched_setaffinity(0, {int(c) for c in CLIENT_CPUS.split(",")})
     try:
         with httpx.Client(timeout=120) as client:
-            for _ in range(600):
-                try:
-                    if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            wait_healthy(client, port)
             run(args, photos, port, plain, client, log_path, server.pid)  # taskset execs: the server's pid
     finally:
         server.terminate()
