@@ -85,8 +85,8 @@ class MemoryBudget:
                 if not self.pending[source]:
                     del self.pending[source]
 
-    def wanted(self, key: str, source: str) -> bool:
-        """Whether the decode `key` of `source` is likely to be read again: an earlier render of the
+    def wanted(self, source: str) -> bool:
+        """Whether a decode of `source` is likely to be read again: an earlier render of the
         source among the last ASKED_SOURCES looked for a decode of it too (srcset widths, lazyloader
         steps), or another render of the source is queued or running (upload presets, a page's
         widths at once). A source seen once (a feed of new photos) is never kept. Caller holds the lock."""
@@ -135,7 +135,7 @@ class MemoryBudget:
         if not 0 < nbytes <= self.keep_limit // 2:  # half of the limit: two sources fit side by side
             return None
         with self._changed:
-            if not self.wanted(key, source):
+            if not self.wanted(source):
                 KEPT_DECODES.labels("declined").inc()
                 return None
             self._evict(self.keep_limit - nbytes)

@@ -17,7 +17,7 @@ from PIL import Image
 WINDOW = 8  # box window of the local statistics (every WINDOW/2 pixels)
 SCALES = 3  # full size, 1/2, 1/4
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-CHROMA_WEIGHT = 0.3  # share of the Cb/Cr SSIM in the score (bench/autoquality.py chose it; see config.toml)
+CHROMA_WEIGHT = 0.3  # share of the Cb/Cr SSIM in the score (bench/autotarget.py chose it; see config.toml)
 
 
 def luma(image: Image.Image) -> np.ndarray:
