@@ -151,7 +151,7 @@ def aspect_class(width: int, height: int) -> str:
 def page_routes(config: Config) -> list[BaseRoute]:
     @functools.cache
     def index_template() -> jinja2.Template:
-        """Made on the first visit: jinja2 and the compiled template (~6 MB) are not in every process."""
+        """Made on the first visit: jinja2 and the compiled template (~1 MB) are not in every process."""
         import jinja2
 
         env = jinja2.Environment(

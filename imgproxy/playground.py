@@ -205,7 +205,7 @@ def page_html(config: Config, template: jinja2.Template, formats: list[dict[str,
 
 
 def load_template() -> jinja2.Template:
-    import jinja2  # only here: ~6 MB a process that never shows a page
+    import jinja2  # only here: ~1 MB a process that never shows a page
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
@@ -222,7 +222,7 @@ def playground_routes(config: Config) -> list[BaseRoute]:
 
     def page(request: Request) -> Response:  # sync: starlette runs it in a thread (header reads)
         nonlocal made
-        if made is None:  # on the first visit: jinja2 and the AVIF and JPEG XL encoders (~16 MB) load then
+        if made is None:  # on the first visit: jinja2 and the AVIF and JPEG XL encoders (~11 MB) load then
             made = load_template(), probes(config)
         html = page_html(config, *made)
         return HTMLResponse(
