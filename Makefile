@@ -111,8 +111,10 @@ bench-formats: $(BENCH_STAMP)
 
 # Bytes at the same look (SSIMULACRA2): ours at q80 and quality=auto, auto_format first vs smallest,
 # vs thumbor and ipx at q80, every corpus photo at 480/1080/1920 px, with SPEC §11's goal check.
+# Then what quality=auto costs: its render CPU time over the configured quality's, per format.
 bench-bytes: $(BENCH_STAMP)
 	$(PY) bench/bytes.py
+	$(PY) bench/autocost.py
 
 # libjpeg-turbo q80 vs jpegli and mozjpeg's lossless pass at equal SSIMULACRA2: bytes and CPU time.
 bench-jpeg: $(BENCH_STAMP)

@@ -14,7 +14,9 @@ config.toml offers, and prints time, bytes and SSIM against the unencoded render
 Part 3 times whole cold renders (decode, resize, encode) of those photos to 1280 px per format.
 
 SSIM is the mean of Wang et al.'s index (11x11 Gaussian window, sigma 1.5) on luma. bench/peers.py
-uses the same function on each server's actual output.
+uses the same function on each server's actual output. Part 1 also gives SSIMULACRA2
+(bench/ssimulacra2.py, bench/bytes.py's judge) of each render against the reference: what a
+pipeline loses before any encoder runs (quality=auto renders with `auto_reducing_gap`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from ssimulacra2 import ssimulacra2  # noqa: E402  (bench/ssimulacra2.py: bench/bytes.py's judge)
 
 from imgproxy.budget import Deadline, MemoryBudget  # noqa: E402
 from imgproxy.config import Config, LimitsConfig, RenderConfig  # noqa: E402
@@ -144,14 +148,18 @@ def pipelines(corpus: Path) -> list[list[str]]:
         )
     rows = []
     for name, fn in variants:
-        scores, times = [], []
+        scores, judged, times = [], [], []
         for image in IMAGES:
             path = corpus / image
             for width in WIDTHS:
                 ms, out = timed(fn, path, width)
                 scores.append(ssim(out, refs.get(path, out.size)))
+                judged.append(ssimulacra2(refs.get(path, out.size), out))
                 times.append(ms)
-        rows.append([name, f"{statistics.fmean(scores):.4f}", f"{min(scores):.4f}", f"{statistics.fmean(times):.1f}"])
+        rows.append(
+            [name, f"{statistics.fmean(scores):.4f}", f"{min(scores):.4f}"]
+            + [f"{statistics.fmean(judged):.2f}", f"{min(judged):.2f}", f"{statistics.fmean(times):.1f}"]
+        )
     return rows
 
 
@@ -221,7 +229,8 @@ def main() -> None:
     print(
         f"Resize to widths {', '.join(map(str, WIDTHS))} of {', '.join(IMAGES)} (one core; ms include the decode unless it was kept)"
     )
-    print(table(["pipeline", "mean SSIM", "min SSIM", "mean ms"], pipelines(corpus)))
+    headers = ["pipeline", "mean SSIM", "min SSIM", "mean SSIMULACRA2", "min SSIMULACRA2", "mean ms"]
+    print(table(headers, pipelines(corpus)))
     print(f"\nEncoders, {ENCODE_WIDTH}-px renders of the 12-MP photos (best of 3, one core)")
     print(table(["setting", "ms", "mean bytes", "SSIM vs unencoded"], encoders(corpus)))
     print(f"\nWhole cold renders, 12-MP photos to {ENCODE_WIDTH} px, default settings (one core)")

@@ -108,6 +108,7 @@ class RenderConfig:
     kept_decodes: Size = Size(48 * 1024**2)
     timeout: float = 30.0
     reducing_gap: float = 1.0
+    auto_reducing_gap: float = 1.5  # quality=auto renders (render.render)
     keep_icc: bool = True
     convert_to_srgb: bool = False
     strip_metadata: bool = True
@@ -130,9 +131,11 @@ class RenderConfig:
     auto_quality_min: int = 30
     auto_quality_max: int = 95
     auto_format: str = "first"
-    auto_quality_target_webp: float = 1.113
-    auto_quality_target_avif: float = 1.156
+    auto_quality_target_webp: float = 1.18
+    auto_quality_target_avif: float = 1.29
     auto_jpeg_encoder: str = "jpegli"  # quality=auto's JPEG encoder (jpeg_encoder's choices)
+    auto_avif_speed: int = 8  # quality=auto's AVIF encoder speed (avif_speed's range)
+    auto_jpeg_lossless_pass: bool = True  # mozjpeg's lossless pass over the JPEG quality=auto kept
 
 
 @dataclass(frozen=True)
@@ -328,10 +331,12 @@ _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "render.webp_method": (lambda v: 0 <= v <= 6, "0..6"),
     "render.hidpi_quality": (lambda v: 0 <= v <= 100, "0..100 (0 = unset)"),
     "render.avif_speed": (lambda v: 0 <= v <= 10, "0..10"),
+    "render.auto_avif_speed": (lambda v: 0 <= v <= 10, "0..10"),
     "render.png_compress_level": (lambda v: 0 <= v <= 9, "0..9"),
     "render.jpeg_subsampling": (lambda v: v in ("4:4:4", "4:2:2", "4:2:0"), "4:4:4, 4:2:2 or 4:2:0"),
     "render.timeout": (lambda v: v > 0, "> 0"),
     "render.reducing_gap": (lambda v: 1.0 <= v <= 4.0, "1.0..4.0"),
+    "render.auto_reducing_gap": (lambda v: 1.0 <= v <= 4.0, "1.0..4.0"),
     "render.jpeg_encoder": (lambda v: v in ("libjpeg", "jpegli"), "libjpeg or jpegli"),
     "render.jpeg_progressive_min_pixels": (lambda v: v >= 0, ">= 0"),
     "cache.eviction_policy": (

@@ -268,9 +268,14 @@ def encode_within(
     extra encode checks the deadline."""
     encodes, level = 1, quality if isinstance(quality, int) else None
     if quality == AUTO_QUALITY and fmt not in LOSSLESS and len(rendered.frames) == 1:
-        if fmt == "jpeg":  # its own encoder, for the search and for a max_bytes cap after it
-            settings = dataclasses.replace(settings, jpeg_encoder=settings.auto_jpeg_encoder)
+        # its own JPEG encoder and AVIF speed, for the search and for a max_bytes cap after it
+        settings = dataclasses.replace(
+            settings, jpeg_encoder=settings.auto_jpeg_encoder, avif_speed=settings.auto_avif_speed
+        )
         body, level, encodes = encode_auto(rendered, fmt, settings, deadline)
+        if fmt == "jpeg" and settings.auto_jpeg_lossless_pass:
+            deadline.check()
+            body = lossless_pass(body)
     else:
         body = encode(rendered, fmt, level, settings)
     start = level or default_quality(fmt, settings)
@@ -297,6 +302,14 @@ def encode_within(
 
 ICC_CHUNK = 65519  # an APP2 payload (65533 at most) less the 12-byte ICC_PROFILE tag and 2 sequence bytes
 MAX_SEGMENT = 65533
+
+
+def lossless_pass(jpeg: bytes) -> bytes:
+    """mozjpeg's lossless pass (jpegtran's): progressive scans and optimal Huffman tables for the
+    same coefficients, so the same pixels; every marker (EXIF, ICC) is copied."""
+    import mozjpeg_lossless_optimization as mozjpeg  # ~0.4 MB, paid only once a request asks for auto
+
+    return mozjpeg.optimize(jpeg, copy=mozjpeg.COPY_MARKERS.ALL)
 
 
 def _jpegli(frame: Image.Image, quality: int, icc_profile: bytes | None, exif: bytes | None) -> bytes:

@@ -24,7 +24,7 @@ from .config import LimitsConfig, RenderConfig
 from .errors import ImageProxyError, UnsupportedMedia
 from .geometry import Plan, check_output, plan
 from .loader import Opened
-from .options import RenderOptions
+from .options import AUTO_QUALITY, RenderOptions
 from .orient import (
     STRIP_SHARE,
     border_table,
@@ -384,7 +384,9 @@ def render(
     # trimmed part too few pixels, and one picked after the trim would need a decode first; a
     # transform samples the source at its own points: a full decode too, one answer per URL
     shrink = first if options.trim is None and options.transform is None else None
-    need = _decode_size(opened, shrink, settings.reducing_gap) if shrink else (opened.width, opened.height)
+    # quality=auto is bytes at a look: a finer decode keeps detail no encoder quality buys back
+    gap = settings.auto_reducing_gap if options.quality == AUTO_QUALITY else settings.reducing_gap
+    need = _decode_size(opened, shrink, gap) if shrink else (opened.width, opened.height)
     divisor = _draft(image, need)
     # Reuse only the very decode this render would make itself (same source version and draft
     # scale): a larger one resamples from another intermediate and gives other bytes, so a URL's

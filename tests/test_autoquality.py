@@ -23,6 +23,7 @@ from imgproxy.encode import (
     auto_target,
     encode,
     encode_within,
+    lossless_pass,
 )
 from imgproxy.errors import BadRequest, Overloaded
 from imgproxy.loader import open_original
@@ -53,6 +54,11 @@ def rendered(path: Path, width: int = WIDTH, fmt: str = "jpeg") -> Rendered:
     opened = open_original(original(path), config.limits, config.security.allowed_source_formats)
     with opened.image:
         return render(opened, RenderOptions(width=width), fmt, config.render, Deadline(120), limits=config.limits)
+
+
+def auto_jpeg(image: Rendered, quality: int) -> bytes:
+    """What quality=auto answers when its search keeps `quality` for a JPEG."""
+    return lossless_pass(encode(image, "jpeg", quality, AUTO_JPEG))
 
 
 def score(image: Rendered, body: bytes) -> float:
@@ -104,7 +110,7 @@ def test_auto_meets_the_target_with_the_smallest_quality_searched(path):
     body, encodes = encode_within(image, "jpeg", "auto", SETTINGS, None, Deadline(60))
     assert 1 <= encodes <= AUTO_MAX_ENCODES + 2  # the probe (a try of the search for jpegli), then the search
     assert score(image, body) >= target(image, "jpeg")
-    kept = next(q for q in range(SETTINGS.auto_quality_min, 101) if encode(image, "jpeg", q, AUTO_JPEG) == body)
+    kept = next(q for q in range(SETTINGS.auto_quality_min, 101) if auto_jpeg(image, q) == body)
     if kept > SETTINGS.auto_quality_min:  # the search's precision (and its margin, ~1 quality a slope) lower misses it
         lower = encode(image, "jpeg", max(SETTINGS.auto_quality_min, kept - AUTO_PRECISION - AUTO_MARGIN), AUTO_JPEG)
         assert score(image, lower) < target(image, "jpeg")
@@ -123,12 +129,12 @@ def test_a_flat_image_gets_the_lowest_quality_and_a_noisy_one_the_highest():
     flat = Rendered([Image.new("RGB", (200, 150), (90, 140, 200))])
     body, _ = encode_within(flat, "jpeg", "auto", SETTINGS, None, Deadline(60))
     lowest = range(SETTINGS.auto_quality_min, SETTINGS.auto_quality_min + AUTO_PRECISION)
-    assert any(body == encode(flat, "jpeg", q, AUTO_JPEG) for q in lowest)  # within the search's precision
+    assert any(body == auto_jpeg(flat, q) for q in lowest)  # within the search's precision
     noise = np.random.default_rng(7).integers(0, 256, (150, 200, 3), dtype=np.uint8)
     noisy = Rendered([Image.fromarray(noise)])
     strict = dataclasses.replace(SETTINGS, auto_quality_target=0.01)  # met by no quality tried
     body, encodes = encode_within(noisy, "jpeg", "auto", strict, None, Deadline(60))
-    assert body == encode(noisy, "jpeg", SETTINGS.auto_quality_max, AUTO_JPEG) and encodes <= AUTO_MAX_ENCODES + 2
+    assert body == auto_jpeg(noisy, SETTINGS.auto_quality_max) and encodes <= AUTO_MAX_ENCODES + 2
 
 
 def test_max_bytes_caps_what_auto_chose():
@@ -165,7 +171,7 @@ GAINMAP_FLOOR_QUALITY = 76
 def test_the_smooth_gainmap_photo_keeps_a_quality_within_2_ssimulacra2_points_of_thumbor():
     image = rendered(CORPUS / "bench/uhd_8mp_gainmap.jpg", 1920)
     body, _ = encode_within(image, "jpeg", "auto", SETTINGS, None, Deadline(120))
-    kept = next(q for q in range(95, SETTINGS.auto_quality_min - 1, -1) if encode(image, "jpeg", q, AUTO_JPEG) == body)
+    kept = next(q for q in range(95, SETTINGS.auto_quality_min - 1, -1) if auto_jpeg(image, q) == body)
     assert kept >= GAINMAP_FLOOR_QUALITY
 
 
@@ -182,13 +188,51 @@ def test_each_format_has_its_target_and_auto_jpeg_its_encoder():
     for fmt, ratio in zip(("jpeg", "jxl", "webp", "avif"), ratios):
         assert auto_target(reference, frame, fmt, config)[0] == pytest.approx(1 - ratio * distance)
     image = rendered(CORPUS / PHOTO)
-    body, _ = encode_within(image, "jpeg", "auto", config, None, Deadline(60))
-    assert not Image.open(io.BytesIO(body)).info.get("progressive")  # jpegli writes baseline
+    bare = dataclasses.replace(config, auto_jpeg_lossless_pass=False)
+    assert not Image.open(io.BytesIO(encode_within(image, "jpeg", "auto", bare, None, Deadline(60))[0])).info.get(
+        "progressive"
+    )  # jpegli writes baseline
     assert config.jpeg_progressive  # while libjpeg-turbo follows jpeg_progressive (here at every size)
-    libjpeg = dataclasses.replace(config, auto_jpeg_encoder="libjpeg", jpeg_progressive_min_pixels=0)
+    libjpeg = dataclasses.replace(bare, auto_jpeg_encoder="libjpeg", jpeg_progressive_min_pixels=0)
     assert Image.open(io.BytesIO(encode_within(image, "jpeg", "auto", libjpeg, None, Deadline(60))[0])).info[
         "progressive"
     ]
+
+
+def test_the_lossless_pass_keeps_the_pixels_and_the_metadata_in_fewer_bytes():
+    config = Config()
+    source = original(CORPUS / "photos/adobergb_locket.jpg")  # an ICC profile (kept by default) and EXIF
+    options = RenderOptions(width=480, quality="auto")
+    bare = dataclasses.replace(config, render=dataclasses.replace(config.render, auto_jpeg_lossless_pass=False))
+    passed, plain = (render_original(source, options, "jpeg", c)[0] for c in (config, bare))
+    assert len(passed) < 0.97 * len(plain)
+    with Image.open(io.BytesIO(passed)) as a, Image.open(io.BytesIO(plain)) as b:
+        assert a.info.get("progressive") and not b.info.get("progressive")
+        assert a.info["icc_profile"] == b.info["icc_profile"] and a.info.get("exif") == b.info.get("exif")
+        assert a.tobytes() == b.tobytes()  # the same coefficients, so the same pixels
+
+
+def test_auto_decodes_finer_than_a_fixed_quality():
+    """A JPEG source shrunk on load (DCT scaling) loses detail no quality buys back: quality=auto
+    keeps auto_reducing_gap x the output's pixels (1.5) where fixed qualities keep reducing_gap (1.0)."""
+    config = Config()
+    path = CORPUS / "photos/large_12mp_bus.jpg"  # 4000 px wide: 1920 px decodes at 1/2 for fixed qualities
+    with Image.open(path) as full:
+        size = (1920, round(full.height * 1920 / full.width))
+        ideal = full.convert("RGB").resize(size, Image.Resampling.LANCZOS)  # one pass over the full decode
+
+    def render_at(quality: str | None, settings: RenderConfig = config.render) -> Image.Image:
+        opened = open_original(original(path), config.limits, config.security.allowed_source_formats)
+        with opened.image:
+            options = RenderOptions(width=1920, quality=quality)
+            return render(opened, options, "jpeg", settings, Deadline(120), limits=config.limits).frames[0]
+
+    auto, fixed = render_at("auto"), render_at(None)
+    assert auto.size == fixed.size == size
+    assert auto.tobytes() == ideal.tobytes()
+    assert perceptual.Reference(ideal).score(fixed) < 0.998  # SSIMULACRA2 81.6 (bench/bytes.py's judge)
+    coarse = dataclasses.replace(config.render, auto_reducing_gap=config.render.reducing_gap)
+    assert render_at("auto", coarse).tobytes() == fixed.tobytes()
 
 
 def test_a_bad_per_format_target_or_auto_encoder_is_refused():
@@ -196,6 +240,8 @@ def test_a_bad_per_format_target_or_auto_encoder_is_refused():
         load_config(None, environ={"IMGPROXY_RENDER__AUTO_QUALITY_TARGET_AVIF": "20"})
     with pytest.raises(ConfigError, match="auto_jpeg_encoder"):
         load_config(None, environ={"IMGPROXY_RENDER__AUTO_JPEG_ENCODER": '"mozjpeg"'})
+    with pytest.raises(ConfigError, match="auto_reducing_gap"):
+        load_config(None, environ={"IMGPROXY_RENDER__AUTO_REDUCING_GAP": "0.5"})
 
 
 class CountedDeadline(Deadline):
