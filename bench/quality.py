@@ -38,8 +38,6 @@ from PIL import Image, ImageOps
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ssimulacra2 import ssimulacra2  # noqa: E402  (bench/ssimulacra2.py: bench/bytes.py's judge)
-
 from imgproxy.budget import Deadline, MemoryBudget  # noqa: E402
 from imgproxy.config import Config, LimitsConfig, RenderConfig  # noqa: E402
 from imgproxy.loader import open_original  # noqa: E402
@@ -133,6 +131,8 @@ def timed(fn, *args) -> tuple[float, Image.Image]:
 
 
 def pipelines(corpus: Path) -> list[list[str]]:
+    from ssimulacra2 import ssimulacra2  # bench/bytes.py's judge; scipy: the bench extra, not the tests'
+
     refs = References()
     variants: list[tuple[str, Callable[[Path, int], Image.Image]]] = [("thumbor: draft to size + LANCZOS", thumbor_way)]
     for gap in GAPS:
