@@ -179,8 +179,12 @@ def auto_target(
     probe = probe or encode(Rendered([frame.convert("RGB")]), "jpeg", AUTO_PROBE_QUALITY, _JPEGLI)
     with Image.open(io.BytesIO(probe)) as decoded:
         score = reference.score(decoded)
+    return _ratio_target(score, fmt, settings), score
+
+
+def _ratio_target(probe_score: float, fmt: str, settings: RenderConfig) -> float:
     ratios = {"webp": settings.auto_quality_target_webp, "avif": settings.auto_quality_target_avif}
-    return 1 - ratios.get(fmt, settings.auto_quality_target) * max(1 - score, AUTO_MIN_DISTANCE), score
+    return 1 - ratios.get(fmt, settings.auto_quality_target) * max(1 - probe_score, AUTO_MIN_DISTANCE)
 
 
 _JPEGLI = RenderConfig(jpeg_encoder="jpegli", jpeg_progressive=False)
@@ -193,19 +197,27 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
     from . import perceptual  # numpy: ~14 MB a worker, paid only once a request asks for auto
 
     frame = rendered.frames[0]
-    if fmt == "jxl" and rendered.icc_profile:  # its writer converts to sRGB: compare with what it sees
-        frame = _in_srgb([frame], rendered.icc_profile)[0]
-    reference = perceptual.Reference(frame)
-    deadline.check()
+    icc = rendered.icc_profile if fmt == "jxl" else None
+    if icc:  # its writer converts to sRGB: compare with what it sees
+        frame = _in_srgb([frame], icc)[0]
+    srgb = bool(icc)
     # a jpegli JPEG's probe is a try of the search itself: it is made with the output's metadata
+    # (the same pixels as the plain probe of auto_target, so the same score)
     own = fmt == "jpeg" and settings.jpeg_encoder == "jpegli" and frame.mode == "RGB"
+    look = rendered.auto_looks.get(srgb)
+    reference = look[0] if look else perceptual.Reference(frame)
+    deadline.check()
     probe = encode(rendered, fmt, AUTO_PROBE_QUALITY, settings) if own else b""
-    target, probe_score = auto_target(reference, frame, fmt, settings, probe)
+    if look is None:  # the first format of this request to search: later ones reuse its look
+        look = rendered.auto_looks[srgb] = (reference, auto_target(reference, frame, fmt, settings, probe)[1])
+    probe_score = look[1]
+    target = _ratio_target(probe_score, fmt, settings)
     slope = AUTO_SLOPE.get(fmt, AUTO_SLOPE["jpeg"])
     scores: dict[int, float] = {}
     failed: dict[int, bytes] = {}
     first = AUTO_FIRST.get(fmt, (settings.auto_quality_min + settings.auto_quality_max) // 2)
-    low, high = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
+    low, top = settings.auto_quality_min, max(settings.auto_quality_min, settings.auto_quality_max)
+    high = top
     met = b""  # the probe when it met the target: the answer unless a lower quality does
     if probe and low <= AUTO_PROBE_QUALITY <= high:
         scores[AUTO_PROBE_QUALITY] = probe_score
@@ -246,7 +258,6 @@ def encode_auto(rendered: Rendered, fmt: str, settings: RenderConfig, deadline: 
         return body, quality, encodes + 1
     if met:
         return met, AUTO_PROBE_QUALITY, encodes + 1
-    top = max(settings.auto_quality_min, settings.auto_quality_max)
     if top in failed:  # the maximum was tried: it is the answer
         return failed[top], top, encodes + 1
     deadline.check()

@@ -14,7 +14,8 @@ import io
 import math
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image, ImageCms, ImageFilter, ImageSequence
 
@@ -74,6 +75,9 @@ class Rendered:
     icc_profile: bytes | None = None
     exif: bytes | None = None  # only when [render] strip_metadata = false
     reused_decode: bool = False  # pixels came from a decode kept by an earlier render
+    # quality=auto's reference and probe score, per frame (the key: converted to sRGB or not), made
+    # once for every format one request encodes (auto_format "smallest"); encode.encode_auto fills it
+    auto_looks: dict[bool, tuple[Any, float]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
