@@ -33,7 +33,7 @@ from .geometry import output_size
 from .info import source_info
 from .loader import open_original
 from .options import ALIASES, RenderOptions
-from .render import orientation_of, oriented_size
+from .render import header_orientation, oriented_size
 from .signing import is_allowed_width_request, signed_url
 from .sources import LocalSource, Original, is_remote
 
@@ -100,7 +100,7 @@ def header_size(original: Original, limits: LimitsConfig, formats: tuple[str, ..
     """Oriented size from the header only; cached per file version (Original carries it)."""
     opened = open_original(original, limits, formats)
     with opened.image as image:
-        return oriented_size(opened.width, opened.height, orientation_of(image))
+        return oriented_size(opened.width, opened.height, header_orientation(image))
 
 
 def local_original(source: str, config: Config) -> Original | None:

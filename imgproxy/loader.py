@@ -7,10 +7,11 @@ external program); the header's declared size and frame count are checked agains
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 
 from . import avif  # noqa: F401  (AVIF reader where Pillow has none)
 from .config import LimitsConfig
@@ -25,6 +26,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")
+# the chunks after a PNG's pixel data that Pillow's getexif() reads: EXIF, XMP, ImageMagick's raw profile
+PNG_METADATA_CHUNKS = (b"eXIf", b"iTXt", b"tEXt", b"zTXt")
 
 
 @dataclass
@@ -106,6 +109,32 @@ def _check(image: Image.Image, limits: LimitsConfig, formats: tuple[str, ...]) -
                 f"{limits.max_animation_pixels} pixels over all frames"
             )
     return Opened(image, fmt, width, height, frames, animated)
+
+
+def read_png_trailer(image: PngImagePlugin.PngImageFile) -> None:
+    """Add the metadata chunks that follow a PNG's (first frame's) pixel data to `image.info`, as a
+    decode would, but skipping the pixel data: Pillow's getexif() finds them only by decoding (200 MB
+    for a 7000x7000 source). Raises DECODE_ERRORS' kinds for a broken chunk."""
+    fp = image.fp
+    assert fp is not None
+    resume = fp.tell()
+    stream = PngImagePlugin.PngStream(fp)  # Pillow's own chunk readers, so the info is the decode's
+    pixels = False
+    try:
+        fp.seek(8)  # the signature
+        while len(header := fp.read(8)) == 8:
+            length, cid = struct.unpack(">I4s", header)
+            start = fp.tell()
+            if cid in (b"IDAT", b"fdAT"):
+                pixels = True
+            elif cid == b"IEND" or (pixels and cid == b"fcTL"):  # the end, or the next frame's
+                break
+            elif pixels and cid in PNG_METADATA_CHUNKS:
+                stream.call(cid, start, length)
+            fp.seek(start + length + 4)  # and the CRC
+    finally:
+        fp.seek(resume)
+    image.info.update(stream.im_info)
 
 
 def has_alpha(image: Image.Image) -> bool:

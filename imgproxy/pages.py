@@ -28,7 +28,7 @@ from .hints import page_headers
 from .html import candidates, install_jinja, width_steps
 from .loader import open_original
 from .options import parse_preset
-from .render import orientation_of, oriented_size
+from .render import header_orientation, oriented_size
 from .sources import LocalSource
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def source_facts(source: str, config: Config) -> SourceFacts | None:
     except ImageProxyError:
         return None
     with opened.image as image:
-        width, height = oriented_size(opened.width, opened.height, orientation_of(image))
+        width, height = oriented_size(opened.width, opened.height, header_orientation(image))
     return SourceFacts(source, width, height, opened.format, original.size, opened.frames)
 
 

@@ -13,18 +13,18 @@ import functools
 import io
 import math
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, ImageCms, ImageFilter, ImageSequence
+from PIL import Image, ImageCms, ImageFilter, ImageSequence, PngImagePlugin
 
 from . import transform as warp
 from .budget import UNLIMITED, Deadline, KeptDecode, MemoryBudget, decoded_bytes
 from .config import LimitsConfig, RenderConfig
 from .errors import ImageProxyError, UnsupportedMedia
 from .geometry import Plan, check_output, plan
-from .loader import Opened
+from .loader import Opened, read_png_trailer
 from .options import AUTO_QUALITY, RenderOptions
 from .orient import (
     STRIP_SHARE,
@@ -85,8 +85,27 @@ class Rendered:
 
 
 def orientation_of(image: Image.Image) -> int:
+    """EXIF orientation 1..8. Decodes a PNG that has no eXIf chunk before its pixels (one may
+    follow them): where only the header is read, use header_orientation."""
+    return _orientation(image.getexif)
+
+
+def header_orientation(image: Image.Image) -> int:
+    """EXIF orientation 1..8 of an image not decoded, without decoding it."""
+    if not isinstance(image, PngImagePlugin.PngImageFile) or "exif" in image.info:
+        return orientation_of(image)
+    png = image
+
+    def trailing_exif() -> Image.Exif:
+        read_png_trailer(png)
+        return Image.Image.getexif(png)  # the info only: PngImageFile's getexif() would decode
+
+    return _orientation(trailing_exif)
+
+
+def _orientation(exif: Callable[[], Image.Exif]) -> int:
     try:
-        value = image.getexif().get(0x0112, 1)
+        value = exif().get(0x0112, 1)
     except DECODE_ERRORS:  # broken EXIF must not break rendering
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1

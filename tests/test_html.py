@@ -18,6 +18,7 @@ from imgproxy.html import img_attrs, img_size, img_tag, install_jinja, picture_t
 from imgproxy.signing import check_request
 
 from .conftest import CORPUS, LiveServer, copy_from_corpus
+from .test_render import _png_with_late_orientation, _png_with_late_xmp
 
 CONFIG = Config(sources=SourcesConfig(local=LocalSourceConfig(root=str(CORPUS))))
 SIGNED = dataclasses.replace(CONFIG, security=SecurityConfig(keys=("new-key", "old-key"), allowed_widths=(320, 640)))
@@ -303,3 +304,15 @@ def test_img_size_is_what_the_server_answers(corpus_server):
             assert response.status_code == 200, (source, params, response.text)
             with Image.open(io.BytesIO(response.content)) as image:
                 assert img_size(source, config=config, **params) == image.size, (source, params)
+
+
+def test_sizes_of_a_png_oriented_after_its_pixels_come_from_the_header(tmp_path):
+    """The orientation of an eXIf or XMP chunk after the pixels turns the size, as the render
+    does (tests/test_render.py checks the render), without decoding the pixels."""
+    (tmp_path / "exif.png").write_bytes(_png_with_late_orientation((300, 200), 6))
+    (tmp_path / "xmp.png").write_bytes(_png_with_late_xmp((300, 200), 8))
+    config = Config(sources=SourcesConfig(local=LocalSourceConfig(root=str(tmp_path))))
+    for source in ("exif.png", "xmp.png"):
+        assert img_size(source, config=config) == (200, 300)
+        assert img_size(source, config=config, width=100) == (100, 150)
+        assert [w for _, w in srcset_entries(srcset(source, [100, 400], config))] == [100, 200]

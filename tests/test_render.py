@@ -17,7 +17,15 @@ from imgproxy.config import LimitsConfig, RenderConfig
 from imgproxy.errors import Overloaded, PayloadTooLarge
 from imgproxy.loader import open_original
 from imgproxy.options import parse_options
-from imgproxy.render import TRANSPOSE, _normalise_mode, oriented_size, render, stored_box
+from imgproxy.render import (
+    TRANSPOSE,
+    _normalise_mode,
+    header_orientation,
+    orientation_of,
+    oriented_size,
+    render,
+    stored_box,
+)
 from imgproxy.sources import Original
 
 from .conftest import CORPUS
@@ -256,15 +264,60 @@ def test_a_png_without_its_orientation_is_refused_before_the_decode_when_both_wa
         render(opened, options, "png", RenderConfig(), Deadline(30), limits=limits)
 
 
-def _png_with_late_orientation(size: tuple[int, int], orientation: int) -> bytes:
-    """A PNG whose eXIf chunk follows its pixels (allowed by older PNG extensions; Pillow reads it)."""
+def _png_with_late_chunk(size: tuple[int, int], cid: bytes, payload: bytes, length: int | None = None) -> bytes:
+    """A PNG with chunk `cid` after its pixels; `length`: what its header declares instead of the truth."""
     data = _encoded(_random_image(*size, 2), "PNG")
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    payload = exif.tobytes().removeprefix(b"Exif\x00\x00")
-    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    declared = len(payload) if length is None else length
+    chunk = struct.pack(">I", declared) + cid + payload + struct.pack(">I", zlib.crc32(cid + payload))
     iend = data.rindex(b"IEND") - 4
     return data[:iend] + chunk + data[iend:]
+
+
+def _png_with_late_orientation(size: tuple[int, int], orientation: int) -> bytes:
+    """A PNG whose eXIf chunk follows its pixels (allowed by older PNG extensions; Pillow reads it)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _png_with_late_chunk(size, b"eXIf", exif.tobytes().removeprefix(b"Exif\x00\x00"))
+
+
+def _png_with_late_xmp(size: tuple[int, int], orientation: int) -> bytes:
+    xmp = f'<x:xmpmeta><rdf:RDF><rdf:Description tiff:Orientation="{orientation}"/></rdf:RDF></x:xmpmeta>'
+    return _png_with_late_chunk(size, b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp.encode())
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_png_with_late_orientation((30, 20), 6), 6),
+        (_png_with_late_xmp((30, 20), 8), 8),
+        (_encoded(_random_image(30, 20, 2), "PNG"), 1),
+    ],
+    ids=["exif", "xmp", "none"],
+)
+def test_header_orientation_reads_what_follows_a_pngs_pixels_without_decoding_them(data, expected):
+    """What html's sizes and the demo page read from a header: the decode's orientation, where
+    orientation_of() would decode the pixels to find it (a 7000x7000 PNG: 200 MB, outside the budget)."""
+    with _opened(data).image as image:
+        assert header_orientation(image) == expected
+        assert image.tile, "the pixels were decoded"
+    with _opened(data).image as image:
+        image.load()
+        assert orientation_of(image) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _png_with_late_chunk((30, 20), b"eXIf", b"II*\x00", length=1 << 30),  # declares 1 GB
+        _png_with_late_chunk((30, 20), b"zTXt", b"k\0\0" + zlib.compress(b"x" * 2_000_000)),  # a text bomb
+    ],
+    ids=["cut", "ztxt-bomb"],
+)
+def test_header_orientation_of_a_png_with_a_broken_trailer_is_upright(data):
+    """Pillow's limits hold for the chunks read after the pixels; what it refuses is no orientation."""
+    with _opened(data).image as image:
+        assert header_orientation(image) == 1
+        assert image.tile
 
 
 def test_a_png_orientation_after_its_pixels_is_checked_exactly():
