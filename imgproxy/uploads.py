@@ -58,6 +58,7 @@ ID_BYTES = 16  # 128 random bits, hex in paths and job ids
 STALE_TEMP_SECONDS = 3600  # temp files older than this are left over from a crash
 MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the file
 BODY_SECONDS = 300  # a whole upload; a slower client gets 408 instead of holding a temp file
+DROP_SECONDS = 30  # the rest of a refused upload is read and dropped this long at most (nginx's lingering_time)
 MAX_STEM = 80
 NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
 EXTENSIONS = {
@@ -250,10 +251,30 @@ class Uploads:
         try:
             return await self._upload(request)
         except ImageProxyError as exc:
-            # refused before its end, the rest of the body would be read and dropped to keep the
-            # connection: closing it stops the client sending
-            exc.headers["Connection"] = "close"
+            if not await self._drop_rest(request, exc):
+                exc.headers["Connection"] = "close"
             raise
+
+    async def _drop_rest(self, request: Request, refusal: ImageProxyError) -> bool:
+        """Read what the client still sends of a refused upload, and drop it; False when the
+        connection must close instead (a body over the limit or too slow: reading it is what the
+        refusal avoids). Closing a socket with unread input resets it, and the reset can destroy
+        the answer before the client reads it: nginx then answered 502 for 1 refused upload in 10."""
+        if isinstance(refusal, (PayloadTooLarge, RequestTimeout)):
+            return False
+        limit = self.max_bytes + MULTIPART_OVERHEAD
+        dropped = 0
+        try:
+            async with asyncio.timeout(DROP_SECONDS):
+                async for chunk in request.stream():
+                    dropped += len(chunk)
+                    if dropped > limit:
+                        return False
+        except RuntimeError:  # Starlette's "Stream consumed": the body was all read already
+            return True
+        except (TimeoutError, ClientDisconnect):
+            return False
+        return True
 
     async def _upload(self, request: Request) -> Response:
         if not self.settings.enabled:

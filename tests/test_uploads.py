@@ -231,6 +231,41 @@ def test_huge_content_length_is_refused_before_any_body_is_sent(strict_server):
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
 
 
+def _read_answer(sock: socket.socket) -> tuple[str, bytes]:
+    """One HTTP/1.1 answer with a Content-Length: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head)[1])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside the body"
+        body += chunk
+    return head.decode("latin-1"), body
+
+
+@pytest.mark.parametrize(("token", "status"), [("wrong", 403), (TOKEN, 415)])
+def test_a_refused_upload_is_read_to_its_end_and_the_connection_kept(strict_server, token, status):
+    """Refused before its body (a bad token) or after it (not an image): the rest is read and
+    dropped, not cut off with a reset that can destroy the answer (nginx turned 1 in 10 into 502)."""
+    body, headers = form(("image", "a.jpg", b"\x00" * 600_000))
+    request = (
+        f"POST /upload HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=60) as sock:
+        sock.sendall(request + body)
+        head, answer = _read_answer(sock)
+        assert head.startswith(f"HTTP/1.1 {status}"), head
+        assert "connection: close" not in head.lower(), head
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")  # the same connection
+        head, _ = _read_answer(sock)
+        assert head.startswith("HTTP/1.1 200"), head
+
+
 # --- hostile file names ----------------------------------------------------------------------
 
 HOSTILE = {
