@@ -111,10 +111,11 @@ def _check(image: Image.Image, limits: LimitsConfig, formats: tuple[str, ...]) -
     return Opened(image, fmt, width, height, frames, animated)
 
 
-def read_png_trailer(image: PngImagePlugin.PngImageFile) -> None:
-    """Add the metadata chunks that follow a PNG's (first frame's) pixel data to `image.info`, as a
-    decode would, but skipping the pixel data: Pillow's getexif() finds them only by decoding (200 MB
-    for a 7000x7000 source). Raises DECODE_ERRORS' kinds for a broken chunk."""
+def png_header_exif(image: PngImagePlugin.PngImageFile) -> Image.Exif:
+    """The EXIF a decode would give, without decoding: the metadata chunks that follow the (first
+    frame's) pixel data go into `image.info` as a decode would put them there, the pixel data
+    skipped. Pillow's getexif() finds them only by decoding (200 MB for a 7000x7000 source).
+    Raises DECODE_ERRORS' kinds for a broken chunk."""
     fp = image.fp
     assert fp is not None
     resume = fp.tell()
@@ -135,6 +136,7 @@ def read_png_trailer(image: PngImagePlugin.PngImageFile) -> None:
     finally:
         fp.seek(resume)
     image.info.update(stream.im_info)
+    return Image.Image.getexif(image)  # from the info only: PngImageFile's getexif() would decode
 
 
 def has_alpha(image: Image.Image) -> bool:

@@ -24,7 +24,7 @@ from .budget import UNLIMITED, Deadline, KeptDecode, MemoryBudget, decoded_bytes
 from .config import LimitsConfig, RenderConfig
 from .errors import ImageProxyError, UnsupportedMedia
 from .geometry import Plan, check_output, plan
-from .loader import Opened, read_png_trailer
+from .loader import Opened, png_header_exif
 from .options import AUTO_QUALITY, RenderOptions
 from .orient import (
     STRIP_SHARE,
@@ -92,15 +92,9 @@ def orientation_of(image: Image.Image) -> int:
 
 def header_orientation(image: Image.Image) -> int:
     """EXIF orientation 1..8 of an image not decoded, without decoding it."""
-    if not isinstance(image, PngImagePlugin.PngImageFile) or "exif" in image.info:
-        return orientation_of(image)
-    png = image
-
-    def trailing_exif() -> Image.Exif:
-        read_png_trailer(png)
-        return Image.Image.getexif(png)  # the info only: PngImageFile's getexif() would decode
-
-    return _orientation(trailing_exif)
+    if isinstance(image, PngImagePlugin.PngImageFile) and "exif" not in image.info:
+        return _orientation(functools.partial(png_header_exif, image))
+    return orientation_of(image)
 
 
 def _orientation(exif: Callable[[], Image.Exif]) -> int:
